@@ -1,0 +1,35 @@
+# m2vae_fusion: set-up, tests and the main job. `make setup` is idempotent: stamps in .venv record what is done.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MSGS_SRC := $(wildcard m2vae_fusion_msgs/package.xml m2vae_fusion_msgs/CMakeLists.txt m2vae_fusion_msgs/msg/*.msg)
+
+.PHONY: setup test demo clean help
+help:
+	@echo "make setup   create $(VENV) with every pinned dependency, the interfaces and the package"
+	@echo "make demo    set up if needed, then run the main job (simulated multi-agent fusion)"
+	@echo "make test    set up if needed, then run the whole test suite"
+
+setup: $(VENV)/.stamp-project
+
+$(VENV)/.stamp-deps: requirements.txt requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c requirements.lock
+	@touch $@
+
+$(VENV)/.stamp-msgs: $(VENV)/.stamp-deps scripts/build_msgs.sh $(MSGS_SRC)
+	VENV=$(VENV) bash scripts/build_msgs.sh
+	@touch $@
+
+$(VENV)/.stamp-project: $(VENV)/.stamp-msgs setup.py setup.cfg package.xml
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+test: setup
+	$(PY) -m pytest test
+
+demo: setup
+	$(VENV)/bin/m2vae-fusion demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info
