@@ -1,4 +1,5 @@
 # m2vae_fusion: set-up, tests and the main job. `make setup` is idempotent: stamps in .venv record what is done.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,7 +15,7 @@ setup: $(VENV)/.stamp-project
 
 $(VENV)/.stamp-deps: requirements.txt requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -c requirements.lock
+	set -o pipefail; $(PY) -m pip install -q -r requirements.txt -c requirements.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@touch $@
 
 $(VENV)/.stamp-msgs: $(VENV)/.stamp-deps scripts/build_msgs.sh $(MSGS_SRC)
