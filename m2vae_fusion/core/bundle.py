@@ -1,0 +1,264 @@
+"""The ONNX model bundle: manifest, sha256 sums and onnxruntime sessions (format in docs/formats.md).
+
+A bundle holds, for modalities ``M``: a β-VAE encoder/decoder per modality, the ``2^|M| − 1`` M2VAE subset
+encoders ``q_S(z | x_S)``, the ``|M|`` M2VAE decoders ``p_m(x_m | z)`` and an optional class-belief head
+(Korthals et al., FUSION 2019, Fig. 2c and Sec. V-D). No torch, no ROS.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from m2vae_fusion.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "m2vae_fusion.bundle"
+REQUIRED_KEYS = ("format", "format_version", "model_id", "modalities", "inputs", "feature_dim", "latent_dim",
+                 "subsets", "networks", "files")
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compute_model_id(files: Mapping[str, str]) -> str:
+    """``model_id``: first 16 hex digits of the sha256 over the sorted ``"file:sha256\\n"`` lines of ``files``."""
+    text = "".join(f"{name}:{files[name]}\n" for name in sorted(files))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def subset_key(modalities: Iterable[str], order: Sequence[str]) -> str:
+    """Canonical key of a modality subset: names in ``order`` joined with ``+`` (e.g. ``"camera+lidar"``).
+
+    Raises:
+        KeyError: a name that is not in ``order``.
+    """
+    mods = set(modalities)
+    unknown = mods.difference(order)
+    if unknown:
+        raise KeyError(f"unknown modalities {sorted(unknown)}; bundle has {list(order)}")
+    return "+".join(m for m in order if m in mods)
+
+
+def read_manifest(path: str) -> dict:
+    """Read and schema-check ``<path>/manifest.json``.
+
+    Raises:
+        BundleError: missing directory or manifest, invalid JSON, wrong format or missing keys (message names the
+            file).
+    """
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.isdir(path):
+        raise BundleError(f"model bundle directory {path} does not exist")
+    if not os.path.isfile(mpath):
+        raise BundleError(f"{mpath} is missing: not a model bundle (expected manifest.json and *.onnx)")
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{mpath} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: expected \"format\": \"{FORMAT}\"")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{mpath}: missing keys {missing}")
+    return manifest
+
+
+def verify_sums(path: str, manifest: Mapping) -> None:
+    """Check every file listed in ``manifest["files"]`` against its sha256, and the ``model_id`` against the sums.
+
+    Raises:
+        BundleError: a missing file or a mismatching sum (the message names the file), or a wrong ``model_id``.
+    """
+    for name, expected in sorted(manifest["files"].items()):
+        fpath = os.path.join(path, name)
+        if not os.path.isfile(fpath):
+            raise BundleError(f"{fpath} is missing (listed in {MANIFEST})")
+        got = sha256_file(fpath)
+        if got != expected:
+            raise BundleError(f"{fpath}: sha256 {got[:12]}… does not match the manifest's {expected[:12]}… "
+                              "(file corrupt or changed after export)")
+    mid = compute_model_id(manifest["files"])
+    if mid != manifest["model_id"]:
+        raise BundleError(f"{os.path.join(path, MANIFEST)}: model_id {manifest['model_id']} does not match the "
+                          f"file sums ({mid})")
+
+
+class Bundle:
+    """A loaded model bundle with one onnxruntime session per network.
+
+    Attributes:
+        path: bundle directory.
+        manifest: the parsed ``manifest.json``.
+        model_id: str, identifies the latent space; agents refuse latents of another ``model_id``.
+        modalities: tuple of modality names, in the canonical order.
+        feature_dim: D*, β-VAE latent size (M2VAE input per modality).
+        latent_dim: Dz, size of the shared M2VAE latent space.
+        subsets: tuple of subset keys (``"camera"``, ``"camera+lidar"``, …), in manifest order.
+        class_names: tuple of class names, or None for a bundle without a class-belief head.
+        providers: onnxruntime execution providers in use.
+    """
+
+    def __init__(self, path: str, manifest: dict, threads: int = 1, providers: Sequence[str] | None = None):
+        import onnxruntime as ort
+
+        self.path = path
+        self.manifest = manifest
+        self.model_id = str(manifest["model_id"])
+        self.modalities = tuple(manifest["modalities"])
+        self.feature_dim = int(manifest["feature_dim"])
+        self.latent_dim = int(manifest["latent_dim"])
+        self.subsets = tuple(subset_key(s, self.modalities) for s in manifest["subsets"])
+        names = manifest.get("class_names")
+        self.class_names = tuple(names) if names else None
+        available = ort.get_available_providers()
+        wanted = list(providers) if providers else ["CPUExecutionProvider"]
+        self.providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        self._opts = ort.SessionOptions()
+        self._opts.intra_op_num_threads = max(1, int(threads))
+        self._opts.inter_op_num_threads = 1
+        self._opts.log_severity_level = 3
+        self._sessions: dict[str, object] = {}
+        nets = manifest["networks"]
+        self._files = {
+            **{("betavae_encoder", m): nets["betavae_encoder"][m] for m in self.modalities},
+            **{("betavae_decoder", m): nets["betavae_decoder"][m] for m in self.modalities
+               if m in nets.get("betavae_decoder", {})},
+            **{("subset_encoder", s): nets["subset_encoder"][s] for s in self.subsets},
+            **{("decoder", m): nets["decoder"][m] for m in self.modalities},
+        }
+        if nets.get("head") and self.class_names:
+            self._files[("head", "")] = nets["head"]
+        # open every network the fusion path needs now, so a corrupt file stops start-up, not the first message
+        for key in self._files:
+            if key[0] != "betavae_decoder":
+                self._session(key)
+
+    @classmethod
+    def load(cls, path: str, *, check_sums: bool = True, threads: int = 1,
+             providers: Sequence[str] | None = None) -> "Bundle":
+        """Load a bundle directory.
+
+        Args:
+            path: directory with ``manifest.json``.
+            check_sums: verify every file's sha256 and the ``model_id`` (recommended; ~10 ms for a small bundle).
+            threads: onnxruntime intra-op threads per session.
+            providers: onnxruntime execution providers to prefer (unavailable ones are skipped; CPU is the fallback).
+
+        Raises:
+            BundleError: missing, corrupt or inconsistent bundle; the message names the file.
+        """
+        path = os.path.abspath(path)
+        manifest = read_manifest(path)
+        if check_sums:
+            verify_sums(path, manifest)
+        try:
+            return cls(path, manifest, threads=threads, providers=providers)
+        except KeyError as exc:
+            raise BundleError(f"{os.path.join(path, MANIFEST)}: networks entry missing for {exc}") from None
+
+    # -- sessions ---------------------------------------------------------------------------------------------
+    def _session(self, key):
+        sess = self._sessions.get(key)
+        if sess is None:
+            import onnxruntime as ort
+
+            fpath = os.path.join(self.path, self._files[key])
+            try:
+                sess = ort.InferenceSession(fpath, sess_options=self._opts, providers=self.providers)
+            except Exception as exc:  # onnxruntime raises its own exception types for corrupt models
+                raise BundleError(f"{fpath}: cannot be loaded by onnxruntime ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200]})") from None
+            self._sessions[key] = sess
+        return sess
+
+    def _run(self, key, feeds: Mapping[str, np.ndarray]):
+        return self._session(key).run(None, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
+
+    def input_config(self, modality: str) -> dict:
+        """Preprocessing config of ``modality`` (see :mod:`m2vae_fusion.core.preprocess`)."""
+        return dict(self.manifest["inputs"][modality]["preprocessing"])
+
+    def input_shape(self, modality: str) -> tuple:
+        """Shape of one preprocessed input of ``modality`` (no batch axis)."""
+        return tuple(self.manifest["inputs"][modality]["shape"])
+
+    # -- networks ---------------------------------------------------------------------------------------------
+    def encode_feature(self, modality: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """β-VAE encoder of ``modality``: preprocessed input float32 (N, *input_shape) → mean, log-variance (N, D*)."""
+        mean, logvar = self._run(("betavae_encoder", modality), {"x": x})
+        return mean, logvar
+
+    def decode_feature(self, modality: str, f: np.ndarray) -> np.ndarray:
+        """β-VAE decoder of ``modality``: feature float32 (N, D*) → reconstructed input (N, *input_shape)."""
+        return self._run(("betavae_decoder", modality), {"z": f})[0]
+
+    def encode_subset(self, features: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """M2VAE subset encoder q_S(z | x_S) for S = the keys of ``features`` (FUSION 2019, Fig. 2c).
+
+        Args:
+            features: modality → β-VAE feature float32 (N, D*); the keys choose the subset encoder.
+
+        Returns:
+            latent mean and log-variance, float32 (N, Dz).
+        """
+        key = subset_key(features, self.modalities)
+        mean, logvar = self._run(("subset_encoder", key), features)
+        return mean, logvar
+
+    def decode(self, modality: str, z: np.ndarray) -> np.ndarray:
+        """M2VAE decoder p_m(x_m | z) mean: latent float32 (N, Dz) → β-VAE feature of ``modality`` (N, D*)."""
+        return self._run(("decoder", modality), {"z": z})[0]
+
+    @property
+    def has_head(self) -> bool:
+        """True when the bundle has a class-belief head (trained with labels)."""
+        return ("head", "") in self._files
+
+    def classify(self, z: np.ndarray) -> np.ndarray | None:
+        """Class-belief head: latent mean float32 (N, Dz) → class probabilities (N, C); None without a head."""
+        if not self.has_head:
+            return None
+        return self._run(("head", ""), {"z": z})[0]
+
+    # -- probes -----------------------------------------------------------------------------------------------
+    def probe_differences(self) -> dict[str, float]:
+        """Max abs difference between onnxruntime outputs and the stored torch outputs, per network file.
+
+        ``probes.npz`` holds ``"<file>:<input name>"`` inputs and ``"<file>:<output name>"`` expected outputs.
+
+        Raises:
+            BundleError: probes file missing or without entries for a network.
+        """
+        import onnxruntime as ort
+
+        ppath = os.path.join(self.path, self.manifest.get("probes", "probes.npz"))
+        if not os.path.isfile(ppath):
+            raise BundleError(f"{ppath} is missing (probe inputs and expected outputs)")
+        probes = np.load(ppath)
+        out = {}
+        for fname in sorted(set(self._files.values())):
+            sess = ort.InferenceSession(os.path.join(self.path, fname), sess_options=self._opts,
+                                        providers=self.providers)
+            feeds = {i.name: probes[f"{fname}:{i.name}"] for i in sess.get_inputs() if f"{fname}:{i.name}" in probes}
+            if len(feeds) != len(sess.get_inputs()):
+                raise BundleError(f"{ppath}: no probe inputs for {fname}")
+            got = sess.run(None, feeds)
+            diff = 0.0
+            for o, value in zip(sess.get_outputs(), got):
+                diff = max(diff, float(np.max(np.abs(value - probes[f"{fname}:{o.name}"]))))
+            out[fname] = diff
+        return out
