@@ -65,11 +65,20 @@ def preprocess_camera(image: np.ndarray, cfg: Mapping) -> np.ndarray:
     n, h, w, _ = img.shape
     if h == 0 or w == 0:
         raise PreprocessError(f"camera image is empty ({h}x{w})")
-    tw, th = int(cfg["width"]), int(cfg["height"])
-    out = np.empty((n, th, tw, 3), np.uint8)
-    for i in range(n):
-        out[i] = img[i] if (h, w) == (th, tw) else cv2.resize(img[i], (tw, th), interpolation=cv2.INTER_AREA)
+    out = np.stack([resize_camera(img[i], cfg) for i in range(n)]) if (h, w) != (int(cfg["height"]),
+                                                                           int(cfg["width"])) else img
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def resize_camera(image: np.ndarray, cfg: Mapping) -> np.ndarray:
+    """One RGB image uint8 (H, W, 3) → uint8 (h, w, 3) at the training size of ``cfg`` (cv2 INTER_AREA).
+
+    This is the image a data set stores; :func:`preprocess_camera` applies it before scaling to [0, 1].
+    """
+    tw, th = int(cfg["width"]), int(cfg["height"])
+    if image.shape[:2] == (th, tw):
+        return np.ascontiguousarray(image)
+    return cv2.resize(np.ascontiguousarray(image), (tw, th), interpolation=cv2.INTER_AREA)
 
 
 def clean_ranges(ranges: np.ndarray, range_min: float, range_max: float, nan_limit: float = 0.5) -> np.ndarray:
