@@ -1,0 +1,422 @@
+"""Message <-> numpy conversion for the m2vae_fusion nodes: pure functions, no node, no spinning.
+
+Readers (message → numpy) validate what they read and raise :class:`ConversionError`, whose ``reason`` is a short
+key the fusion node counts in its diagnostics (``bad_encoding``, ``empty``, ``truncated``, ``non_finite``,
+``mismatch``, ``no_xyz``, ``no_return``, …). Writers (numpy → message) build the messages the simulator and the
+tests publish. Conventions: REP 103 (x forward, y left, angles counter-clockwise), REP 117 (``+inf`` = no return
+within range, ``-inf`` = too close, NaN = erroneous reading), sensor_msgs/Image row padding in ``step``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import Image, LaserScan, PointCloud2, PointField
+from std_msgs.msg import Header
+
+try:  # part of a full ROS 2 install; not on PyPI
+    from sensor_msgs_py import point_cloud2 as _pc2
+except ImportError:  # pragma: no cover - depends on the install
+    _pc2 = None
+
+#: sensor_msgs/Image encodings the camera reader accepts, with their channel count.
+IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+TWO_PI = 2.0 * math.pi
+
+
+class ConversionError(ValueError):
+    """A message that cannot be converted; ``reason`` is a short machine-readable key for counters."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# -- time ---------------------------------------------------------------------------------------------------------
+def stamp_to_ns(stamp: Time) -> int:
+    """builtin_interfaces/Time → integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """Integer nanoseconds (≥ 0) → builtin_interfaces/Time."""
+    ns = max(0, int(ns))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def make_header(stamp_ns: int, frame_id: str) -> Header:
+    """std_msgs/Header from nanoseconds and a frame id."""
+    return Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+
+
+# -- camera -------------------------------------------------------------------------------------------------------
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image → uint8 RGB array (H, W, 3).
+
+    Accepts ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` (alpha dropped) and ``mono8`` (replicated to 3 channels), any
+    size; rows may be padded (``step`` > width · channels); the padding is skipped. 8-bit encodings have no byte
+    order, so ``is_bigendian`` is irrelevant.
+
+    Raises:
+        ConversionError: ``bad_encoding`` (unsupported encoding), ``empty`` (zero width or height), ``truncated``
+            (``step`` smaller than a row, or ``data`` shorter than ``step · height``).
+    """
+    enc = msg.encoding.lower()
+    ch = IMAGE_ENCODINGS.get(enc)
+    if ch is None:
+        raise ConversionError("bad_encoding", f"unsupported image encoding {msg.encoding!r}; "
+                                              f"supported: {', '.join(IMAGE_ENCODINGS)}")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ConversionError("empty", f"image is empty ({w}x{h})")
+    row = w * ch
+    if step < row:
+        raise ConversionError("truncated", f"image step {step} is smaller than a row ({w} px x {ch} B = {row} B)")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size < step * h:
+        raise ConversionError("truncated", f"image data has {buf.size} B, expected step x height = {step * h} B")
+    img = buf[: step * h].reshape(h, step)[:, :row].reshape(h, w, ch)
+    if enc == "rgb8":
+        return np.ascontiguousarray(img)
+    if enc == "bgr8":
+        return np.ascontiguousarray(img[:, :, ::-1])
+    if enc == "rgba8":
+        return np.ascontiguousarray(img[:, :, :3])
+    if enc == "bgra8":
+        return np.ascontiguousarray(img[:, :, 2::-1])
+    return np.ascontiguousarray(np.repeat(img, 3, axis=2))  # mono8
+
+
+def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", stamp_ns: int = 0, frame_id: str = "camera",
+                 row_padding: int = 0) -> Image:
+    """uint8 RGB array (H, W, 3) → sensor_msgs/Image in ``encoding`` (one of :data:`IMAGE_ENCODINGS`).
+
+    ``row_padding`` extra bytes (zeros) are appended to each row, as some drivers do (``step`` grows accordingly).
+    ``mono8`` uses the ITU-R BT.601 luma of the RGB image.
+    """
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be (H, W, 3), got {rgb.shape}")
+    enc = encoding.lower()
+    if enc == "rgb8":
+        px = rgb
+    elif enc == "bgr8":
+        px = rgb[:, :, ::-1]
+    elif enc == "rgba8":
+        px = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    elif enc == "bgra8":
+        px = np.concatenate([rgb[:, :, ::-1], np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    elif enc == "mono8":
+        y = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        px = np.clip(np.rint(y), 0, 255).astype(np.uint8)[:, :, None]
+    else:
+        raise ValueError(f"unsupported encoding {encoding!r}")
+    h, w, ch = px.shape
+    rows = px.reshape(h, w * ch)
+    if row_padding:
+        rows = np.concatenate([rows, np.zeros((h, int(row_padding)), np.uint8)], axis=1)
+    msg = Image(header=make_header(stamp_ns, frame_id), height=h, width=w, encoding=enc, is_bigendian=0,
+                step=int(rows.shape[1]))
+    msg.data = np.ascontiguousarray(rows).tobytes()
+    return msg
+
+
+# -- planar scans -------------------------------------------------------------------------------------------------
+def _check_scan_header(msg: LaserScan) -> None:
+    vals = (msg.angle_min, msg.angle_max, msg.angle_increment, msg.range_max)
+    if not all(math.isfinite(v) for v in vals):
+        raise ConversionError("non_finite", "scan has a non-finite angle_min, angle_max, angle_increment or range_max")
+
+
+def resample_scan(ranges: np.ndarray, angle_min: float, angle_increment: float, cfg: Mapping) -> np.ndarray:
+    """Planar scan on any angular grid → the bundle's grid (``cfg``: beams, angle_min, angle_increment).
+
+    Each target beam takes the range of the nearest source beam (angles compared modulo 2π, so a 0…2π scan serves a
+    −120°…+120° model); target beams outside the source's coverage get NaN (unobserved). A scan already on the
+    target grid is returned unchanged.
+    """
+    r = np.asarray(ranges, dtype=np.float32)
+    n = r.shape[0]
+    beams = int(cfg["beams"])
+    b0, db = float(cfg["angle_min"]), float(cfg["angle_increment"])
+    if n == beams and abs(angle_min - b0) < 0.25 * abs(db) and abs(angle_increment - db) * beams < 0.25 * abs(db):
+        return r
+    step = abs(angle_increment)
+    theta = b0 + db * np.arange(beams, dtype=np.float64)
+    t = np.mod((theta - angle_min) * math.copysign(1.0, angle_increment), TWO_PI)  # distance along the scan
+    idx = np.rint(t / step).astype(np.int64)
+    full_circle = step * n >= TWO_PI - 0.5 * step
+    if full_circle:
+        idx %= n
+        valid = np.ones(beams, bool)
+    else:
+        before_start = (TWO_PI - t) <= 0.5 * step  # just before the first beam, within half a step
+        idx[before_start] = 0
+        valid = before_start | (idx <= n - 1)
+    out = np.full(beams, np.nan, np.float32)
+    out[valid] = r[idx[valid]]
+    return out
+
+
+def scan_to_ranges(msg: LaserScan, cfg: Mapping) -> np.ndarray:
+    """LiDAR sensor_msgs/LaserScan → float32 ranges (B,) on the bundle's grid (see :func:`resample_scan`).
+
+    Raises:
+        ConversionError: ``empty`` (no beams), ``non_finite`` (non-finite angles or range_max), ``mismatch``
+            (zero angle increment, or no finite range within the model's field of view), ``non_finite`` also when no
+            beam has a finite range and some are NaN, ``no_return`` when every beam is ±inf (nothing observed).
+    """
+    _check_scan_header(msg)
+    ranges = np.frombuffer(msg.ranges, dtype=np.float32) if len(msg.ranges) else np.zeros(0, np.float32)
+    if ranges.size == 0:
+        raise ConversionError("empty", "scan has no ranges")
+    if msg.angle_increment == 0.0 and ranges.size > 1:
+        raise ConversionError("mismatch", "scan has angle_increment 0")
+    inc = float(msg.angle_increment) if msg.angle_increment != 0.0 else float(cfg["angle_increment"])
+    if not np.any(np.isfinite(ranges)):
+        if np.any(np.isnan(ranges)):
+            raise ConversionError("non_finite", "scan has no finite range (NaN: erroneous readings)")
+        raise ConversionError("no_return", "scan has no finite range (nothing observed)")
+    out = resample_scan(ranges, float(msg.angle_min), inc, cfg)
+    if not np.any(np.isfinite(out)):
+        raise ConversionError("mismatch", "scan does not cover the model's field of view")
+    return out
+
+
+def reflectance_to_array(msg: LaserScan, beams: int) -> np.ndarray:
+    """Few-beam reflectance sensor_msgs/LaserScan (ranges + intensities) → float32 (K, 2) (range, intensity).
+
+    Raises:
+        ConversionError: ``empty`` (no beams), ``mismatch`` (K differs from ``beams`` or intensities missing / of
+            another length), ``non_finite`` (non-finite or negative intensities).
+    """
+    n = len(msg.ranges)
+    if n == 0:
+        raise ConversionError("empty", "reflectance scan has no ranges")
+    if n != int(beams):
+        raise ConversionError("mismatch", f"reflectance scan has {n} beams, the model expects {beams}")
+    if len(msg.intensities) != n:
+        raise ConversionError("mismatch", f"reflectance scan has {len(msg.intensities)} intensities for {n} ranges")
+    r = np.frombuffer(msg.ranges, dtype=np.float32)
+    i = np.frombuffer(msg.intensities, dtype=np.float32)
+    if not np.all(np.isfinite(i)) or np.any(i < 0):
+        raise ConversionError("non_finite", "reflectance intensities must be finite and non-negative")
+    return np.stack([r, i], axis=1)
+
+
+def ranges_to_scan(ranges: np.ndarray, cfg: Mapping, stamp_ns: int = 0, frame_id: str = "laser",
+                   intensities: np.ndarray | None = None, scan_time: float = 0.1) -> LaserScan:
+    """float ranges (B,) on the grid of ``cfg`` (beams, angle_min, angle_increment, range_min, range_max) → LaserScan.
+
+    ``cfg`` may omit ``angle_min``/``angle_increment`` (then the beams are spread evenly over a full circle).
+    """
+    r = np.asarray(ranges, dtype=np.float32).ravel()
+    n = r.size
+    inc = float(cfg.get("angle_increment", TWO_PI / max(n, 1)))
+    a0 = float(cfg.get("angle_min", -math.pi))
+    msg = LaserScan(header=make_header(stamp_ns, frame_id), angle_min=a0, angle_max=a0 + inc * max(n - 1, 0),
+                    angle_increment=inc, time_increment=0.0, scan_time=float(scan_time),
+                    range_min=float(cfg.get("range_min", 0.0)), range_max=float(cfg["range_max"]))
+    msg.ranges = r
+    if intensities is not None:
+        msg.intensities = np.asarray(intensities, dtype=np.float32).ravel()
+    return msg
+
+
+# -- point clouds -------------------------------------------------------------------------------------------------
+_PF_DTYPES = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
+              PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8"}
+
+
+def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
+    """sensor_msgs/PointCloud2 → float32 (N, 3) x, y, z (all points, non-finite ones included).
+
+    Uses ``sensor_msgs_py.point_cloud2`` when it is importable, else reads the fields with numpy (any numeric x/y/z
+    field type, either byte order, padded points and rows).
+
+    Raises:
+        ConversionError: ``no_xyz`` (a field x, y or z is missing), ``empty`` (no points), ``truncated`` (``data``
+            shorter than the declared layout, or fields beyond ``point_step``).
+    """
+    fields = {f.name: f for f in msg.fields}
+    missing = [c for c in "xyz" if c not in fields]
+    if missing:
+        raise ConversionError("no_xyz", f"point cloud has no field(s) {', '.join(missing)}")
+    h, w = int(msg.height), int(msg.width)
+    n = h * w
+    if n == 0:
+        raise ConversionError("empty", "point cloud has no points")
+    ps, rs = int(msg.point_step), int(msg.row_step)
+    endian = ">" if msg.is_bigendian else "<"
+    for c in "xyz":
+        f = fields[c]
+        if f.datatype not in _PF_DTYPES:
+            raise ConversionError("no_xyz", f"point cloud field {c} has unknown datatype {f.datatype}")
+        if f.offset + np.dtype(_PF_DTYPES[f.datatype]).itemsize > ps:
+            raise ConversionError("truncated", f"point cloud field {c} lies beyond point_step {ps}")
+    if rs < ps * w:
+        raise ConversionError("truncated", f"point cloud row_step {rs} < point_step x width = {ps * w}")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size < rs * (h - 1) + ps * w:
+        raise ConversionError("truncated", f"point cloud data has {buf.size} B, layout needs {rs * h} B")
+    if _pc2 is not None:
+        try:
+            pts = _pc2.read_points_numpy(msg, field_names=("x", "y", "z"), skip_nans=False)
+            return np.asarray(pts, dtype=np.float32).reshape(-1, 3)
+        except Exception:  # fall back to the own reader below
+            pass
+    dtype = np.dtype({"names": ["x", "y", "z"],
+                      "formats": [endian + _PF_DTYPES[fields[c].datatype] for c in "xyz"],
+                      "offsets": [fields[c].offset for c in "xyz"], "itemsize": ps})
+    if buf.size < rs * h:  # last row shorter than row_step: pad a copy so every row can be viewed alike
+        buf = np.concatenate([buf, np.zeros(rs * h - buf.size, np.uint8)])
+    rows = buf[: rs * h].reshape(h, rs)[:, : ps * w]
+    pts = np.ascontiguousarray(rows).view(dtype).reshape(-1)
+    return np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float32, copy=False)
+
+
+def xyz_to_scan(points: np.ndarray, cfg: Mapping, z_min: float = -math.inf, z_max: float = math.inf) -> np.ndarray:
+    """Points (N, 3) in the sensor frame → planar ranges (B,) on the bundle's grid (``cfg``).
+
+    Keeps finite points with ``z_min ≤ z ≤ z_max`` and a planar range in ``[range_min, range_max]``; each beam takes
+    the nearest point whose bearing rounds to it; beams without a point are ``+inf`` (no return, REP 117).
+
+    Raises:
+        ConversionError: ``no_return`` when no point qualifies.
+    """
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    beams = int(cfg["beams"])
+    b0, db = float(cfg["angle_min"]), float(cfg["angle_increment"])
+    rmin, rmax = float(cfg.get("range_min", 0.0)), float(cfg["range_max"])
+    ok = np.all(np.isfinite(p), axis=1) & (p[:, 2] >= z_min) & (p[:, 2] <= z_max)
+    p = p[ok]
+    rng = np.hypot(p[:, 0], p[:, 1])
+    ang = np.arctan2(p[:, 1], p[:, 0])
+    ok = (rng >= rmin) & (rng <= rmax)
+    rng, ang = rng[ok], ang[ok]
+    idx = np.floor(np.mod(ang - b0 + 0.5 * db, TWO_PI) / db).astype(np.int64)
+    ok = (idx >= 0) & (idx < beams)
+    out = np.full(beams, np.inf, np.float64)
+    np.minimum.at(out, idx[ok], rng[ok])
+    if not np.any(np.isfinite(out)):
+        raise ConversionError("no_return", "point cloud has no finite point within range and height band")
+    return out.astype(np.float32)
+
+
+def xyz_to_pointcloud2(points: np.ndarray, stamp_ns: int = 0, frame_id: str = "laser") -> PointCloud2:
+    """float (N, 3) → unorganised sensor_msgs/PointCloud2 with float32 fields x, y, z (little endian)."""
+    p = np.ascontiguousarray(np.asarray(points, dtype=np.float32).reshape(-1, 3))
+    fields = [PointField(name=c, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, c in enumerate("xyz")]
+    msg = PointCloud2(header=make_header(stamp_ns, frame_id), height=1, width=p.shape[0], fields=fields,
+                      is_bigendian=False, point_step=12, row_step=12 * p.shape[0], is_dense=bool(np.isfinite(p).all()))
+    msg.data = p.astype("<f4").tobytes()
+    return msg
+
+
+def scan_to_points(ranges: np.ndarray, angle_min: float, angle_increment: float) -> np.ndarray:
+    """Planar ranges → (N, 3) points in the sensor plane (z = 0); non-finite ranges give non-finite points."""
+    r = np.asarray(ranges, dtype=np.float64).ravel()
+    a = angle_min + angle_increment * np.arange(r.size)
+    with np.errstate(invalid="ignore"):
+        return np.stack([r * np.cos(a), r * np.sin(a), np.zeros_like(r)], axis=1).astype(np.float32)
+
+
+# -- latent embeddings --------------------------------------------------------------------------------------------
+@dataclass
+class LatentData:
+    """The content of a LatentEmbedding message, as numpy and plain Python values."""
+
+    agent_id: str
+    target_id: str
+    model_id: str
+    stamp_ns: int
+    modalities: tuple
+    modality_stamps_ns: tuple
+    modality_sources: tuple
+    contributors: tuple
+    mean: np.ndarray
+    log_variance: np.ndarray
+    updates: int = 0
+    frame_id: str = ""
+
+
+def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> LatentData:
+    """m2vae_fusion_msgs/LatentEmbedding → :class:`LatentData`, validated against the bundle.
+
+    Raises:
+        ConversionError: ``empty`` (no agent, target or modality), ``mismatch`` (wrong vector size, unknown or
+            repeated modality, per-slot lists of another length), ``non_finite`` (NaN / inf in mean or
+            log-variance).
+    """
+    if not msg.agent_id or not msg.target_id:
+        raise ConversionError("empty", "latent without agent_id or target_id")
+    mods = tuple(msg.modalities)
+    if not mods:
+        raise ConversionError("empty", "latent without modalities")
+    unknown = [m for m in mods if m not in modality_order]
+    if unknown or len(set(mods)) != len(mods):
+        raise ConversionError("mismatch", f"latent modalities {list(mods)} are not distinct members of "
+                                          f"{list(modality_order)}")
+    if len(msg.modality_stamps) != len(mods):
+        raise ConversionError("mismatch", f"latent has {len(msg.modality_stamps)} modality stamps for "
+                                          f"{len(mods)} modalities")
+    sources = tuple(msg.modality_sources)
+    if sources and len(sources) != len(mods):
+        raise ConversionError("mismatch", f"latent has {len(sources)} modality sources for {len(mods)} modalities")
+    if len(msg.mean) != latent_dim or len(msg.log_variance) != latent_dim:
+        raise ConversionError("mismatch", f"latent sizes {len(msg.mean)}/{len(msg.log_variance)}, "
+                                          f"the model's latent_dim is {latent_dim}")
+    mean = np.array(msg.mean, dtype=np.float32)
+    logvar = np.array(msg.log_variance, dtype=np.float32)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(logvar))):
+        raise ConversionError("non_finite", "latent mean or log-variance is not finite")
+    stamps = tuple(stamp_to_ns(s) for s in msg.modality_stamps)
+    # canonical slot order
+    order = sorted(range(len(mods)), key=lambda i: list(modality_order).index(mods[i]))
+    return LatentData(
+        agent_id=msg.agent_id, target_id=msg.target_id, model_id=msg.model_id,
+        stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
+        modalities=tuple(mods[i] for i in order), modality_stamps_ns=tuple(stamps[i] for i in order),
+        modality_sources=tuple(sources[i] for i in order) if sources else tuple(msg.agent_id for _ in order),
+        contributors=tuple(sorted(set(msg.contributors) | {msg.agent_id})), mean=mean, log_variance=logvar,
+        updates=int(msg.updates))
+
+
+def latent_to_msg(data: LatentData):
+    """:class:`LatentData` → m2vae_fusion_msgs/LatentEmbedding."""
+    from m2vae_fusion_msgs.msg import LatentEmbedding
+
+    msg = LatentEmbedding(header=make_header(data.stamp_ns, data.frame_id), agent_id=data.agent_id,
+                          target_id=data.target_id, model_id=data.model_id, modalities=list(data.modalities),
+                          modality_stamps=[ns_to_stamp(s) for s in data.modality_stamps_ns],
+                          modality_sources=list(data.modality_sources), contributors=list(data.contributors),
+                          updates=int(min(max(data.updates, 0), 2**32 - 1)))
+    msg.mean = np.asarray(data.mean, dtype=np.float32).ravel()
+    msg.log_variance = np.asarray(data.log_variance, dtype=np.float32).ravel()
+    return msg
+
+
+def class_belief_msg(data: LatentData, class_names: Sequence[str], probabilities: np.ndarray):
+    """Class-belief head output for a latent → m2vae_fusion_msgs/ClassBelief (same header, ids and modalities)."""
+    from m2vae_fusion_msgs.msg import ClassBelief
+
+    msg = ClassBelief(header=make_header(data.stamp_ns, data.frame_id), agent_id=data.agent_id,
+                      target_id=data.target_id, model_id=data.model_id, modalities=list(data.modalities),
+                      contributors=list(data.contributors), class_names=list(class_names))
+    msg.probabilities = np.asarray(probabilities, dtype=np.float32).ravel()
+    return msg
+
+
+def target_msg(target_id: str, stamp_ns: int, frame_id: str = "map", position: Sequence[float] | None = None):
+    """m2vae_fusion_msgs/TargetOfInterest; ``position`` (x, y, z) is optional."""
+    from geometry_msgs.msg import Point
+    from m2vae_fusion_msgs.msg import TargetOfInterest
+
+    msg = TargetOfInterest(header=make_header(stamp_ns, frame_id), target_id=target_id,
+                           has_position=position is not None)
+    if position is not None:
+        msg.position = Point(x=float(position[0]), y=float(position[1]), z=float(position[2]))
+    return msg

@@ -1,0 +1,290 @@
+"""Message <-> numpy conversion (m2vae_fusion.ros.conversions) and node statistics, without spinning a node."""
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("m2vae_fusion_msgs.msg")
+
+from sensor_msgs.msg import Image, LaserScan, PointCloud2, PointField  # noqa: E402
+
+from m2vae_fusion.core.preprocess import DEFAULT_CONFIGS  # noqa: E402
+from m2vae_fusion.ros import conversions as conv  # noqa: E402
+from m2vae_fusion.ros.stats import NodeStats, diagnostic_array, status_values  # noqa: E402
+
+LIDAR = DEFAULT_CONFIGS["lidar"]
+RNG = np.random.default_rng(0)
+
+
+def _reason(exc_info):
+    return exc_info.value.reason
+
+
+# -- camera -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("enc", ["rgb8", "bgr8", "rgba8", "bgra8"])
+@pytest.mark.parametrize("shape,pad", [((64, 64), 0), ((3, 7), 5), ((1, 1), 0), ((48, 64), 3)])
+def test_colour_encodings_round_trip_with_row_padding(enc, shape, pad):
+    rgb = RNG.integers(0, 256, shape + (3,), dtype=np.uint8)
+    msg = conv.rgb_to_image(rgb, enc, stamp_ns=5, row_padding=pad)
+    assert msg.step == shape[1] * conv.IMAGE_ENCODINGS[enc] + pad
+    out = conv.image_to_rgb(msg)
+    assert out.dtype == np.uint8 and out.shape == shape + (3,)
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_padding_bytes_are_not_read_as_pixels():
+    rgb = RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    msg = conv.rgb_to_image(rgb, "bgr8", row_padding=3)
+    raw = bytearray(msg.data)
+    for r in range(4):  # garbage in the padding
+        raw[r * msg.step + 15: (r + 1) * msg.step] = b"\xff\xee\xdd"
+    msg.data = bytes(raw)
+    np.testing.assert_array_equal(conv.image_to_rgb(msg), rgb)
+
+
+def test_mono8_is_replicated_luma():
+    rgb = RNG.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    out = conv.image_to_rgb(conv.rgb_to_image(rgb, "mono8", row_padding=2))
+    assert out.shape == (6, 9, 3)
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    luma = rgb.astype(float) @ [0.299, 0.587, 0.114]
+    assert np.max(np.abs(out[..., 0] - luma)) <= 0.5 + 1e-6
+
+
+def test_bgr_channel_order():
+    msg = Image(height=1, width=1, encoding="bgr8", step=3, data=bytes([1, 2, 3]))
+    np.testing.assert_array_equal(conv.image_to_rgb(msg)[0, 0], [3, 2, 1])
+    msg = Image(height=1, width=1, encoding="bgra8", step=4, data=bytes([1, 2, 3, 4]))
+    np.testing.assert_array_equal(conv.image_to_rgb(msg)[0, 0], [3, 2, 1])
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(encoding="16UC1", height=2, width=2, step=4, data=bytes(8)), "bad_encoding"),
+    (dict(encoding="yuv422", height=2, width=2, step=4, data=bytes(8)), "bad_encoding"),
+    (dict(encoding="rgb8", height=0, width=4, step=12, data=b""), "empty"),
+    (dict(encoding="rgb8", height=4, width=0, step=0, data=b""), "empty"),
+    (dict(encoding="rgb8", height=2, width=2, step=6, data=bytes(11)), "truncated"),
+    (dict(encoding="rgb8", height=2, width=2, step=5, data=bytes(10)), "truncated"),
+    (dict(encoding="rgba8", height=2, width=2, step=8, data=bytes(15)), "truncated"),
+])
+def test_bad_images(kw, reason):
+    with pytest.raises(conv.ConversionError) as e:
+        conv.image_to_rgb(Image(**kw))
+    assert _reason(e) == reason
+
+
+# -- planar scans -------------------------------------------------------------------------------------------------
+def test_scan_on_the_model_grid_is_unchanged():
+    r = RNG.uniform(0.1, 5, LIDAR["beams"]).astype(np.float32)
+    r[::7] = np.inf
+    msg = conv.ranges_to_scan(r, LIDAR, stamp_ns=1)
+    np.testing.assert_array_equal(conv.scan_to_ranges(msg, LIDAR), r)
+
+
+def test_full_circle_scan_is_resampled_to_the_model_grid():
+    n = 360
+    inc = 2 * math.pi / n
+    ang = inc * np.arange(n)
+    r = (1.0 + 0.5 * np.sin(ang)).astype(np.float32)  # ranges as a smooth function of the angle
+    msg = conv.ranges_to_scan(r, {"angle_min": 0.0, "angle_increment": inc, "range_max": 6.0})
+    out = conv.scan_to_ranges(msg, LIDAR)
+    theta = LIDAR["angle_min"] + LIDAR["angle_increment"] * np.arange(LIDAR["beams"])
+    assert out.shape == (LIDAR["beams"],)
+    np.testing.assert_allclose(out, 1.0 + 0.5 * np.sin(theta), atol=0.5 * inc + 1e-6)
+
+
+def test_reversed_and_partial_scans():
+    n = 200
+    inc = -0.01  # clockwise scan from +1 rad
+    r = np.linspace(1, 2, n).astype(np.float32)
+    msg = conv.ranges_to_scan(r, {"angle_min": 1.0, "angle_increment": inc, "range_max": 6.0})
+    out = conv.scan_to_ranges(msg, LIDAR)
+    theta = LIDAR["angle_min"] + LIDAR["angle_increment"] * np.arange(LIDAR["beams"])
+    covered = (theta <= 1.0 + 0.005) & (theta >= 1.0 + inc * (n - 1) - 0.005)
+    assert np.all(np.isnan(out[~covered])) and np.all(np.isfinite(out[covered]))
+    i = np.argmin(np.abs(theta - 0.5))  # 0.5 rad is source beam 50
+    assert out[i] == pytest.approx(r[50], abs=1e-3)
+
+
+@pytest.mark.parametrize("ranges,kw,reason", [
+    ([], {}, "empty"),
+    ([math.nan] * 10, {}, "non_finite"),
+    ([math.inf] * 10, {}, "no_return"),
+    ([1.0] * 10, {"angle_increment": math.inf}, "non_finite"),
+    ([1.0] * 10, {"range_max": math.nan}, "non_finite"),
+    ([1.0] * 10, {"angle_increment": 0.0}, "mismatch"),
+    ([1.0] * 10, {"angle_min": 3.0, "angle_increment": 0.001}, "mismatch"),  # behind the model's field of view
+])
+def test_bad_scans(ranges, kw, reason):
+    msg = LaserScan(angle_min=-0.5, angle_max=0.5, angle_increment=0.1, range_min=0.0, range_max=5.0)
+    for k, v in kw.items():
+        setattr(msg, k, v)
+    msg.ranges = np.asarray(ranges, np.float32)
+    with pytest.raises(conv.ConversionError) as e:
+        conv.scan_to_ranges(msg, LIDAR)
+    assert _reason(e) == reason
+
+
+def test_reflectance_scans():
+    r = np.array([0.1, np.inf, 0.3, 0.2, np.inf, 0.5, 0.6, 0.7], np.float32)
+    i = np.linspace(0, 1, 8).astype(np.float32)
+    msg = conv.ranges_to_scan(r, {"range_max": 0.8}, intensities=i)
+    out = conv.reflectance_to_array(msg, 8)
+    assert out.shape == (8, 2)
+    np.testing.assert_array_equal(out[:, 0], r)
+    np.testing.assert_array_equal(out[:, 1], i)
+    for rr, ii, reason in [(r[:5], i[:5], "mismatch"), (r, None, "mismatch"), (r, i[:7], "mismatch"),
+                           (r, np.where(np.arange(8) == 3, np.inf, i), "non_finite"),
+                           (r, np.where(np.arange(8) == 3, np.nan, i), "non_finite"),
+                           (r, -i - 1, "non_finite"), (r[:0], i[:0], "empty")]:
+        with pytest.raises(conv.ConversionError) as e:
+            conv.reflectance_to_array(conv.ranges_to_scan(rr, {"range_max": 0.8}, intensities=ii), 8)
+        assert _reason(e) == reason
+
+
+# -- point clouds -------------------------------------------------------------------------------------------------
+def test_cloud_round_trip_and_planar_scan():
+    r = RNG.uniform(0.2, 5, LIDAR["beams"]).astype(np.float32)
+    r[100:150] = np.inf
+    pts = conv.scan_to_points(r, LIDAR["angle_min"], LIDAR["angle_increment"])
+    msg = conv.xyz_to_pointcloud2(pts, stamp_ns=3, frame_id="laser")
+    back = conv.pointcloud2_to_xyz(msg)
+    np.testing.assert_array_equal(back, pts)
+    scan = conv.xyz_to_scan(back, LIDAR, -0.1, 0.1)
+    np.testing.assert_allclose(scan, r, rtol=1e-5)  # inf stays inf: no point in those beams
+
+
+def test_cloud_height_band_and_range_limits():
+    pts = np.array([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5], [0.0, 2.0, 0.0], [0.0, -9.0, 0.0], [np.nan, 0, 0]], np.float32)
+    scan = conv.xyz_to_scan(pts, LIDAR, -0.1, 0.1)
+    theta = LIDAR["angle_min"] + LIDAR["angle_increment"] * np.arange(LIDAR["beams"])
+    assert scan[np.argmin(np.abs(theta))] == pytest.approx(1.0)  # the point above the band is ignored
+    assert scan[np.argmin(np.abs(theta - math.pi / 2))] == pytest.approx(2.0)
+    assert np.isfinite(scan).sum() == 2  # beyond range_max (9 m) and NaN points are ignored
+    with pytest.raises(conv.ConversionError) as e:
+        conv.xyz_to_scan(pts, LIDAR, 1.0, 2.0)
+    assert _reason(e) == "no_return"
+
+
+def _cloud(points, datatype=PointField.FLOAT64, big=False, pad=4, rows=1, row_pad=0, names="xyz"):
+    """A cloud with another layout than the writer's: other field type, byte order, padding, organised rows."""
+    size = {PointField.FLOAT32: 4, PointField.FLOAT64: 8}[datatype]
+    ps = 3 * size + pad
+    pts = np.asarray(points, np.float64).reshape(rows, -1, 3)
+    h, w = pts.shape[:2]
+    dt = np.dtype({"names": list(names), "formats": [(">" if big else "<") + ("f8" if size == 8 else "f4")] * 3,
+                   "offsets": [pad, pad + size, pad + 2 * size], "itemsize": ps})
+    arr = np.zeros((h, w), dt)
+    for k, c in enumerate(names):
+        arr[c] = pts[..., k]
+    data = b"".join(arr[i].tobytes() + bytes(row_pad) for i in range(h))
+    fields = [PointField(name=c, offset=pad + k * size, datatype=datatype, count=1) for k, c in enumerate(names)]
+    return PointCloud2(height=h, width=w, fields=fields, is_bigendian=big, point_step=ps, row_step=ps * w + row_pad,
+                       data=data, is_dense=True)
+
+
+@pytest.mark.parametrize("datatype", [PointField.FLOAT32, PointField.FLOAT64])
+@pytest.mark.parametrize("big", [False, True])
+def test_cloud_layouts(datatype, big):
+    pts = RNG.normal(size=(2, 5, 3))
+    msg = _cloud(pts, datatype=datatype, big=big, rows=2, row_pad=6)
+    np.testing.assert_allclose(conv.pointcloud2_to_xyz(msg), pts.reshape(-1, 3), rtol=1e-6)
+
+
+def test_bad_clouds():
+    pts = RNG.normal(size=(4, 3))
+    with pytest.raises(conv.ConversionError) as e:
+        conv.pointcloud2_to_xyz(_cloud(pts, names="xyw"))
+    assert _reason(e) == "no_xyz"
+    msg = _cloud(pts)
+    msg.data = bytes(msg.data)[:-5]
+    with pytest.raises(conv.ConversionError) as e:
+        conv.pointcloud2_to_xyz(msg)
+    assert _reason(e) == "truncated"
+    msg = _cloud(pts)
+    msg.point_step = 8  # fields beyond the point
+    with pytest.raises(conv.ConversionError) as e:
+        conv.pointcloud2_to_xyz(msg)
+    assert _reason(e) == "truncated"
+    with pytest.raises(conv.ConversionError) as e:
+        conv.pointcloud2_to_xyz(conv.xyz_to_pointcloud2(np.zeros((0, 3))))
+    assert _reason(e) == "empty"
+
+
+# -- latents, stamps ----------------------------------------------------------------------------------------------
+ORDER = ("camera", "lidar", "reflectance")
+
+
+def _latent(**kw):
+    d = dict(agent_id="a", target_id="t", model_id="m", stamp_ns=2_000_000_123, modalities=("camera", "lidar"),
+             modality_stamps_ns=(1_000_000_000, 2_000_000_123), modality_sources=("a", "b"), contributors=("a", "b"),
+             mean=np.arange(4, dtype=np.float32), log_variance=-np.ones(4, np.float32), updates=3, frame_id="map")
+    d.update(kw)
+    return conv.LatentData(**d)
+
+
+def test_latent_round_trip_and_canonical_order():
+    msg = conv.latent_to_msg(_latent())
+    back = conv.latent_from_msg(msg, ORDER, 4)
+    assert back.modalities == ("camera", "lidar") and back.modality_stamps_ns == (1_000_000_000, 2_000_000_123)
+    assert back.modality_sources == ("a", "b") and back.contributors == ("a", "b") and back.stamp_ns == 2_000_000_123
+    np.testing.assert_array_equal(back.mean, np.arange(4))
+    msg = conv.latent_to_msg(_latent(modalities=("lidar", "camera"), modality_sources=("b", "a"),
+                                     modality_stamps_ns=(2, 1)))
+    back = conv.latent_from_msg(msg, ORDER, 4)
+    assert back.modalities == ("camera", "lidar") and back.modality_sources == ("a", "b")
+    assert back.modality_stamps_ns == (1, 2)
+    msg.modality_sources = []  # optional: the sender's evidence then
+    assert conv.latent_from_msg(msg, ORDER, 4).modality_sources == ("a", "a")
+    belief = conv.class_belief_msg(_latent(), ["x", "y"], np.array([0.25, 0.75]))
+    assert list(belief.class_names) == ["x", "y"] and belief.target_id == "t" and len(belief.probabilities) == 2
+
+
+@pytest.mark.parametrize("kw,dim,reason", [
+    (dict(mean=np.arange(5, dtype=np.float32)), 4, "mismatch"),
+    (dict(), 8, "mismatch"),
+    (dict(mean=np.array([0, np.nan, 0, 0], np.float32)), 4, "non_finite"),
+    (dict(log_variance=np.array([0, 0, np.inf, 0], np.float32)), 4, "non_finite"),
+    (dict(modalities=("camera", "sonar")), 4, "mismatch"),
+    (dict(modalities=("camera", "camera")), 4, "mismatch"),
+    (dict(modalities=("camera",), modality_sources=("a",)), 4, "mismatch"),  # 2 stamps for 1 modality
+    (dict(modalities=(), modality_stamps_ns=(), modality_sources=()), 4, "empty"),
+    (dict(agent_id=""), 4, "empty"),
+    (dict(target_id=""), 4, "empty"),
+])
+def test_bad_latents(kw, dim, reason):
+    with pytest.raises(conv.ConversionError) as e:
+        conv.latent_from_msg(conv.latent_to_msg(_latent(**kw)), ORDER, dim)
+    assert _reason(e) == reason
+
+
+def test_stamps_and_quantised_seconds():
+    from m2vae_fusion.ros.fusion_node import ns_to_s, s_to_ns
+
+    for ns in [0, 1, 999_999_999, 1_795_299_633_278_221_294, 2**62]:
+        assert conv.stamp_to_ns(conv.ns_to_stamp(ns)) == ns
+    for ns in RNG.integers(1_700_000_000 * 10**9, 1_900_000_000 * 10**9, 2000):
+        s = ns_to_s(int(ns))
+        q = s_to_ns(s)
+        assert abs(q - int(ns)) < 1000 and ns_to_s(q) == s and s_to_ns(ns_to_s(q)) == q  # exact after one step
+    msg = conv.target_msg("obj", 5, "map", (1, 2, 3))
+    assert msg.has_position and msg.position.y == 2.0
+    assert not conv.target_msg("obj", 5).has_position
+
+
+def test_stats_and_diagnostics_round_trip():
+    st = NodeStats(latency_window=100)
+    for i in range(200):
+        st.latency("camera", i * 1e-3)
+    st.inc("processed.camera", 5)
+    st.inc("dropped.camera.bad_encoding")
+    values = st.snapshot()
+    assert values["latency_ms.camera.window"] == 100
+    assert values["latency_ms.camera.p50"] == pytest.approx(149.5)
+    assert values["latency_ms.camera.max"] == pytest.approx(199.0)
+    arr = diagnostic_array(conv.ns_to_stamp(0), "n: fusion", "a", values, {"agent_id": "a"})
+    got = status_values(arr, "n: fusion")
+    assert got["agent_id"] == "a" and got["processed.camera"] == 5 and got["dropped.camera.bad_encoding"] == 1
+    assert got["latency_ms.camera.p99"] == pytest.approx(values["latency_ms.camera.p99"], abs=1e-3)
+    assert status_values(arr, "other") == {}
