@@ -29,7 +29,6 @@ from collections import OrderedDict, deque
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -45,6 +44,7 @@ from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionEr
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 from m2vae_fusion.errors import BundleError, UserError
 from m2vae_fusion.ros import conversions as conv
+from m2vae_fusion.ros.params import ConfigError, declare_parameters
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array
 
 MODEL_NAME = "amiro"
@@ -75,10 +75,6 @@ def default_model_dir() -> str:
     except ImportError:  # pragma: no cover - ament_index_python is a dependency
         pass
     return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "models", MODEL_NAME))
-
-
-class ConfigError(UserError):
-    """A parameter value the node cannot work with (the message names the parameter)."""
 
 
 class _Mailbox:
@@ -137,7 +133,7 @@ class FusionNode(Node):
     def __init__(self, node_name: str = "fusion_node", **kwargs):
         super().__init__(node_name, **kwargs)
         self.stats = NodeStats()
-        p = self._declare_parameters()
+        p = declare_parameters(self, self.PARAMS)
         self.p = p
         self.agent_id = p["agent_id"] or self.get_namespace().strip("/").replace("/", "_") or node_name
         self.stats = NodeStats(p["latency_window"])
@@ -164,6 +160,8 @@ class FusionNode(Node):
             f"head {'yes' if self.bundle.has_head else 'no'}); onnxruntime {ort.__version__} providers in use "
             f"{self.bundle.providers}, {p['ort_threads']} thread(s)")
         self.modalities = [m for m in p["modalities"] if m]
+        if not self.modalities:
+            raise ConfigError("parameter modalities is empty: name at least one of the bundle's modalities")
         bad = [m for m in self.modalities if m not in self.bundle.modalities]
         if bad:
             raise ConfigError(f"parameter modalities: {bad} not in the bundle's modalities "
@@ -197,13 +195,13 @@ class FusionNode(Node):
         topics = {"camera": (Image, p["camera_topic"]),
                   "lidar": (PointCloud2 if p["lidar_type"] == "PointCloud2" else LaserScan, p["lidar_topic"]),
                   "reflectance": (LaserScan, p["reflectance_topic"])}
-        self._subs = []
+        # the target subscription first: when it and a sensor are ready together, the executor takes it first
+        self._subs = [self.create_subscription(TargetOfInterest, p["target_topic"], self._on_target,
+                                               QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))]
         for m in self.modalities:
             mtype, topic = topics[m]
             self._subs.append(self.create_subscription(
                 mtype, topic, lambda msg, m=m: self._on_sensor(m, msg), sensor_qos))
-        self._subs.append(self.create_subscription(TargetOfInterest, p["target_topic"], self._on_target,
-                                                   QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)))
         if p["shared_latent_topic"]:
             self._subs.append(self.create_subscription(LatentEmbedding, p["shared_latent_topic"], self._on_latent,
                                                        QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)))
@@ -259,36 +257,6 @@ class FusionNode(Node):
         ("latency_window", 1000, "Latency percentiles are over this many recent observations per source"),
         ("warn_throttle", 5.0, "Seconds between repeated warnings of the same kind"),
     ]
-
-    def _declare_parameters(self) -> dict:
-        out = {}
-        for name, default, desc in self.PARAMS:
-            try:
-                out[name] = self._declare(name, default, desc)
-            except ConfigError:
-                raise
-            except Exception as exc:  # wrong type in the parameter file, …
-                raise ConfigError(f"parameter {name}: {exc}") from None
-        return out
-
-    def _declare(self, name, default, desc):
-        """Declare one parameter with its description and return its value (YAML overrides applied)."""
-        if isinstance(default, float):  # accept 30 as well as 30.0 in YAML
-            self.declare_parameter(name, default, ParameterDescriptor(description=desc, dynamic_typing=True))
-            value = self.get_parameter(name).value
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"parameter {name} must be a number, got {value!r}") from None
-        if isinstance(default, Parameter.Type):  # typed, no default value
-            self.declare_parameter(name, default, ParameterDescriptor(description=desc))
-            try:
-                return list(self.get_parameter(name).value)
-            except Exception:  # uninitialised: YAML [] leaves a typed parameter without a value
-                return []
-        self.declare_parameter(name, default, ParameterDescriptor(description=desc))
-        value = self.get_parameter(name).value
-        return list(value) if isinstance(default, list) else value
 
     # -- callbacks (executor thread; cheap) -------------------------------------------------------------------
     def _on_sensor(self, modality: str, msg) -> None:

@@ -49,16 +49,19 @@ class NodeProcess:
         log_dir: where the parameter file and ``<name>.log`` (stdout + stderr) go.
         name: file stem; defaults to the namespace's last part or the module's.
         extra_args: more ``--ros-args`` arguments (e.g. remappings).
+        params_files: parameter files loaded before ``params`` (e.g. ``config/fusion.yaml``).
     """
 
     def __init__(self, module: str, namespace: str = "", params: dict | None = None, log_dir: str = ".",
-                 name: str | None = None, extra_args=(), env: dict | None = None):
+                 name: str | None = None, extra_args=(), env: dict | None = None, params_files=()):
         self.name = name or (namespace.strip("/").replace("/", "_") or module.rsplit(".", 1)[-1])
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"{self.name}.log")
         cmd = [sys.executable, "-m", module, "--ros-args"]
         if namespace:
             cmd += ["-r", f"__ns:={namespace}"]
+        for path in params_files:  # applied first: ``params`` override them
+            cmd += ["--params-file", str(path)]
         if params:
             cmd += ["--params-file", write_params(os.path.join(log_dir, f"{self.name}.yaml"), params)]
         cmd += list(extra_args)

@@ -1,0 +1,324 @@
+"""The simulated-world node: a PyBullet AMiRo world (m2vae_fusion.sim.World) with K agents touring the objects.
+
+Each agent inspects every object in turn: a transit (target of interest empty, the robot moves along a straight line)
+then an inspection (target of interest = the object, the robot stands ``inspect_distance`` m from it, looking outward
+from the arena centre and slowly panning). Per agent ``<ns>`` = ``<agent_prefix><k>`` it publishes, at realistic
+rates and only for the sensors of its rig:
+
+- ``/<ns>/camera/image_raw`` sensor_msgs/Image (``camera_encoding``, default rgb8, ``camera_width`` x
+  ``camera_height``, ``camera_rate`` Hz),
+- ``/<ns>/scan`` sensor_msgs/LaserScan, or PointCloud2 with ``lidar_type: PointCloud2`` (``lidar_rate`` Hz),
+- ``/<ns>/reflectance`` sensor_msgs/LaserScan with ranges + intensities of the IR ring (``reflectance_rate`` Hz),
+- ``/<ns>/target_of_interest`` m2vae_fusion_msgs/TargetOfInterest on every change (stamped with the time the new
+  target became active) and repeated every second,
+
+and, for evaluation only, ``/sim/ground_truth`` std_msgs/String holding JSON (object ids → class name, id,
+attributes and position; agent → target, pose, sensors), transient-local so late subscribers get the newest.
+
+Time: every stamp and the tour schedule come from the node's ROS clock (wall time, or ``/clock`` with
+``use_sim_time``), the same convention as the fusion node. No torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, LaserScan, PointCloud2
+from std_msgs.msg import String
+
+from m2vae_fusion.errors import UserError
+from m2vae_fusion.ros import conversions as conv
+from m2vae_fusion.ros.params import declare_parameters
+from m2vae_fusion_msgs.msg import TargetOfInterest
+
+SENSORS = ("camera", "lidar", "reflectance")
+CLASS_NAMES = [f"{c}_{s}_{m}" for c in ("red", "green") for s in ("cylinder", "cube") for m in ("matte", "shiny")]
+
+
+@dataclass
+class Phase:
+    """Where an agent is in its tour at a time: transit towards or inspection of ``obj`` (index)."""
+
+    visit: int
+    obj: int
+    inspecting: bool
+    start: float  # s since the tour's start
+
+
+def parse_rig(spec: str) -> tuple:
+    """``"all"`` or ``"camera+lidar"`` (also ``,`` or spaces) → sensors in canonical order.
+
+    Raises:
+        UserError: an unknown sensor name or an empty rig.
+    """
+    s = spec.strip().lower()
+    if s in ("", "all"):
+        return SENSORS
+    names = [n for n in s.replace(",", "+").replace(" ", "+").split("+") if n]
+    bad = [n for n in names if n not in SENSORS]
+    if bad or not names:
+        raise UserError(f"sensor rig {spec!r}: unknown sensors {bad}; use 'all' or names from {list(SENSORS)}")
+    return tuple(m for m in SENSORS if m in names)
+
+
+class Tour:
+    """The inspection schedule of one agent: visit ``v`` goes to object ``(first + v) % n``; each visit is a
+    transit of ``transit`` s then an inspection of ``inspect`` s."""
+
+    def __init__(self, first: int, n_objects: int, inspect: float, transit: float):
+        self.first, self.n = first, n_objects
+        self.inspect, self.transit = inspect, transit
+
+    def phase(self, t: float) -> Phase:
+        period = self.inspect + self.transit
+        visit = int(max(t, 0.0) // period)
+        into = max(t, 0.0) - visit * period
+        obj = (self.first + visit) % self.n
+        if into < self.transit:
+            return Phase(visit, obj, False, visit * period)
+        return Phase(visit, obj, True, visit * period + self.transit)
+
+
+class SimWorldNode(Node):
+    """See the module docstring."""
+
+    PARAMS = [
+        ("num_agents", 2, "Number of agents K"),
+        ("agent_prefix", "agent", "Agent k publishes under the namespace /<agent_prefix><k> and has id <prefix><k>"),
+        ("sensors", ["all"], "Sensor rig per agent ('all', 'camera', 'lidar+reflectance', ...); the last entry "
+                             "repeats for further agents"),
+        ("objects", CLASS_NAMES, "Class names of the objects to place (one object each), e.g. red_cube_shiny"),
+        ("seed", 0, "Seed of object sizes, inspection distances and sensor noise"),
+        ("object_circle_radius", 0.9, "Objects stand on a circle of this radius (m) around the arena centre"),
+        ("arena_size", 3.0, "Side of the square arena (m)"),
+        ("inspect_duration", 4.0, "Seconds an agent inspects each object"),
+        ("transit_duration", 1.0, "Seconds an agent travels between objects (no target of interest)"),
+        ("inspect_distance", [0.15, 0.35], "Range (m) of the distance from the robot's rim to the object centre"),
+        ("heading_jitter", 0.15, "Amplitude (rad) of the slow pan while inspecting"),
+        ("camera_rate", 15.0, "Camera frames per second"),
+        ("lidar_rate", 10.0, "LiDAR scans per second"),
+        ("reflectance_rate", 10.0, "Reflectance scans per second"),
+        ("camera_width", 160, "Published image width (px); the projection is the simulator's 4:3 camera"),
+        ("camera_height", 120, "Published image height (px)"),
+        ("camera_encoding", "rgb8", "Published image encoding: rgb8, bgr8, rgba8, bgra8 or mono8"),
+        ("lidar_type", "LaserScan", "LiDAR message: LaserScan or PointCloud2"),
+        ("camera_topic", "camera/image_raw", "Camera topic, relative to each agent's namespace"),
+        ("lidar_topic", "scan", "LiDAR topic, relative to each agent's namespace"),
+        ("reflectance_topic", "reflectance", "Reflectance topic, relative to each agent's namespace"),
+        ("target_topic", "target_of_interest", "TargetOfInterest topic, relative to each agent's namespace"),
+        ("ground_truth_topic", "/sim/ground_truth", "Ground truth (std_msgs/String, JSON) for evaluation only"),
+        ("frame_id", "map", "World frame of positions in TargetOfInterest and the ground truth"),
+        ("noise", True, "Sensor noise on"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__("sim_world", **kwargs)
+        p = declare_parameters(self, self.PARAMS)
+        self.p = p
+        k = int(p["num_agents"])
+        if not 1 <= k <= 16:
+            raise UserError(f"parameter num_agents must be 1..16, got {k}")
+        if p["camera_encoding"] not in conv.IMAGE_ENCODINGS:
+            raise UserError(f"parameter camera_encoding must be one of {list(conv.IMAGE_ENCODINGS)}")
+        if p["lidar_type"] not in ("LaserScan", "PointCloud2"):
+            raise UserError(f"parameter lidar_type must be LaserScan or PointCloud2, got {p['lidar_type']!r}")
+        bad = [c for c in p["objects"] if c not in CLASS_NAMES]
+        if bad or not p["objects"]:
+            raise UserError(f"parameter objects: unknown class names {bad}; expected names from {CLASS_NAMES}")
+        rigs = list(p["sensors"]) or ["all"]
+        self.rigs = [parse_rig(rigs[min(i, len(rigs) - 1)]) for i in range(k)]
+        self.names = [f"{p['agent_prefix']}{i}" for i in range(k)]
+
+        from m2vae_fusion.sim.sensors import AMIRO_RADIUS
+        from m2vae_fusion.sim.world import ObjectSpec, World
+
+        self.world = World(num_agents=k, seed=int(p["seed"]), arena_size=float(p["arena_size"]), walls=True,
+                           clutter=0)
+        rng = np.random.default_rng(int(p["seed"]))
+        n = len(p["objects"])
+        self.objects = []  # (object id string, pybullet id, spec, (x, y), bearing from centre)
+        for j, cname in enumerate(p["objects"]):
+            colour, shape, material = cname.split("_")
+            height = float(rng.uniform(0.05, 0.08))
+            width = float(rng.uniform(0.036, 0.055))
+            a = 2 * math.pi * j / n
+            x, y = p["object_circle_radius"] * math.cos(a), p["object_circle_radius"] * math.sin(a)
+            spec = ObjectSpec(colour, shape, material, height, width)
+            oid = self.world.add_object(spec, x, y, float(rng.uniform(0, 2 * math.pi)))
+            self.objects.append((f"object_{j}", oid, spec, (x, y), a))
+        self.rim = AMIRO_RADIUS
+        lo, hi = (list(p["inspect_distance"]) + [0.35])[:2]
+        self.distances = rng.uniform(lo, hi, size=(k, 4 * n + 1))  # per agent and visit (cycled)
+        self.tours = [Tour((i * n) // k, n, p["inspect_duration"], p["transit_duration"]) for i in range(k)]
+        for i in range(k):  # park each agent at the arena centre, facing its first object
+            self.world.set_agent_pose(i, 0.2 * math.cos(2 * math.pi * i / k), 0.2 * math.sin(2 * math.pi * i / k),
+                                      self.objects[self.tours[i].first][4])
+        self._start_pose = [self.world.agent_pose(i) for i in range(k)]
+
+        rel = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        lidar_msg = PointCloud2 if p["lidar_type"] == "PointCloud2" else LaserScan
+        self.pubs = []
+        for i, ns in enumerate(self.names):
+            pubs = {"target": self.create_publisher(TargetOfInterest, f"/{ns}/{p['target_topic']}", latched)}
+            if "camera" in self.rigs[i]:
+                pubs["camera"] = self.create_publisher(Image, f"/{ns}/{p['camera_topic']}", rel)
+            if "lidar" in self.rigs[i]:
+                pubs["lidar"] = self.create_publisher(lidar_msg, f"/{ns}/{p['lidar_topic']}", rel)
+            if "reflectance" in self.rigs[i]:
+                pubs["reflectance"] = self.create_publisher(LaserScan, f"/{ns}/{p['reflectance_topic']}", rel)
+            self.pubs.append(pubs)
+        self.pub_truth = self.create_publisher(String, p["ground_truth_topic"], latched)
+        self.t0_ns = self.get_clock().now().nanoseconds
+        self._targets = [None] * k  # last published TargetOfInterest per agent
+        self._lidar = self.world.lidar_info()
+        refl = self.world.reflectance_info()
+        self._refl_cfg = {"angle_min": 0.0, "angle_increment": 2 * math.pi / refl["beams"], "range_min": 0.0,
+                          "range_max": refl["range_max"]}
+        self.counts = {m: 0 for m in SENSORS}
+        for m, rate in (("camera", p["camera_rate"]), ("lidar", p["lidar_rate"]),
+                        ("reflectance", p["reflectance_rate"])):
+            if rate > 0 and any(m in r for r in self.rigs):
+                self.create_timer(1.0 / rate, lambda m=m: self._tick(m))
+        self.create_timer(0.05, self._schedule)
+        self.create_timer(1.0, self._republish)
+        self._schedule()
+        self.get_logger().info(
+            f"{k} agent(s) {self.names} with rigs {[list(r) for r in self.rigs]} touring {n} objects "
+            f"({p['inspect_duration']} s each + {p['transit_duration']} s transit); camera "
+            f"{p['camera_width']}x{p['camera_height']} {p['camera_encoding']} at {p['camera_rate']} Hz, "
+            f"lidar ({p['lidar_type']}) {p['lidar_rate']} Hz, reflectance {p['reflectance_rate']} Hz; "
+            f"ground truth on {p['ground_truth_topic']}")
+
+    # -- schedule -----------------------------------------------------------------------------------------------
+    def _t(self, now_ns: int) -> float:
+        return (now_ns - self.t0_ns) * 1e-9
+
+    def _inspect_pose(self, agent: int, visit: int, obj: int):
+        _, _, _, (ox, oy), bearing = self.objects[obj]
+        d = self.rim + float(self.distances[agent, visit % self.distances.shape[1]])
+        return ox - d * math.cos(bearing), oy - d * math.sin(bearing), bearing
+
+    def _pose(self, agent: int, t: float):
+        """The agent's pose (x, y, yaw) at tour time ``t`` (s)."""
+        tour = self.tours[agent]
+        ph = tour.phase(t)
+        goal = self._inspect_pose(agent, ph.visit, ph.obj)
+        if ph.inspecting:
+            pan = self.p["heading_jitter"] * math.sin(2 * math.pi * (t - ph.start) / 3.0)
+            return goal[0], goal[1], goal[2] + pan
+        prev = self._start_pose[agent] if ph.visit == 0 else self._inspect_pose(
+            agent, ph.visit - 1, (tour.first + ph.visit - 1) % tour.n)
+        a = min(max((t - ph.start) / max(tour.transit, 1e-6), 0.0), 1.0)
+        dyaw = (goal[2] - prev[2] + math.pi) % (2 * math.pi) - math.pi
+        return prev[0] + a * (goal[0] - prev[0]), prev[1] + a * (goal[1] - prev[1]), prev[2] + a * dyaw
+
+    def target(self, agent: int, t: float):
+        """(target id or "", stamp offset s) of ``agent`` at tour time ``t``."""
+        ph = self.tours[agent].phase(t)
+        return (self.objects[ph.obj][0] if ph.inspecting else ""), ph.start
+
+    def _schedule(self) -> None:
+        now = self.get_clock().now().nanoseconds
+        t = self._t(now)
+        changed = False
+        for i in range(len(self.names)):
+            tid, start = self.target(i, t)
+            if self._targets[i] is None or self._targets[i].target_id != tid:
+                stamp = self.t0_ns + int(round(start * 1e9))
+                pos = None
+                if tid:
+                    x, y = self.objects[self.tours[i].phase(t).obj][3]
+                    pos = (x, y, 0.0)
+                self._targets[i] = conv.target_msg(tid, stamp, self.p["frame_id"], pos)
+                self.pubs[i]["target"].publish(self._targets[i])
+                changed = True
+        if changed:
+            self._publish_truth(now)
+
+    def _republish(self) -> None:
+        for i, msg in enumerate(self._targets):
+            if msg is not None:
+                self.pubs[i]["target"].publish(msg)
+        self._publish_truth(self.get_clock().now().nanoseconds)
+
+    def _publish_truth(self, now_ns: int) -> None:
+        truth = {
+            "stamp_ns": now_ns, "frame_id": self.p["frame_id"], "class_names": CLASS_NAMES,
+            "objects": {name: {"class_name": spec.class_name, "class_id": spec.class_id, "colour": spec.colour,
+                               "shape": spec.shape, "material": spec.material, "position": [x, y, 0.0],
+                               "height": spec.height, "width": spec.width}
+                        for name, _, spec, (x, y), _ in self.objects},
+            "agents": {ns: {"namespace": f"/{ns}", "target_id": self._targets[i].target_id if self._targets[i] else "",
+                            "since_ns": conv.stamp_to_ns(self._targets[i].header.stamp) if self._targets[i] else 0,
+                            "pose": list(self.world.agent_pose(i)), "sensors": list(self.rigs[i])}
+                       for i, ns in enumerate(self.names)},
+        }
+        self.pub_truth.publish(String(data=json.dumps(truth)))
+
+    # -- sensors ------------------------------------------------------------------------------------------------
+    def _tick(self, modality: str) -> None:
+        self._schedule()  # a target change goes out before any sensor message stamped after it
+        for i, ns in enumerate(self.names):
+            if modality not in self.rigs[i]:
+                continue
+            now = self.get_clock().now().nanoseconds
+            x, y, yaw = self._pose(i, self._t(now))
+            self.world.set_agent_pose(i, x, y, yaw)
+            noise = bool(self.p["noise"])
+            if modality == "camera":
+                rgb = self.world.render_camera(i, int(self.p["camera_width"]), int(self.p["camera_height"]),
+                                               noise=noise)
+                msg = conv.rgb_to_image(rgb, self.p["camera_encoding"], now, f"{ns}/camera")
+            elif modality == "lidar":
+                ranges = self.world.lidar_scan(i, noise=noise)
+                if self.p["lidar_type"] == "PointCloud2":
+                    pts = conv.scan_to_points(ranges, self._lidar["angle_min"], self._lidar["angle_increment"])
+                    msg = conv.xyz_to_pointcloud2(pts[np.all(np.isfinite(pts), axis=1)], now, f"{ns}/laser")
+                else:
+                    msg = conv.ranges_to_scan(ranges, self._lidar, now, f"{ns}/laser",
+                                              scan_time=1.0 / max(self.p["lidar_rate"], 1e-6))
+            else:
+                scan = self.world.reflectance_scan(i, noise=noise)
+                msg = conv.ranges_to_scan(scan[:, 0], self._refl_cfg, now, f"{ns}/ir_ring", intensities=scan[:, 1],
+                                          scan_time=1.0 / max(self.p["reflectance_rate"], 1e-6))
+            self.pubs[i][modality].publish(msg)
+            self.counts[modality] += 1
+
+    def close(self) -> None:
+        self.world.close()
+
+
+def main(args=None) -> int:
+    """Entry point ``sim_world``: exit 0 on SIGINT/SIGTERM, 2 on a bad parameter."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        try:
+            node = SimWorldNode()
+        except UserError as exc:
+            rclpy.logging.get_logger("sim_world").fatal(f"cannot start: {exc}")
+            return exc.exit_code
+        try:
+            rclpy.spin(node)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        return 0
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
