@@ -11,7 +11,8 @@ def configure(parser):
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--untrained", action="store_true", help="randomly initialised networks (default sensors)")
     src.add_argument("--run", metavar="DIR", help="training run directory holding checkpoints/ (see `train`)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and probes (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of the random weights and probes (default: 0 for --untrained, "
+                        "the run's config seed for --run)")
     parser.add_argument("--feature-dim", type=int, default=10, help="β-VAE latent size D_* (--untrained)")
     parser.add_argument("--latent-dim", type=int, default=10, help="M2VAE latent size D_z (--untrained)")
 
@@ -27,7 +28,7 @@ def run(args) -> int:
 
         from m2vae_fusion.training.export import export_untrained, read_manifest
         torch.set_num_threads(2)
-        out = export_untrained(args.out, seed=args.seed, feature_dim=args.feature_dim, latent_dim=args.latent_dim)
+        out = export_untrained(args.out, seed=args.seed if args.seed is not None else 0, feature_dim=args.feature_dim, latent_dim=args.latent_dim)
     else:
         from m2vae_fusion.training.export import read_manifest
         from m2vae_fusion.training.trainer import export_run

@@ -1,0 +1,76 @@
+"""``m2vae-fusion bench NAME``: benchmarks, one sub-command each.
+
+To add one, put an entry in :data:`BENCHMARKS`: ``name -> "package.module"`` where the module defines ``HELP``,
+``configure(parser)`` (stdlib only) and ``run(args) -> int`` like a command module, or ``name -> (HELP, configure,
+run)``. ``bench mog`` (the paper's Mixture-of-Gaussians, Table I) is defined here.
+"""
+import importlib
+
+HELP = "benchmarks: mog (FUSION 2019 Table I)"
+
+MOG_HELP = "bimodal Mixture-of-Gaussians (FUSION 2019 Sec. IV/V-A, Table I): naive Bayes on raw vs M2VAE embeddings"
+
+
+def _mog_configure(parser):
+    parser.add_argument("--json", metavar="OUT", help="write the results here (JSON)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="M2VAE epochs (default from m2vae_fusion.training.mog)")
+    parser.add_argument("--samples-per-class", type=int, help="training and test samples per class")
+    parser.add_argument("--alpha", type=float, help="weight of the mutual KL terms")
+    parser.add_argument("--alpha-reenc", type=float, help="weight of the re-encoding loss (default 0)")
+    parser.add_argument("--beta-norm", type=float, help="β_norm")
+
+
+def _mog_run(args) -> int:
+    import json
+    import os
+
+    from m2vae_fusion.errors import UserError
+    from m2vae_fusion.training.mog import format_table, run_benchmark
+
+    over = {"seed": args.seed}
+    for name, key in (("epochs", "epochs"), ("alpha", "alpha"), ("alpha_reenc", "alpha_reenc"),
+                      ("beta_norm", "beta_norm")):
+        v = getattr(args, name)
+        if v is not None:
+            if v < 0 or (name == "epochs" and v == 0):
+                raise UserError(f"--{name.replace('_', '-')} must be {'positive' if name == 'epochs' else '≥ 0'}")
+            over[key] = v
+    if args.samples_per_class is not None:
+        if args.samples_per_class <= 0:
+            raise UserError("--samples-per-class must be positive")
+        over["n_train_per_class"] = over["n_test_per_class"] = args.samples_per_class
+    res = run_benchmark(over)
+    print(format_table(res))
+    print(f"({res['seconds']['total']:.0f} s)")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+#: name -> module path or (HELP, configure, run)
+BENCHMARKS = {"mog": (MOG_HELP, _mog_configure, _mog_run)}
+
+
+def _entry(spec):
+    if isinstance(spec, str):
+        mod = importlib.import_module(spec)
+        return mod.HELP, mod.configure, mod.run
+    return spec
+
+
+def configure(parser):
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    sub.required = True
+    for name, spec in BENCHMARKS.items():
+        help_, conf, run_ = _entry(spec)
+        p = sub.add_parser(name, help=help_, description=help_)
+        conf(p)
+        p.set_defaults(_bench_run=run_)
+
+
+def run(args) -> int:
+    return args._bench_run(args)

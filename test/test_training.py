@@ -1,0 +1,212 @@
+"""Training pipeline end to end on a tiny synthetic data set (seconds), config validation, bad input."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from m2vae_fusion.cli import main
+from m2vae_fusion.core.preprocess import DEFAULT_CONFIGS
+from m2vae_fusion.data import shards
+from m2vae_fusion.training import config as cfgmod
+from m2vae_fusion.training.synthetic import make_arrays
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = """
+seed: 3
+betavae:
+  epochs: {camera: 1, lidar: 2, reflectance: 3}
+  batch_size: 32
+  camera_channels: [4, 4, 4, 4]
+  lidar_channels: [4, 4, 4]
+  trunk_hidden: 16
+  reflectance_hidden: [16, 16]
+m2vae:
+  epochs: 3
+  batch_size: 32
+  hidden: [16, 8]
+  fusion_hidden: 8
+head:
+  epochs: 3
+  hidden: 8
+"""
+
+
+def write_synthetic(path, n_train=96, n_eval=32, missing_rate=0.0, seed=0):
+    sensors = {k: dict(v) for k, v in DEFAULT_CONFIGS.items()}
+    parts = [("train", 0, make_arrays(n_train, seed, missing_rate=missing_rate)),
+             ("val", 0, make_arrays(n_eval, seed + 1)), ("test", 0, make_arrays(n_eval, seed + 2))]
+    shards.write_dataset(str(path), parts, source="synthetic", seed=seed, sensors=sensors)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    data = write_synthetic(base / "data", missing_rate=0.2)
+    cfg = base / "tiny.yaml"
+    cfg.write_text(TINY)
+    out, runs = str(base / "models" / "tiny"), str(base / "runs" / "tiny")
+    os.environ["M2VAE_NO_PROGRESS"] = "1"
+    rc = main(["train", "--data", data, "--out", out, "--config", str(cfg), "--runs", runs])
+    assert rc == 0
+    return {"data": data, "out": out, "runs": runs, "cfg": str(cfg), "base": base}
+
+
+def test_train_writes_bundle_checkpoints_and_metrics(trained):
+    out, runs = trained["out"], trained["runs"]
+    assert main(["verify", out]) == 0
+    with open(os.path.join(out, "manifest.json")) as f:
+        man = json.load(f)
+    assert man["training"]["config"]["seed"] == 3
+    assert man["training"]["config"]["m2vae"]["alpha_reenc"] == 1.0
+    assert man["training"]["dataset"] == {"seed": 0, "source": "synthetic", "samples": 160}
+    assert "m2vae/val_loss" in man["training"]["metrics"]
+    assert man["networks"]["head"] == "head.onnx" and len(man["class_names"]) == 8
+    for name in ("betavae_camera", "betavae_lidar", "betavae_reflectance", "m2vae", "head"):
+        assert os.path.isfile(os.path.join(runs, "checkpoints", f"{name}.pt"))
+    with open(os.path.join(runs, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    assert sum(r["stage"] == "betavae" and r["modality"] == "lidar" for r in recs) == 2
+    assert sum(r["stage"] == "m2vae" for r in recs) == 3
+    assert all(np.isfinite(r["train_loss"]) for r in recs if "train_loss" in r)
+    # head temperature folded into head.onnx: probabilities sum to one
+    from m2vae_fusion.training.export import run_onnx
+    p = run_onnx(os.path.join(out, "head.onnx"), {"z": np.zeros((3, 10), np.float32)})["probabilities"]
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    total = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+    assert total < 20e6
+
+
+def test_resume_and_single_stage(trained, capsys):
+    """--resume skips finished epochs (no new metrics lines); --stage export alone re-exports the same networks."""
+    runs, out = trained["runs"], trained["out"]
+    with open(os.path.join(runs, "metrics.jsonl")) as f:
+        before = f.read().count("\n")
+    rc = main(["train", "--data", trained["data"], "--out", out, "--config", trained["cfg"], "--runs", runs,
+               "--stage", "m2vae", "--resume"])
+    assert rc == 0
+    with open(os.path.join(runs, "metrics.jsonl")) as f:
+        assert f.read().count("\n") == before
+    with open(os.path.join(out, "manifest.json")) as f:
+        mid = json.load(f)["model_id"]
+    again = str(trained["base"] / "again")
+    assert main(["export", "--run", runs, "--out", again]) == 0
+    with open(os.path.join(again, "manifest.json")) as f:
+        assert json.load(f)["model_id"] == mid  # same weights, same probes → same files
+
+
+def test_eval_end_to_end(trained, tmp_path, capsys):
+    js = tmp_path / "eval.json"
+    rc = main(["eval", trained["out"], "--data", trained["data"], "--json", str(js), "--ablation", trained["out"],
+               "--reencode-steps", "3", "--elbo-samples", "2"])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    for key in ("meta_sensor", "subset_accuracy", "in_place", "z_diff", "elbo"):
+        assert key in res
+    assert set(res["meta_sensor"]) >= {"raw", "m2vae"}
+    assert set(res["subset_accuracy"]) == {"camera", "lidar", "reflectance", "camera+lidar", "camera+reflectance",
+                                           "lidar+reflectance", "camera+lidar+reflectance"}
+    assert len(res["in_place"]["bundle"]["per_order"]) == 6
+    assert res["in_place"]["ablation"]["mean"] == pytest.approx(res["in_place"]["bundle"]["mean"])
+    for v in res["subset_accuracy"].values():
+        assert 0 <= v <= 1
+    z = res["z_diff"]["camera+lidar"]
+    assert z["after_1"]["median"] >= 0 and z["after_3"]["p95"] >= z["after_3"]["median"]
+    assert all(np.isfinite(v) and v < 0 for v in res["elbo"].values())
+    assert "in-place" in capsys.readouterr().out
+
+
+def test_train_ablation_reuses_betavae(trained, tmp_path):
+    out, runs = str(tmp_path / "noreenc"), str(tmp_path / "runs")
+    rc = main(["train", "--out", out, "--config", trained["cfg"], "--runs", runs, "--set", "m2vae.alpha_reenc=0",
+               "--init-betavae", trained["runs"]])
+    assert rc == 0
+    with open(os.path.join(out, "manifest.json")) as f:
+        man = json.load(f)
+    assert man["training"]["config"]["m2vae"]["alpha_reenc"] == 0.0
+    with open(os.path.join(trained["out"], "manifest.json")) as f:
+        ref = json.load(f)
+    # identical β-VAEs, different M2VAE
+    assert man["files"]["betavae_camera_encoder.onnx"] == ref["files"]["betavae_camera_encoder.onnx"]
+    assert man["files"]["m2vae_encoder_camera.onnx"] != ref["files"]["m2vae_encoder_camera.onnx"]
+
+
+# ------------------------------------------------------------------------------------------------ configuration
+
+def test_default_config_file_matches_builtin_defaults():
+    assert cfgmod.load_config(os.path.join(REPO, "config", "train.yaml")) == cfgmod.load_config(None)
+    c = cfgmod.load_config(None)
+    assert c["latent_dim"] == 10 and c["feature_dim"] == 10 and c["m2vae"]["alpha_reenc"] > 0
+
+
+@pytest.mark.parametrize("text, key", [
+    ("m2vae:\n  alpah: 0.1\n", "m2vae.alpah"),
+    ("latent_size: 4\n", "latent_size"),
+    ("modalities: [camera, sonar]\n", "modalities"),
+    ("latent_dim: 0\n", "latent_dim"),
+    ("m2vae:\n  batch_size: -5\n", "m2vae.batch_size"),
+    ("betavae:\n  epochs: {camera: 1, lidar: 1, radar: 1}\n", "betavae.epochs.radar"),
+    ("betavae:\n  camera_channels: [8, 0]\n", "betavae.camera_channels"),
+    ("m2vae:\n  lr: 0\n", "m2vae.lr"),
+    ("head:\n  epochs: 2.5\n", "head.epochs"),
+])
+def test_bad_config_names_the_key(tmp_path, capsys, text, key):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--config", str(p),
+               "--runs", str(tmp_path / "r")])
+    assert rc == 2
+    assert repr(key) in capsys.readouterr().err
+
+
+def test_bad_set_override_and_missing_config(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--set", "m2vae.alpha=-1"]) == 2
+    assert "'m2vae.alpha'" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--config",
+                 str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("m2vae: [unclosed\n")
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--config",
+                 str(tmp_path / "broken.yaml")]) == 2
+    assert "broken.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ bad data
+
+def test_missing_and_corrupt_data(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "m"), "--runs", str(tmp_path / "r")]
+    assert main(["train", "--data", str(tmp_path / "nothing")] + out) == 2
+    assert "nothing" in capsys.readouterr().err
+    data = write_synthetic(tmp_path / "d", n_train=8, n_eval=4)
+    os.remove(os.path.join(data, "metadata.json"))  # incomplete data set
+    assert main(["train", "--data", data] + out) == 2
+    assert "metadata.json" in capsys.readouterr().err
+    data = write_synthetic(tmp_path / "d2", n_train=8, n_eval=4)
+    with open(os.path.join(data, "train-00000.npz"), "r+b") as f:
+        f.seek(200)
+        f.write(b"garbage")
+    assert main(["train", "--data", data] + out) == 2
+    assert "train-00000.npz" in capsys.readouterr().err
+    os.remove(os.path.join(data, "val-00000.npz"))
+    assert main(["eval", str(tmp_path / "m"), "--data", data, "--json", str(tmp_path / "e.json")]) == 2
+
+
+def test_eval_rejects_tampered_bundle(trained, tmp_path, capsys):
+    bad = str(tmp_path / "bad")
+    shutil.copytree(trained["out"], bad)
+    with open(os.path.join(bad, "head.onnx"), "ab") as f:
+        f.write(b"\0")
+    rc = main(["eval", bad, "--data", trained["data"], "--json", str(tmp_path / "e.json")])
+    assert rc == 2
+    assert "head.onnx" in capsys.readouterr().err
+
+
+def test_train_needs_data_for_betavae(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "m"), "--runs", str(tmp_path / "r")]) == 2
+    assert "--data" in capsys.readouterr().err
+    # later stage without the earlier one
+    assert main(["train", "--out", str(tmp_path / "m"), "--runs", str(tmp_path / "r"), "--stage", "m2vae"]) == 2
+    assert "features.npz" in capsys.readouterr().err
