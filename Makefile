@@ -30,7 +30,8 @@ test: setup
 	$(PY) -m pytest test
 
 demo: setup
-	$(VENV)/bin/m2vae-fusion demo
+	@mkdir -p runs
+	$(VENV)/bin/m2vae-fusion demo --json runs/demo.json --plot runs/demo.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

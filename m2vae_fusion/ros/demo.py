@@ -1,0 +1,226 @@
+"""The main job: the simulated world plus one fusion-node process per agent, exchanging latents over real DDS.
+
+Starts ``sim_world`` and ``fusion_node`` as separate processes with parameters from ``config/sim_world.yaml`` and
+``config/fusion.yaml`` (overridden per agent), records what the agents publish (``belief``, ``latent``) and the
+ground truth, stops every child process (also on Ctrl-C, SIGTERM or an error), and hands the record to
+:mod:`m2vae_fusion.report`. DDS stays on localhost with a domain id of its own; large images go through the Fast
+DDS shared-memory profile ``config/fastdds_shm.xml``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from m2vae_fusion.errors import UserError
+from m2vae_fusion.paths import share_path
+from m2vae_fusion.report import BeliefEvent, LatentEvent, RunRecord
+
+CLASS_NAMES = [f"{c}_{s}_{m}" for c in ("red", "green") for s in ("cylinder", "cube") for m in ("matte", "shiny")]
+SENSORS = ("camera", "lidar", "reflectance")
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs. ``agents``: one sensor rig per agent (``"camera"``, ``"all"``, ``"lidar+reflectance"``);
+    ``objects``: class names of the objects in the world (one each); ``duration``: seconds of the tour (None: every
+    agent inspects every object once); ``exchange``: agents subscribe to each other's latents."""
+
+    agents: list = field(default_factory=lambda: ["camera", "lidar", "reflectance"])
+    objects: list = field(default_factory=lambda: list(CLASS_NAMES))
+    seed: int = 0
+    duration: float | None = None
+    exchange: bool = True
+    model_dir: str = ""
+    inspect_duration: float = 4.0
+    transit_duration: float = 1.0
+    log_dir: str | None = None
+    startup_timeout: float = 60.0
+    record_bag: str | None = None
+
+
+def parse_rig(spec: str) -> list:
+    """``"all"`` / ``"camera"`` / ``"lidar+reflectance"`` → sensor list. Raises UserError on unknown names."""
+    s = spec.strip().lower()
+    if s == "all":
+        return list(SENSORS)
+    parts = [p for p in s.replace("+", " ").split() if p]
+    bad = [p for p in parts if p not in SENSORS]
+    if bad or not parts:
+        raise UserError(f"--agents: unknown sensor rig {spec!r}; use 'all' or sensors joined by '+' from {SENSORS}")
+    return [m for m in SENSORS if m in parts]
+
+
+def isolate_dds(domain_id: int | None = None) -> int:
+    """Keep DDS discovery on this machine and on a domain of its own; use the shared-memory profile. Must run
+    before ``rclpy.init()``; child processes inherit it. Returns the domain id."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    if domain_id is None:
+        domain_id = 101 + os.getpid() % 100  # 101..200: away from the default 0 and from the tests' 1..100
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    profile = share_path("config", "fastdds_shm.xml")
+    if os.path.isfile(profile):
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", profile)
+    return domain_id
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def tour_duration(cfg: DemoConfig) -> float:
+    """Seconds until every agent has inspected every object once (agents start at different objects)."""
+    return len(cfg.objects) * (cfg.inspect_duration + cfg.transit_duration) + 1.0
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
+    """Run the simulated multi-agent demo and return what was recorded (see :class:`m2vae_fusion.report.RunRecord`).
+
+    Raises:
+        UserError: bad configuration, a missing model bundle, or a node that fails to start (its log is named).
+    """
+    rigs = [parse_rig(a) for a in cfg.agents]
+    if not rigs:
+        raise UserError("--agents: at least one agent is needed")
+    bad = [o for o in cfg.objects if o not in CLASS_NAMES]
+    if bad or not cfg.objects:
+        raise UserError(f"--objects: unknown class names {bad}; expected names from {CLASS_NAMES}")
+    model_dir = os.path.abspath(cfg.model_dir or share_path("models", "amiro"))
+    from m2vae_fusion.core.bundle import read_manifest
+
+    manifest = read_manifest(model_dir)  # a missing bundle stops here, naming the file
+    class_names = manifest.get("class_names") or CLASS_NAMES
+    domain = isolate_dds()
+    log_dir = cfg.log_dir or tempfile.mkdtemp(prefix="m2vae_demo_")
+    os.makedirs(log_dir, exist_ok=True)
+    names = [f"agent{i}" for i in range(len(rigs))]
+    rig_text = ", ".join(f"{n}={'+'.join(r)}" for n, r in zip(names, rigs))
+    say(f"demo: {len(rigs)} agents ({rig_text}), {len(cfg.objects)} "
+        f"objects, exchange {'on' if cfg.exchange else 'off'}, model {os.path.basename(model_dir)} "
+        f"({manifest['model_id']}), ROS_DOMAIN_ID={domain}, logs in {log_dir}")
+
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from m2vae_fusion.ros.harness import NodeProcess, Probe
+    from m2vae_fusion_msgs.msg import ClassBelief, LatentEmbedding
+
+    procs = []
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    rclpy.init()
+    probe = None
+    rec = RunRecord(class_names, names, {})
+    rec.meta.update({"exchange": cfg.exchange, "seed": cfg.seed, "model_id": manifest["model_id"],
+                     "rigs": {n: r for n, r in zip(names, rigs)}, "objects": list(cfg.objects)})
+    try:
+        probe = Probe("demo_monitor")
+        t0 = time.monotonic()
+        truth_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        truth = {}
+
+        def on_truth(msg):
+            data = json.loads(msg.data)
+            truth.update({k: v["class_name"] for k, v in data["objects"].items()})
+            truth["_t"] = time.monotonic()
+
+        def on_belief(msg, agent):
+            t = time.monotonic() - t0
+            ev = BeliefEvent(t, agent, msg.target_id, np.asarray(msg.probabilities, np.float64),
+                             tuple(msg.modalities), tuple(msg.contributors))
+            rec.beliefs.append(ev)
+            if agent in ev.contributors:
+                rec.first_observation.setdefault((agent, msg.target_id), t)
+
+        def on_latent(msg, agent):
+            rec.latents.append(LatentEvent(time.monotonic() - t0, agent, msg.target_id,
+                                           np.asarray(msg.mean, np.float64), tuple(msg.modalities)))
+
+        probe.subscribe("/sim/ground_truth", String, truth_qos, callback=on_truth)
+        for n in names:
+            probe.subscribe(f"/{n}/belief", ClassBelief, callback=lambda m, a=n: on_belief(m, a))
+            probe.subscribe(f"/{n}/latent", LatentEmbedding, callback=lambda m, a=n: on_latent(m, a))
+
+        fusion_yaml = share_path("config", "fusion.yaml")
+        for n, rig in zip(names, rigs):
+            params = {"agent_id": n, "model_dir": model_dir, "modalities": rig,
+                      "shared_latent_topic": "/m2vae/latents" if cfg.exchange else "",
+                      "belief_ttl": 3600.0, "max_targets": max(16, 2 * len(cfg.objects)),
+                      "max_latent_age": -1.0}
+            procs.append(NodeProcess("m2vae_fusion.ros.fusion_node", f"/{n}", params, log_dir,
+                                     params_files=[fusion_yaml]))
+        # fusion nodes first (loading models takes a moment), then the world, so no early evidence is lost
+        deadline = time.monotonic() + cfg.startup_timeout
+        for n, p in zip(names, procs):
+            while not probe.node.count_publishers(f"/{n}/belief"):
+                if not p.alive():
+                    raise UserError(f"fusion node {n} exited at start-up (status {p.proc.returncode}); its log "
+                                    f"{p.log_path}:\n{p.log()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise UserError(f"fusion node {n} did not start within {cfg.startup_timeout:.0f} s; see "
+                                    f"{p.log_path}")
+                time.sleep(0.1)
+        duration = cfg.duration if cfg.duration else tour_duration(cfg)
+        sim_params = {"num_agents": len(rigs), "sensors": ["+".join(r) for r in rigs], "objects": list(cfg.objects),
+                      "seed": int(cfg.seed), "inspect_duration": float(cfg.inspect_duration),
+                      "transit_duration": float(cfg.transit_duration)}
+        sim = NodeProcess("m2vae_fusion.ros.sim_world_node", "", sim_params, log_dir, name="sim_world",
+                          params_files=[share_path("config", "sim_world.yaml")])
+        procs.append(sim)
+        recorder = None
+        if cfg.record_bag:
+            from m2vae_fusion.ros.record import BagRecorder
+
+            recorder = BagRecorder(probe.node, cfg.record_bag, namespaces=[f"/{n}" for n in names])
+        while "_t" not in truth:
+            if not sim.alive():
+                raise UserError(f"sim_world exited at start-up; its log {sim.log_path}:\n{sim.log()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise UserError(f"sim_world published no ground truth within {cfg.startup_timeout:.0f} s; see "
+                                f"{sim.log_path}")
+            time.sleep(0.05)
+        t_start = time.monotonic()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=int(round(duration)), unit="s", desc="touring", leave=False, disable=None)
+        while (elapsed := time.monotonic() - t_start) < duration:
+            dead = [p for p in procs if not p.alive()]
+            if dead:
+                raise UserError(f"{dead[0].name} stopped during the run; its log {dead[0].log_path}:\n"
+                                f"{dead[0].log()[-2000:]}")
+            time.sleep(0.2)
+            if bar is not None:
+                bar.n = min(int(elapsed), bar.total)
+                bar.refresh()
+        if bar is not None:
+            bar.close()
+        time.sleep(0.5)  # the last observations' beliefs are in flight
+        if recorder is not None:
+            recorder.close()
+            say(f"demo: recorded {recorder.count} messages to {cfg.record_bag}")
+        rec.truth = {k: v for k, v in truth.items() if not k.startswith("_")}
+        rec.meta["duration_s"] = round(duration, 1)
+        return rec
+    except _Terminated:
+        raise KeyboardInterrupt from None
+    finally:
+        for p in reversed(procs):
+            p.stop(timeout=5.0)
+        if probe is not None:
+            probe.close()
+            probe.node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+        signal.signal(signal.SIGTERM, old_term)
