@@ -10,7 +10,7 @@ VENV_ABS=$(cd "$VENV" && pwd)
 PY="$VENV_ABS/bin/python"
 PYINC=$("$PY" -c "import sysconfig;print(sysconfig.get_paths()['include'])")
 NPINC=$("$PY" -c "import numpy;print(numpy.get_include())")
-grep -rl /opt/python/cp311-cp311 "$VENV_ABS/share" --include='*.cmake' 2>/dev/null | xargs -r sed -i \
+{ grep -rl /opt/python/cp311-cp311 "$VENV_ABS/share" --include='*.cmake' 2>/dev/null || true; } | xargs -r sed -i \
   -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g" \
   -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g"
 export PATH="$VENV_ABS/bin:$PATH" CMAKE_PREFIX_PATH="$VENV_ABS" AMENT_PREFIX_PATH="$VENV_ABS"
