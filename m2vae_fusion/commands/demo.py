@@ -12,6 +12,8 @@ def configure(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the world (object sizes, distances, noise)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of touring (default: until every agent inspected every object once)")
+    parser.add_argument("--inspect-duration", type=float, default=4.0, help="seconds each agent inspects an object")
+    parser.add_argument("--transit-duration", type=float, default=1.0, help="seconds between two objects")
     parser.add_argument("--no-exchange", action="store_true",
                         help="agents do not subscribe to each other's latents (the baseline)")
     parser.add_argument("--model-dir", default="", help="model bundle (default: the bundled models/amiro)")
@@ -39,12 +41,15 @@ def run(args) -> int:
         objects = [o.strip() for o in spec.split(",") if o.strip()]
     if args.duration is not None and args.duration <= 0:
         raise UserError(f"--duration must be positive, got {args.duration}")
+    if args.inspect_duration <= 0 or args.transit_duration < 0:
+        raise UserError("--inspect-duration must be positive and --transit-duration non-negative")
     for path in (args.json, args.plot):
         if path and not _writable(path):
             raise UserError(f"cannot write {path}: its folder does not exist or is not writable")
     cfg = DemoConfig(agents=agents, objects=objects, seed=args.seed, duration=args.duration,
                      exchange=not args.no_exchange, model_dir=args.model_dir, log_dir=args.log_dir,
-                     record_bag=args.record)
+                     record_bag=args.record, inspect_duration=args.inspect_duration,
+                     transit_duration=args.transit_duration)
     rec = run_demo(cfg)
     summary = summarise(rec)
     print()
