@@ -219,7 +219,7 @@ ORDER = ("camera", "lidar", "reflectance")
 def _latent(**kw):
     d = dict(agent_id="a", target_id="t", model_id="m", stamp_ns=2_000_000_123, modalities=("camera", "lidar"),
              modality_stamps_ns=(1_000_000_000, 2_000_000_123), modality_sources=("a", "b"), contributors=("a", "b"),
-             mean=np.arange(4, dtype=np.float32), log_variance=-np.ones(4, np.float32), updates=3, frame_id="map")
+             mean=np.arange(4, dtype=np.float32), log_variance=-np.ones(4, np.float32), frame_id="map")
     d.update(kw)
     return conv.LatentData(**d)
 

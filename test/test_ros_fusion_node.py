@@ -248,6 +248,34 @@ def test_observation_goes_to_the_target_active_at_its_stamp(probe, nodes, bundle
     assert conv.stamp_to_ns(lat.header.stamp) == q(stamp)
 
 
+def test_latest_only_processing_builds_no_backlog(probe, nodes, bundle):
+    """A camera flooding 640x480 frames much faster than the node fuses them: the node skips to the newest frame
+    (best-effort depth-1 subscription, newest-only mailbox), so the last frame is answered promptly."""
+    set_target(probe, "b", "flood")
+    assert probe.wait_subscribers("/b/camera/image_raw", Image, SENSOR_QOS)
+    time.sleep(0.2)
+    before = counter(probe, "b", "processed.camera")
+    msg = image(probe, "rgb8", 480, 640)
+    sent, t_end = [], time.monotonic() + 1.5
+    while time.monotonic() < t_end:
+        stamp = probe.now_ns()
+        msg.header.stamp = conv.ns_to_stamp(stamp)
+        probe.publish("/b/camera/image_raw", msg, SENSOR_QOS)
+        sent.append(stamp)
+    last = time.monotonic()
+    final = probe.now_ns()  # one more frame, re-sent until answered (best effort may lose a sample)
+    msg.header.stamp = conv.ns_to_stamp(final)
+    lat = probe.wait_for("/b/latent", lambda m: m.target_id == "flood" and conv.stamp_to_ns(m.header.stamp) == q(final),
+                         timeout=5, poke=lambda: probe.publish("/b/camera/image_raw", msg, SENSOR_QOS))
+    assert lat is not None, "the newest frame was never fused"
+    delay = time.monotonic() - last
+    after = counter(probe, "b", "processed.camera")
+    print(f"\nflood: {len(sent)} frames in 1.5 s, {after - before} fused, newest answered {delay * 1e3:.0f} ms "
+          "after the last publish")
+    assert after - before < len(sent)
+    assert delay < 1.0
+
+
 # -- two agents --------------------------------------------------------------------------------------------------------
 def test_two_single_sensor_agents_converge_after_exchanging_latents(probe, nodes, bundle):
     target = "conv"

@@ -339,7 +339,6 @@ class LatentData:
     contributors: tuple
     mean: np.ndarray
     log_variance: np.ndarray
-    updates: int = 0
     frame_id: str = ""
 
 
@@ -381,8 +380,7 @@ def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> Late
         stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
         modalities=tuple(mods[i] for i in order), modality_stamps_ns=tuple(stamps[i] for i in order),
         modality_sources=tuple(sources[i] for i in order) if sources else tuple(msg.agent_id for _ in order),
-        contributors=tuple(sorted(set(msg.contributors) | {msg.agent_id})), mean=mean, log_variance=logvar,
-        updates=int(msg.updates))
+        contributors=tuple(sorted(set(msg.contributors) | {msg.agent_id})), mean=mean, log_variance=logvar)
 
 
 def latent_to_msg(data: LatentData):
@@ -392,8 +390,7 @@ def latent_to_msg(data: LatentData):
     msg = LatentEmbedding(header=make_header(data.stamp_ns, data.frame_id), agent_id=data.agent_id,
                           target_id=data.target_id, model_id=data.model_id, modalities=list(data.modalities),
                           modality_stamps=[ns_to_stamp(s) for s in data.modality_stamps_ns],
-                          modality_sources=list(data.modality_sources), contributors=list(data.contributors),
-                          updates=int(min(max(data.updates, 0), 2**32 - 1)))
+                          modality_sources=list(data.modality_sources), contributors=list(data.contributors))
     msg.mean = np.asarray(data.mean, dtype=np.float32).ravel()
     msg.log_variance = np.asarray(data.log_variance, dtype=np.float32).ravel()
     return msg

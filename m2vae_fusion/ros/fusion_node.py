@@ -64,15 +64,12 @@ def s_to_ns(s: float) -> int:
 def default_model_dir() -> str:
     """``share/m2vae_fusion/models/amiro`` of the installed package, else the repository's ``models/amiro``."""
     try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        from ament_index_python.packages import get_package_share_directory
 
-        try:
-            path = os.path.join(get_package_share_directory("m2vae_fusion"), "models", MODEL_NAME)
-            if os.path.isfile(os.path.join(path, "manifest.json")):
-                return path
-        except (PackageNotFoundError, ValueError, LookupError):
-            pass
-    except ImportError:  # pragma: no cover - ament_index_python is a dependency
+        path = os.path.join(get_package_share_directory("m2vae_fusion"), "models", MODEL_NAME)
+        if os.path.isfile(os.path.join(path, "manifest.json")):
+            return path
+    except Exception:  # not installed with ament (editable install), AMENT_PREFIX_PATH unset, …
         pass
     return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "models", MODEL_NAME))
 
