@@ -15,7 +15,7 @@ NPINC=$("$PY" -c "import numpy;print(numpy.get_include())")
   -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g"
 export PATH="$VENV_ABS/bin:$PATH" CMAKE_PREFIX_PATH="$VENV_ABS" AMENT_PREFIX_PATH="$VENV_ABS"
 mkdir -p build
-BUILD="build/$PKG"
+BUILD="build/venv/$PKG"  # not build/$PKG: that is colcon's default build directory of a real ROS 2 workspace
 cmake -S "$PKG" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV_ABS" -DPython3_EXECUTABLE="$PY" \
   -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF > "build/$PKG.cmake.log" 2>&1 \
   || { cat "build/$PKG.cmake.log"; echo "build_msgs: cmake configure of $PKG failed" >&2; exit 1; }

@@ -55,7 +55,7 @@ class NodeStats:
             dt = max(now - self._last_time, 1e-9)
             out = dict(self.counts)
             for key, value in self.counts.items():
-                if key.startswith(("processed.", "received.")):
+                if key.startswith(("processed.", "received.")) or key == "dropped.total":
                     out[f"rate_hz.{key}"] = (value - self._last_counts.get(key, 0)) / dt
             self._last_counts = Counter(self.counts)
             self._last_time = now
