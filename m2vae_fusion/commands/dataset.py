@@ -1,0 +1,157 @@
+"""``m2vae-fusion dataset``: write a tri-modal data set (``--out DIR``) or check one (``--check DIR``).
+
+``--out DIR --samples N --seed S``: simulate N samples in the PyBullet AMiRo world (``m2vae_fusion.sim``) and write
+the shards and ``metadata.json`` of docs/formats.md (same seed → byte-identical files, whatever ``--workers``).
+``--check DIR [--json OUT]``: train one classifier per (sensor, attribute) on the train split and print its test
+accuracy (``m2vae_fusion.data.check``); exit status 1 when the single-sensor thresholds are not met.
+
+A data source is a function ``(args) -> (source_name, seed, sensors, class_names, plan, make_shard)`` (see
+``_sim_source``); adding another (e.g. a rosbag) means adding its argument in ``configure`` and a branch in
+``_pick_source``.
+"""
+import argparse
+
+HELP = "simulate the tri-modal data set (--out DIR) or check its single-sensor separability (--check DIR)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--out", metavar="DIR", help="write a new data set into DIR")
+    mode.add_argument("--check", metavar="DIR", help="check the data set in DIR (classifiers on raw data)")
+    parser.add_argument("--samples", type=int, default=2000, help="number of samples (default 2000)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the data set in a non-empty --out DIR")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of samples in val (0.1)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="fraction of samples in test (0.1)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (1000)")
+    parser.add_argument("--workers", type=int, default=2, help="generator processes (2; output does not depend on it)")
+    parser.add_argument("--json", metavar="OUT", help="with --check: also write the results as JSON to OUT")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.check:
+        return _run_check(args)
+    return _run_write(args)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _split_plan(samples: int, val_fraction: float, test_fraction: float, shard_size: int):
+    """[(split, index, n), ...] covering ``samples`` samples; raises UserError for bad numbers."""
+    from m2vae_fusion.errors import UserError
+
+    if samples <= 0:
+        raise UserError(f"--samples must be positive (got {samples})")
+    if shard_size <= 0:
+        raise UserError(f"--shard-size must be positive (got {shard_size})")
+    for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise UserError(f"{name} must be in [0, 1) (got {f})")
+    n_val = int(round(samples * val_fraction))
+    n_test = int(round(samples * test_fraction))
+    n_train = samples - n_val - n_test
+    if n_train <= 0:
+        raise UserError(f"--val-fraction + --test-fraction leave no training samples out of {samples}")
+    plan = []
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for index, start in enumerate(range(0, n, shard_size)):
+            plan.append((split, index, min(shard_size, n - start)))
+    return plan
+
+
+def _sim_shard(task):
+    from m2vae_fusion.sim.generate import generate_shard
+
+    seed, split, index, n = task
+    return split, index, generate_shard(seed, split, index, n)
+
+
+def _sim_source(args):
+    from m2vae_fusion.data.classes import CLASS_NAMES
+    from m2vae_fusion.sim.generate import sensor_metadata
+
+    plan = _split_plan(args.samples, args.val_fraction, args.test_fraction, args.shard_size)
+    tasks = [(args.seed, split, index, n) for split, index, n in plan]
+    return "sim", args.seed, sensor_metadata(), CLASS_NAMES, tasks, _sim_shard
+
+
+def _pick_source(args):
+    return _sim_source(args)
+
+
+def _ordered_results(func, tasks, workers):
+    """Apply ``func`` to ``tasks`` in order, in ``workers`` processes when > 1 (results come back in task order)."""
+    if workers <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            yield func(t)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    with ctx.Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(func, tasks, chunksize=1)
+
+
+def _run_write(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from m2vae_fusion.data.shards import prepare_output_dir, write_dataset
+    from m2vae_fusion.errors import UserError
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1 (got {args.workers})")
+    source, seed, sensors, class_names, tasks, make_shard = _pick_source(args)
+    prepare_output_dir(args.out, args.overwrite)  # refuse bad --out before any work
+    total = sum(t[-1] for t in tasks)
+    start = time.perf_counter()
+    bar = tqdm(total=total, unit="sample", desc="dataset", disable=args.no_progress, dynamic_ncols=True)
+    try:
+        meta = write_dataset(args.out, _ordered_results(make_shard, tasks, args.workers), source, seed, sensors,
+                             class_names, overwrite=True, on_shard=lambda e: bar.update(e["samples"]))
+    finally:
+        bar.close()
+    dt = time.perf_counter() - start
+    splits = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
+    print(f"wrote {total} samples ({splits}) in {len(meta['shards'])} shards to {args.out} "
+          f"in {dt:.1f} s: {total / dt:.0f} samples/s")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ checking
+def _run_check(args) -> int:
+    import json
+    import os
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from m2vae_fusion.data.check import format_table, separability
+    from m2vae_fusion.data.shards import atomic_write_bytes, load_split, read_metadata
+    from m2vae_fusion.errors import UserError
+
+    meta = read_metadata(args.check)
+    train = load_split(args.check, "train")
+    test = load_split(args.check, "test")
+    if len(test["label"]) == 0:
+        test = load_split(args.check, "val")
+    if len(train["label"]) == 0 or len(test["label"]) == 0:
+        raise UserError(f"{args.check} needs samples in train and in test (or val) for --check")
+    for part in (train, test):
+        if np.any(part["label"] < 0) or not np.all(part["present"]):
+            raise UserError(f"{args.check} has unlabelled samples or missing modalities; --check needs all of them")
+    bar = tqdm(total=4, desc="check", unit="fit", disable=args.no_progress)
+    try:
+        result = separability(train, test, meta["sensors"], seed=0, progress=lambda: bar.update(1))
+    finally:
+        bar.close()
+    result["dataset"] = {"dir": os.path.abspath(args.check), "seed": meta.get("seed"), "source": meta.get("source"),
+                         "splits": meta.get("splits")}
+    print(format_table(result))
+    if args.json:
+        try:
+            atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise UserError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
+    return 0 if result["passed"] else 1
