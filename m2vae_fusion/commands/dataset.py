@@ -27,9 +27,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2; output does not depend on it)")
     parser.add_argument("--json", metavar="OUT", help="with --check: also write the results as JSON to OUT")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # --from-bag BAG … --out DIR: a data set from rosbag2 recordings (m2vae_fusion.data.from_bag, docs/retrain.md)
+    from m2vae_fusion.data.from_bag import add_arguments as add_from_bag_arguments
+
+    add_from_bag_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_bag:  # rosbag2 source: m2vae_fusion.data.from_bag
+        from m2vae_fusion.data.from_bag import run_cli
+
+        return run_cli(args)
     if args.check:
         return _run_check(args)
     return _run_write(args)
