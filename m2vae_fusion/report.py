@@ -112,6 +112,9 @@ def format_tables(summary: Mapping) -> str:
     """Plain-text tables of :func:`summarise`'s output: per target, then per agent."""
     agents = list(summary["agents"])
     lines = []
+    if summary.get("class_belief_head") is False:
+        lines += ["The model bundle has no class-belief head (trained without labels): agents publish latents only,",
+                  "so there are no class beliefs and the accuracies below are not meaningful.", ""]
     head = f"{'target':<10} {'true class':<22}" + "".join(f" {a:<34}" for a in agents)
     lines += [head, "-" * len(head)]
     for target, row in summary["targets"].items():

@@ -24,6 +24,8 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    import os
+
     from m2vae_fusion.errors import UserError
     from m2vae_fusion.report import format_tables, plot, summarise, write_json
     from m2vae_fusion.ros.demo import CLASS_NAMES, DemoConfig, run_demo
@@ -46,6 +48,8 @@ def run(args) -> int:
     for path in (args.json, args.plot):
         if path and not _writable(path):
             raise UserError(f"cannot write {path}: its folder does not exist or is not writable")
+    if args.record and os.path.exists(args.record):
+        raise UserError(f"--record: {args.record} already exists; choose a new bag path")
     cfg = DemoConfig(agents=agents, objects=objects, seed=args.seed, duration=args.duration,
                      exchange=not args.no_exchange, model_dir=args.model_dir, log_dir=args.log_dir,
                      record_bag=args.record, inspect_duration=args.inspect_duration,

@@ -119,9 +119,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     rclpy.init()
     probe = None
+    recorder = None
     rec = RunRecord(class_names, names, {})
     rec.meta.update({"exchange": cfg.exchange, "seed": cfg.seed, "model_id": manifest["model_id"],
-                     "rigs": {n: r for n, r in zip(names, rigs)}, "objects": list(cfg.objects)})
+                     "rigs": {n: r for n, r in zip(names, rigs)}, "objects": list(cfg.objects),
+                     "class_belief_head": bool(manifest.get("class_names") and manifest["networks"].get("head"))})
     try:
         probe = Probe("demo_monitor")
         t0 = time.monotonic()
@@ -177,7 +179,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
         sim = NodeProcess("m2vae_fusion.ros.sim_world_node", "", sim_params, log_dir, name="sim_world",
                           params_files=[share_path("config", "sim_world.yaml")])
         procs.append(sim)
-        recorder = None
         if cfg.record_bag:
             from m2vae_fusion.ros.record import BagRecorder
 
@@ -210,12 +211,15 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
         if recorder is not None:
             recorder.close()
             say(f"demo: recorded {recorder.count} messages to {cfg.record_bag}")
+            recorder = None
         rec.truth = {k: v for k, v in truth.items() if not k.startswith("_")}
         rec.meta["duration_s"] = round(duration, 1)
         return rec
     except _Terminated:
         raise KeyboardInterrupt from None
     finally:
+        if recorder is not None:  # an error or Ctrl-C: still close the bag so that it can be read
+            recorder.close()
         for p in reversed(procs):
             p.stop(timeout=5.0)
         if probe is not None:
