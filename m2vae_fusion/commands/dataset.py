@@ -5,9 +5,9 @@ the shards and ``metadata.json`` of docs/formats.md (same seed → byte-identica
 ``--check DIR [--json OUT]``: train one classifier per (sensor, attribute) on the train split and print its test
 accuracy (``m2vae_fusion.data.check``); exit status 1 when the single-sensor thresholds are not met.
 
-A data source is a function ``(args) -> (source_name, seed, sensors, class_names, plan, make_shard)`` (see
+A data source is a function ``(args) -> (source_name, seed, sensors, class_names, tasks, make_item, groups)`` (see
 ``_sim_source``); adding another (e.g. a rosbag) means adding its argument in ``configure`` and a branch in
-``_pick_source``.
+``_pick_source`` (or handling it before ``_run_write`` in ``run``).
 """
 import argparse
 
@@ -67,20 +67,27 @@ def _split_plan(samples: int, val_fraction: float, test_fraction: float, shard_s
     return plan
 
 
-def _sim_shard(task):
-    from m2vae_fusion.sim.generate import generate_shard
+def _sim_chunk(task):
+    from m2vae_fusion.sim.generate import generate_chunk
 
-    seed, split, index, n = task
-    return split, index, generate_shard(seed, split, index, n)
+    seed, split, index, chunk, n = task
+    return generate_chunk(seed, split, index, chunk, n)
 
 
 def _sim_source(args):
+    """The simulator as a data source: metadata parts, the list of work items ``(…, n)`` (their last element is the
+    sample count), the function computing one item (picklable, run in worker processes), and how items group into
+    shards (``[(split, index, number of items)]``)."""
     from m2vae_fusion.data.classes import CLASS_NAMES
-    from m2vae_fusion.sim.generate import sensor_metadata
+    from m2vae_fusion.sim.generate import sensor_metadata, shard_chunks
 
     plan = _split_plan(args.samples, args.val_fraction, args.test_fraction, args.shard_size)
-    tasks = [(args.seed, split, index, n) for split, index, n in plan]
-    return "sim", args.seed, sensor_metadata(), CLASS_NAMES, tasks, _sim_shard
+    tasks, groups = [], []
+    for split, index, n in plan:
+        sizes = shard_chunks(n)
+        tasks += [(args.seed, split, index, c, m) for c, m in enumerate(sizes)]
+        groups.append((split, index, len(sizes)))
+    return "sim", args.seed, sensor_metadata(), CLASS_NAMES, tasks, _sim_chunk, groups
 
 
 def _pick_source(args):
@@ -100,6 +107,19 @@ def _ordered_results(func, tasks, workers):
         yield from pool.imap(func, tasks, chunksize=1)
 
 
+def _grouped(results, groups, on_item):
+    """Concatenate consecutive results into shards: yields ``(split, index, arrays)`` per group."""
+    import numpy as np
+
+    results = iter(results)
+    for split, index, count in groups:
+        parts = []
+        for _ in range(count):
+            parts.append(next(results))
+            on_item(parts[-1])
+        yield split, index, {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+
 def _run_write(args) -> int:
     import time
 
@@ -110,14 +130,15 @@ def _run_write(args) -> int:
 
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1 (got {args.workers})")
-    source, seed, sensors, class_names, tasks, make_shard = _pick_source(args)
+    source, seed, sensors, class_names, tasks, make_item, groups = _pick_source(args)
     prepare_output_dir(args.out, args.overwrite)  # refuse bad --out before any work
     total = sum(t[-1] for t in tasks)
     start = time.perf_counter()
     bar = tqdm(total=total, unit="sample", desc="dataset", disable=args.no_progress, dynamic_ncols=True)
     try:
-        meta = write_dataset(args.out, _ordered_results(make_shard, tasks, args.workers), source, seed, sensors,
-                             class_names, overwrite=True, on_shard=lambda e: bar.update(e["samples"]))
+        items = _ordered_results(make_item, tasks, args.workers)
+        meta = write_dataset(args.out, _grouped(items, groups, lambda a: bar.update(len(a["label"]))), source, seed,
+                             sensors, class_names, overwrite=True)
     finally:
         bar.close()
     dt = time.perf_counter() - start

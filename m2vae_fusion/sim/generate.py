@@ -2,12 +2,14 @@
 
 One sample: one object of a random class (uniform over the 8) with random size, pose, visible colour jitter and IR
 material jitter, seen by one AMiRo from a random side at 0.10-0.50 m (sensor rim to object centre) with a random
-heading offset, under random lighting, inside walls of random size and colour, with up to three neutral-coloured
-clutter boxes that never stand between the robot and the object. Everything is drawn from the seeded
+heading offset, under random lighting, inside walls of random size and colour (70 % of samples; else open space
+beyond the LiDAR range, +inf), with up to three neutral-coloured clutter boxes that never stand between the robot
+and the object. Everything is drawn from the seeded
 ``numpy.random.Generator`` passed in, so the same generator state gives the same sample.
 
 Single-sensor setup (paper Sec. IV / V-D): the camera sits below the smallest object's top at body height, so both
-shapes show upright silhouettes of matching width distributions, and every object carries the same visible gloss
+shapes show upright silhouettes of matching width distributions, the light is fully diffuse (no shading that would
+tell a cylinder's curved side from a cube's flat faces), and every object carries the same visible gloss
 (the IR material is a pigment property invisible to the camera); the LiDAR measures geometry only; the IR sensors'
 response depends on the IR material, range and incidence angle, not on the visible colour.
 """
@@ -35,6 +37,7 @@ SCENE = {
     "object_xy": (-0.1, 0.1),
     "arena_size": (1.5, 3.0),
     "arena_offset": (-0.3, 0.3),
+    "walls_probability": 0.7,
     "clutter_count": (0, 3),
     "red_hue": (-0.03, 0.03),
     "green_hue": (0.28, 0.38),
@@ -44,10 +47,11 @@ SCENE = {
     "shiny_ir_diffuse": (0.45, 0.75),
     "shiny_ir_specular": (0.15, 0.35),
     "shiny_ir_exponent": 4.0,
-    # indoor light: ceiling lights plus indirect light, so vertical surfaces are lit almost uniformly
+    # fully diffuse indoor light (ceiling panels and indirect light): random intensity and colour, no directional
+    # shading; any directional term lets shading (smooth on cylinders, stepped on cubes) reveal the shape
     "light_elevation": (1.2, 1.5),
     "light_ambient": (0.6, 0.95),
-    "light_diffuse": (0.0, 0.08),
+    "light_diffuse": (0.0, 0.0),
     "light_specular": (0.0, 0.0),
 }
 
@@ -133,8 +137,9 @@ def random_sample(world: World, rng: np.random.Generator, label: Optional[int] =
     cx, cy = ox + _u(rng, "arena_offset"), oy + _u(rng, "arena_offset")
     need = 2 * (max(abs(ax - cx), abs(ay - cy)) + dist + 0.3)
     arena = max(_u(rng, "arena_size"), need)
+    walls = bool(rng.uniform() < SCENE["walls_probability"])
     world.set_arena(arena, (cx, cy), wall_rgb=[_neutral_rgb(rng) for _ in range(4)],
-                    wall_ir=[IRMaterial(float(rng.uniform(0.2, 0.6)), 0.0, 1.0) for _ in range(4)])
+                    wall_ir=[IRMaterial(float(rng.uniform(0.2, 0.6)), 0.0, 1.0) for _ in range(4)], visible=walls)
     pb_floor = world.floor
     import pybullet as pb  # local: keeps module import light for metadata-only users
     g = rng.uniform(0.35, 0.7)
@@ -176,7 +181,8 @@ def random_sample(world: World, rng: np.random.Generator, label: Optional[int] =
     refl = world.reflectance_scan(0, rng=rng)
     return {"camera": cam, "lidar": lidar, "reflectance": refl, "label": label, "colour": c, "shape": s,
             "material": m, "scene": {"distance": dist, "heading_offset": offset, "height": height, "width": width,
-                                     "object_yaw": oyaw, "clutter": len(poses), "arena": arena}}
+                                     "object_yaw": oyaw, "clutter": len(poses), "arena": arena,
+                                     "walls": walls}}
 
 
 def generate_samples(n: int, rng: np.random.Generator, world: Optional[World] = None) -> Dict[str, np.ndarray]:
@@ -202,13 +208,39 @@ def generate_samples(n: int, rng: np.random.Generator, world: Optional[World] = 
             "label": lab[0], "colour": lab[1], "shape": lab[2], "material": lab[3]}
 
 
-def shard_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The generator of shard ``index`` of ``split``: independent of worker count and of other shards."""
+#: Samples per generation chunk: a shard of n samples is the concatenation of chunks of CHUNK samples (the last one
+#: shorter), each simulated in a fresh world from its own generator, so that chunks can run in any process.
+CHUNK = 250
+
+
+def chunk_rng(seed: int, split: str, index: int, chunk: int) -> np.random.Generator:
+    """The generator of chunk ``chunk`` of shard ``index`` of ``split``: independent of worker count and order."""
     code = {"train": 0, "val": 1, "test": 2}[split]
-    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(code, int(index))))
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(code, int(index), int(chunk))))
+
+
+def shard_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of chunk 0 of shard ``index`` of ``split`` (see :func:`chunk_rng`)."""
+    return chunk_rng(seed, split, index, 0)
+
+
+def shard_chunks(n: int):
+    """Chunk sizes of a shard of ``n`` samples."""
+    return [min(CHUNK, n - start) for start in range(0, n, CHUNK)]
+
+
+def generate_chunk(seed: int, split: str, index: int, chunk: int, n: int) -> Dict[str, np.ndarray]:
+    """Chunk ``chunk`` (``n`` samples) of shard ``index`` of ``split``: ``generate_samples`` in a fresh world with
+    :func:`chunk_rng`, so the same arguments give byte-identical arrays in any process."""
+    return generate_samples(n, chunk_rng(seed, split, index, chunk))
+
+
+def concat_chunks(parts) -> Dict[str, np.ndarray]:
+    """Concatenate chunk dicts along the sample axis."""
+    parts = list(parts)
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
 
 def generate_shard(seed: int, split: str, index: int, n: int) -> Dict[str, np.ndarray]:
-    """Shard ``index`` of ``split`` (``n`` samples) for data set seed ``seed``: ``generate_samples`` in a fresh world
-    with :func:`shard_rng`, so the same arguments give byte-identical arrays in any process."""
-    return generate_samples(n, shard_rng(seed, split, index))
+    """Shard ``index`` of ``split`` (``n`` samples) for data set seed ``seed``: its chunks concatenated."""
+    return concat_chunks(generate_chunk(seed, split, index, c, m) for c, m in enumerate(shard_chunks(n)))

@@ -191,12 +191,12 @@ def render_camera(client: int, cfg: CameraConfig, pose, width: int, height: int,
 
 
 # ---------------------------------------------------------------------------------------------------- lidar
-def _cast(client: int, origins: np.ndarray, ends: np.ndarray, mask: int = -1):
+def _cast(client: int, origins: np.ndarray, ends: np.ndarray, mask: int = -1, normals: bool = True):
     res = pb.rayTestBatch(origins.tolist(), ends.tolist(), numThreads=1, collisionFilterMask=mask,
                           physicsClientId=client)
-    body = np.fromiter((r[0] for r in res), dtype=np.int64, count=len(res))
-    frac = np.fromiter((r[2] for r in res), dtype=np.float64, count=len(res))
-    normal = np.array([r[4] for r in res], dtype=np.float64).reshape(len(res), 3)
+    body = np.array([r[0] for r in res], dtype=np.int64)
+    frac = np.array([r[2] for r in res], dtype=np.float64)
+    normal = np.array([r[4] for r in res], dtype=np.float64).reshape(len(res), 3) if normals else None
     return body, frac, normal
 
 
@@ -213,7 +213,7 @@ def lidar_scan(client: int, cfg: LidarConfig, pose, rng: np.random.Generator, no
     d = np.stack([np.cos(ang), np.sin(ang), np.zeros_like(ang)], axis=1)
     r0 = AMIRO_RADIUS + 0.001
     base = np.array([x, y, cfg.mount_height])
-    body, frac, _ = _cast(client, base + r0 * d, base + cfg.range_max * d, mask)
+    body, frac, _ = _cast(client, base + r0 * d, base + cfg.range_max * d, mask, normals=False)
     hit = body >= 0
     rng_m = r0 + frac * (cfg.range_max - r0)
     if noise and cfg.noise_std > 0:

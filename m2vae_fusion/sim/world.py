@@ -184,7 +184,7 @@ class World:
         for k in range(num_agents):
             body = pb.createMultiBody(0, col, vis, (-20.0 - k, -20.0, AMIRO_HEIGHT / 2), physicsClientId=c)
             # each agent in its own collision group, so that its own sensors' rays skip its body
-            pb.setCollisionFilterGroupMask(body, -1, _agent_group(k), 0, physicsClientId=c)
+            pb.setCollisionFilterGroupMask(body, -1, _agent_group(k), 0xFFFF, physicsClientId=c)
             self._ir[body] = IRMaterial(0.45, 0.05, 2.0)
             self.agents.append(body)
         self._poses = [(-20.0 - k, -20.0, 0.0) for k in range(num_agents)]
@@ -199,14 +199,16 @@ class World:
 
     def set_arena(self, arena_size: float, centre: Tuple[float, float] = (0.0, 0.0),
                   wall_rgb: Optional[Sequence[Sequence[float]]] = None,
-                  wall_ir: Optional[Sequence[IRMaterial]] = None) -> None:
+                  wall_ir: Optional[Sequence[IRMaterial]] = None, visible: bool = True) -> None:
         """Move the walls to a square of side ``arena_size`` (m) around ``centre``; optionally recolour them
-        (``wall_rgb``: four rgb triples in [0, 1]) and set their IR materials."""
+        (``wall_rgb``: four rgb triples in [0, 1]) and set their IR materials. ``visible=False`` removes them from
+        view (parked far below the floor) until the next call."""
         self.arena_size = float(arena_size)
         h = arena_size / 2
         cx, cy = centre
-        poses = [((cx + h, cy, 0.15), 0.0), ((cx - h, cy, 0.15), 0.0),
-                 ((cx, cy + h, 0.15), math.pi / 2), ((cx, cy - h, 0.15), math.pi / 2)]
+        z = 0.15 if visible else -100.0
+        poses = [((cx + h, cy, z), 0.0), ((cx - h, cy, z), 0.0),
+                 ((cx, cy + h, z), math.pi / 2), ((cx, cy - h, z), math.pi / 2)]
         for k, (body, (pos, yaw)) in enumerate(zip(self.walls, poses)):
             pb.resetBasePositionAndOrientation(body, pos, pb.getQuaternionFromEuler((0, 0, yaw)),
                                                physicsClientId=self.client)

@@ -1,0 +1,130 @@
+"""The simulated AMiRo world and its sensor models (real PyBullet, DIRECT mode)."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from m2vae_fusion.data.classes import CLASS_NAMES, attributes_of, class_id, class_name
+from m2vae_fusion.sim.generate import generate_samples, make_world, random_sample, sensor_metadata, shard_rng
+from m2vae_fusion.sim.sensors import AMIRO_RADIUS, IRMaterial
+from m2vae_fusion.sim.world import ObjectSpec, World
+
+
+@pytest.fixture
+def world():
+    w = World(num_agents=2, seed=1, walls=False, clutter=0)
+    yield w
+    w.close()
+
+
+def test_classes_follow_the_contract():
+    assert CLASS_NAMES[0] == "red_cylinder_matte" and CLASS_NAMES[7] == "green_cube_shiny"
+    assert class_id("green", "cylinder", "shiny") == 5 and class_name(1, 1, 0) == "green_cube_matte"
+    assert all(class_id(*attributes_of(k)) == k for k in range(8))
+    assert ObjectSpec("red", "cube", "shiny").class_name == "red_cube_shiny"
+    with pytest.raises(ValueError):
+        ObjectSpec("blue", "cube", "shiny")
+
+
+def test_sensor_shapes_dtypes_and_info(world):
+    oid = world.add_object(ObjectSpec("red", "cylinder", "shiny", 0.06, 0.05), 0.0, 0.0)
+    world.inspect(0, oid, 0.3, 0.0, bearing=0.0)
+    obs = world.observe(0)
+    assert obs["camera"].shape == (240, 320, 3) and obs["camera"].dtype == np.uint8
+    assert world.render_camera(0, 64, 64).shape == (64, 64, 3)
+    assert obs["lidar"].shape == (667,) and obs["lidar"].dtype == np.float32
+    assert obs["reflectance"].shape == (8, 2) and obs["reflectance"].dtype == np.float32
+    info = world.lidar_info()
+    assert info["beams"] == 667
+    assert info["angle_min"] == pytest.approx(-math.radians(120)) and info["range_max"] == 5.6
+    assert info["angle_increment"] == pytest.approx(math.radians(0.36), rel=0.002)
+    assert info["angle_min"] + 666 * info["angle_increment"] == pytest.approx(info["angle_max"])
+    assert np.all(obs["reflectance"][:, 1] >= 0)
+    r = world.reflectance_info()
+    assert r["beams"] == 8 and r["range_max"] > 0.55 and r["angles"][0] == 0.0
+
+
+def test_lidar_geometry_and_rep117_inf(world):
+    """Beams that hit nothing read +inf (REP 117); the object sits where it was put, on the correct side."""
+    oid = world.add_object(ObjectSpec("green", "cube", "matte", 0.06, 0.05), 1.0, 1.0)
+    world.inspect(0, oid, 0.4, heading_offset=-0.3, bearing=0.0)  # object appears at +0.3 rad (left)
+    scan = world.lidar_scan(0, noise=False)
+    angles = world.lidar.angles()
+    hit = np.isfinite(scan)
+    assert 5 < hit.sum() < 60 and np.all(np.isposinf(scan[~hit]))
+    assert np.all(np.abs(angles[hit] - 0.3) < 0.1)
+    assert scan[hit].min() == pytest.approx(0.4 - 0.025, abs=0.002)
+    noisy = world.lidar_scan(0, rng=np.random.default_rng(0))
+    assert np.all(np.isposinf(noisy[~hit])) and 0 < np.abs(noisy[hit] - scan[hit]).max() < 0.02
+
+
+def test_own_body_is_invisible_other_agents_are_seen(world):
+    world.set_agent_pose(0, 0.0, 0.0, 0.0)
+    assert np.all(np.isposinf(world.lidar_scan(0, noise=False)))  # nothing but itself around
+    world.set_agent_pose(1, 0.3, 0.0, math.pi)
+    scan = world.lidar_scan(0, noise=False)
+    assert np.nanmin(scan) == pytest.approx(0.3 - AMIRO_RADIUS, abs=0.002)
+    assert world.reflectance_scan(0, noise=False)[0, 0] == pytest.approx(0.3 - 2 * AMIRO_RADIUS, abs=0.003)
+
+
+def test_camera_training_render_matches_resized_published_image(world):
+    oid = world.add_object(ObjectSpec("red", "cube", "matte", 0.07, 0.05), 0.0, 0.0, 0.4)
+    world.inspect(0, oid, 0.25, 0.1, bearing=0.5)
+    big = world.render_camera(0, noise=False)
+    small = world.render_camera(0, 64, 64, noise=False)
+    resized = cv2.resize(big, (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.abs(resized.astype(int) - small.astype(int)).mean() < 4.0
+    red = (small[..., 0].astype(int) - small[..., 1]) > 60
+    assert red.sum() > 50  # the object is in view, red
+
+
+def test_reflectance_depends_on_material_distance_not_colour(world):
+    def front(colour, material, dist):
+        world.clear_objects()
+        oid = world.add_object(ObjectSpec(colour, "cylinder", material, 0.06, 0.05), 0.0, 0.0)
+        world.inspect(0, oid, dist, 0.0, bearing=0.0)
+        return world.reflectance_scan(0, noise=False)[0]
+
+    shiny, matte = front("red", "shiny", 0.3), front("red", "matte", 0.3)
+    assert shiny[1] > 3 * matte[1] > 0
+    assert shiny[0] == pytest.approx(0.3 - AMIRO_RADIUS - 0.025, abs=0.003)
+    assert front("green", "shiny", 0.3)[1] == pytest.approx(shiny[1])  # IR does not see visible colour
+    assert front("red", "shiny", 0.5)[1] < shiny[1]
+    # beyond range_max: (+inf, 0)
+    far = front("red", "shiny", 2.0)
+    assert np.isposinf(far[0]) and far[1] == 0.0
+    spec = IRMaterial(0.5, 0.3, 4.0)
+    assert spec.diffuse == 0.5
+
+
+def test_random_sample_is_deterministic_per_seed():
+    with make_world() as w1, make_world() as w2:
+        a = random_sample(w1, np.random.default_rng(42))
+        random_sample(w2, np.random.default_rng(0))  # a different history must not matter
+        b = random_sample(w2, np.random.default_rng(42))
+        c = random_sample(w2, np.random.default_rng(43))
+    for k in ("camera", "lidar", "reflectance"):
+        assert np.array_equal(a[k], b[k])
+    assert a["label"] == b["label"]
+    assert not np.array_equal(a["lidar"], c["lidar"])
+
+
+def test_generated_samples_ranges_and_units():
+    d = generate_samples(40, shard_rng(5, "train", 0))
+    assert d["camera"].shape == (40, 64, 64, 3) and d["camera"].dtype == np.uint8
+    assert d["lidar"].dtype == np.float32 and d["reflectance"].shape == (40, 8, 2)
+    assert d["present"].all() and d["label"].dtype == np.int64
+    assert np.array_equal(d["label"], 4 * d["colour"] + 2 * d["shape"] + d["material"])
+    finite = d["lidar"][np.isfinite(d["lidar"])]
+    assert finite.min() > 0.02 and finite.max() <= 5.6 and not np.isnan(d["lidar"]).any()
+    # the object is the nearest thing in front, 0.10-0.50 m from the rim (+ robot radius, - object half width)
+    front = d["lidar"][:, 333 - 100:333 + 101].min(axis=1)
+    assert front.min() > AMIRO_RADIUS + 0.10 - 0.045 and front.max() < AMIRO_RADIUS + 0.50
+    ref = d["reflectance"]
+    assert np.all(ref[..., 1] >= 0) and np.all(np.isposinf(ref[..., 0]) == (ref[..., 1] == 0))
+    assert np.all(np.isfinite(ref[:, 0, 0]))  # the front IR sensor always sees the object
+    meta = sensor_metadata()
+    assert {"width", "height"} <= set(meta["camera"]) and meta["camera"]["width"] == 64
+    assert {"beams", "angle_min", "angle_increment", "range_min", "range_max"} <= set(meta["lidar"])
+    assert {"beams", "range_max", "intensity_max"} <= set(meta["reflectance"])
