@@ -64,7 +64,7 @@ def world(bundle_dir, tmp_path_factory):
                                     params_files=[os.path.join(ROOT, "config", "fusion.yaml")],
                                     params={"model_dir": bundle_dir, "modalities": mods, "diagnostics_period": 0.5})
         for ns in ("agent0", "agent1"):
-            assert probe.diagnostics(f"/{ns}/fusion_node", timeout=30) is not None, procs[ns].log()
+            assert probe.diagnostics(f"/{ns}/fusion_node", timeout=30) is not None, procs[ns].dump_stack()
         # two full tours: each agent inspects both objects
         deadline = time.monotonic() + 4 * (INSPECT + TRANSIT) + 3
         while time.monotonic() < deadline:
@@ -138,7 +138,10 @@ def test_agents_fuse_what_they_inspect_and_share_it(world):
             stamps = [conv.stamp_to_ns(s) for s in lat.modality_stamps]
             newest = int(np.argmax(stamps))
             if lat.modality_sources[newest] == ns:  # the agent's own newest observation: the target at its stamp
-                assert _target_at(probe, ns, stamps[newest]) == lat.target_id
+                expected = _target_at(probe, ns, stamps[newest])
+                if expected is None:  # before the first announcement this probe received (discovery still running)
+                    continue
+                assert expected == lat.target_id
                 checked += 1
         assert checked >= 5
         own_mods = {m for lat in latents for m, src in zip(lat.modalities, lat.modality_sources) if src == ns}

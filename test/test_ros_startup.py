@@ -82,7 +82,7 @@ def test_bad_bundles_and_parameters_stop_the_node_naming_the_cause(bundle_dir, t
     try:
         for kind, proc in procs.items():
             code = proc.wait(60)
-            log = proc.log()
+            log = proc.log() if code is not None else proc.dump_stack()
             assert code == 2, f"{kind}: exit {code}\n{log}"
             assert cases[kind][1] in log and "cannot start" in log, f"{kind}:\n{log}"
             assert "Traceback" not in log, f"{kind}:\n{log}"

@@ -67,7 +67,8 @@ class NodeProcess:
         cmd += list(extra_args)
         self.cmd = cmd
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
                                      start_new_session=True)
 
     @property
@@ -88,6 +89,17 @@ class NodeProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+
+    def dump_stack(self) -> str:
+        """Ask a hung child for its Python stacks (SIGABRT; the child runs with PYTHONFAULTHANDLER=1) and return its
+        log. The child dies from it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.log()
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL. Returns the exit status (negative: killed by a signal)."""
