@@ -177,3 +177,28 @@ def test_separability_thresholds_on_a_small_data_set(tmp_path, capsys):
     assert result["all_sensors_class_accuracy"] >= 0.98
     assert result["stress"]["camera_object_crop"]["shape"] <= OTHER_MAX
     assert code == 0 and "PASS" in out and result["test_samples"] == 200
+
+
+def test_terminated_cli_run_leaves_no_valid_data_set(tmp_path, capsys):
+    """SIGTERM (like Ctrl-C) in the middle of a run: exit 130, finished shards stay, no temporary file and no
+    metadata.json, so --check refuses the directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "m2vae_fusion", "dataset", "--out", str(out), "--samples", "4000",
+                             "--shard-size", "100", "--workers", "2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and any(p.suffix == ".npz" for p in out.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    left = sorted(p.name for p in out.iterdir())
+    assert left and all(n.startswith("train-") and n.endswith(".npz") for n in left), left
+    assert len(left) < 36
+    code, _, err = _cli(capsys, "--check", str(out))
+    assert code == 2 and "metadata.json is missing" in _error_line(err)

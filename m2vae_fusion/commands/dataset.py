@@ -103,8 +103,20 @@ def _ordered_results(func, tasks, workers):
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(tasks))) as pool:
+    with ctx.Pool(min(workers, len(tasks)), initializer=_worker_signals) as pool:
         yield from pool.imap(func, tasks, chunksize=1)
+
+
+def _worker_signals():
+    """Workers leave Ctrl-C to the parent (which terminates the pool) and die quietly on SIGTERM."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _grouped(results, groups, on_item):
@@ -120,7 +132,14 @@ def _grouped(results, groups, on_item):
         yield split, index, {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
 
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _run_write(args) -> int:
+    import signal
     import time
 
     from tqdm import tqdm
@@ -135,12 +154,16 @@ def _run_write(args) -> int:
     total = sum(t[-1] for t in tasks)
     start = time.perf_counter()
     bar = tqdm(total=total, unit="sample", desc="dataset", disable=args.no_progress, dynamic_ncols=True)
+    # SIGTERM behaves like Ctrl-C: workers stop, the shard being written is dropped, no metadata.json is written
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
         items = _ordered_results(make_item, tasks, args.workers)
         meta = write_dataset(args.out, _grouped(items, groups, lambda a: bar.update(len(a["label"]))), source, seed,
                              sensors, class_names, overwrite=True)
     finally:
         bar.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     dt = time.perf_counter() - start
     splits = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
     print(f"wrote {total} samples ({splits}) in {len(meta['shards'])} shards to {args.out} "

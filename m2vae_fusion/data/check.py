@@ -1,6 +1,6 @@
-"""Single-sensor separability of a data set (``m2vae-fusion dataset --check``): the paper's setup (Sec. IV) holds
-when each sensor alone determines its own attribute (camera → colour, LiDAR → shape, reflectance → material) and all
-three together determine the class.
+"""Single-sensor separability of a data set (``m2vae-fusion dataset --check``): the paper's setup (Sec. IV)
+holds when each sensor alone determines its own attribute (camera → colour, LiDAR → shape, reflectance → material)
+and all three together determine the class.
 
 One classifier family throughout: scikit-learn's ``ExtraTreesClassifier`` (500 trees, bootstrap, fixed
 ``random_state``), one model per (sensor, attribute) pair, trained on the train split and scored (accuracy) on the
@@ -24,7 +24,7 @@ LiDAR's segment, so that a low camera → shape accuracy cannot just come from a
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 

@@ -65,7 +65,8 @@ def validate_arrays(arrays: Dict[str, np.ndarray], where: str = "shard") -> int:
     for key, (dtype, ndim) in ARRAY_SPEC.items():
         a = arrays[key]
         if a.dtype != dtype or a.ndim != ndim:
-            raise ValueError(f"{where}: {key} has dtype {a.dtype} and {a.ndim} dims, expected {np.dtype(dtype)}, {ndim}")
+            raise ValueError(f"{where}: {key} has dtype {a.dtype} and {a.ndim} dims, "
+                             f"expected {np.dtype(dtype)} and {ndim}")
         if n is None:
             n = a.shape[0]
         elif a.shape[0] != n:

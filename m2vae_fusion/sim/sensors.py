@@ -10,8 +10,8 @@ body diameter 99 mm, a ring of 8 IR proximity sensors).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, Tuple
 
 import numpy as np
 import pybullet as pb
@@ -123,7 +123,7 @@ class ReflectanceConfig:
         beams: K (8). half_angle: rad (15 deg). rays: rays per beam. range_max: m (0.8, so that objects at the
         data set's 0.12-0.50 m are always in range). falloff: m. range_noise: (a, b) sigma = a + b * d in m.
         intensity_noise: (relative, absolute) sigmas. intensity_max: normalisation constant for preprocessing.
-        mount_height: m. 
+        mount_height: m.
     """
 
     beams: int = 8
