@@ -78,6 +78,7 @@ def test_bad_bundles_and_parameters_stop_the_node_naming_the_cause(bundle_dir, t
     cases["bad_reliability"] = ({"model_dir": bundle_dir, "sensor_qos_reliability": "sometimes"},
                                 "sensor_qos_reliability")
     cases["wrong_type"] = ({"model_dir": bundle_dir, "max_targets": "many"}, "max_targets")
+    cases["zero_targets"] = ({"model_dir": bundle_dir, "max_targets": 0}, "max_targets")
     procs = {k: NodeProcess(MODULE, "", params, str(tmp_path / "logs"), name=k) for k, (params, _) in cases.items()}
     try:
         for kind, proc in procs.items():

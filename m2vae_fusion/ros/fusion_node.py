@@ -129,13 +129,15 @@ class FusionNode(Node):
 
     def __init__(self, node_name: str = "fusion_node", **kwargs):
         super().__init__(node_name, **kwargs)
-        self.stats = NodeStats()
         p = declare_parameters(self, self.PARAMS)
         self.p = p
         self.agent_id = p["agent_id"] or self.get_namespace().strip("/").replace("/", "_") or node_name
         self.stats = NodeStats(p["latency_window"])
         if p["lidar_type"] not in ("LaserScan", "PointCloud2"):
             raise ConfigError(f"parameter lidar_type must be LaserScan or PointCloud2, got {p['lidar_type']!r}")
+        for name in ("max_targets", "sensor_qos_depth", "target_history", "peer_queue", "ort_threads"):
+            if p[name] < 1:
+                raise ConfigError(f"parameter {name} must be at least 1, got {p[name]}")
         if p["sensor_qos_reliability"] not in ("best_effort", "reliable"):
             raise ConfigError("parameter sensor_qos_reliability must be best_effort or reliable, got "
                               f"{p['sensor_qos_reliability']!r}")

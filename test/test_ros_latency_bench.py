@@ -1,0 +1,29 @@
+"""The latency benchmark of the fusion node runs end to end (short phases) and reports every input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("m2vae_fusion_msgs.msg")
+
+pytestmark = pytest.mark.ros
+
+
+def test_latency_bench_reports_every_input(tmp_path):
+    from linear_bundle import make_linear_bundle
+
+    bundle = make_linear_bundle(str(tmp_path / "bundle"), 4, 4, seed=5)
+    out = tmp_path / "latency.json"
+    res = subprocess.run([sys.executable, "-m", "m2vae_fusion.ros.latency_bench", "--model-dir", bundle,
+                          "--seconds", "0.5", "--camera-size", "64x48", "--json", str(out),
+                          "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(out.read_text())
+    assert data["bundle"]["origin"] == "given" and data["camera_size"] == [64, 48]
+    assert set(data["inputs"]) == {"camera", "lidar", "reflectance", "cloud", "peer"}
+    for name, r in data["inputs"].items():
+        assert r["fused"] >= 1, (name, r)
+        assert r["node_ms"]["p50"] > 0 and r["node_ms"]["p99"] >= r["node_ms"]["p50"], (name, r)
+    assert "camera" in res.stdout and "peer" in res.stdout
