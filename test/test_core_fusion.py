@@ -173,3 +173,16 @@ def test_bundle_without_head(tmp_path):
     bundle = Bundle.load(make_linear_bundle(str(tmp_path / "nohead"), D, D, with_head=False))
     assert not bundle.has_head and bundle.class_names is None
     assert bundle.classify(np.zeros((1, D), np.float32)) is None
+
+
+def test_peer_holding_all_own_evidence_is_adopted_exactly(drifting):
+    """A peer latent that contains our evidence (same slot stamps and agents) plus more is taken as is: no
+    re-encoding, so two agents that exchanged end with identical latents."""
+    eng = FusionEngine(drifting)
+    rng = np.random.default_rng(7)
+    mine = eng.observe(None, "t", "camera", feat(rng), 1.0, "a")
+    theirs, _ = eng.merge(None, mine)
+    theirs = eng.observe(theirs, "t", "lidar", feat(rng), 2.0, "b")
+    merged, changed = eng.merge(mine, theirs)
+    assert changed and np.array_equal(merged.mean, theirs.mean)
+    assert merged.slots == theirs.slots

@@ -151,8 +151,9 @@ class FusionEngine:
         """Merge a peer's belief about the same target: union of slots, one value per slot.
 
         Each slot is taken from the belief with the newer evidence for it (ties keep the own value). If nothing is
-        newer on the peer's side the own belief is returned unchanged; if every slot comes from the peer, the peer's
-        latent is adopted as is (no re-encoding, no drift); otherwise both are decoded into their chosen slots and
+        newer on the peer's side the own belief is returned unchanged; if the peer holds all the own evidence (the
+        same slots, or newer) and more, the peer's latent is adopted as is (no re-encoding, no drift, and the two
+        agents agree exactly); otherwise both are decoded into their chosen slots and
         re-encoded with the subset encoder of the union (FUSION 2019, Eq. 18 applied to latents).
 
         Returns:
@@ -177,7 +178,9 @@ class FusionEngine:
             return own, False
         union = set(own.slots) | set(peer.slots)
         slots = {m: (peer.slots[m] if m in from_peer else own.slots[m]) for m in union}
-        if set(from_peer) == union:
+        # evidence only the own belief holds (a slot the peer lacks, or holds older); equal slots are the same evidence
+        own_only = [m for m in union if m not in from_peer and peer.slots.get(m) != own.slots[m]]
+        if not own_only:  # the peer's latent already contains everything: adopt it, no re-encoding, no drift
             return Belief(own.target_id, mean.copy(), logvar.copy(), slots, self.clock()), True
         feats = {}
         for m in union:
