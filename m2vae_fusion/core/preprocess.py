@@ -16,9 +16,9 @@ MODALITIES = ("camera", "lidar", "reflectance")
 #: Defaults of the simulated AMiRo sensors; a data set's metadata overrides them.
 DEFAULT_CONFIGS = {
     "camera": {"width": 64, "height": 64},
-    "lidar": {"beams": 667, "angle_min": -2.0943951, "angle_increment": 0.0062831853,
+    "lidar": {"beams": 667, "angle_min": -2.0943951023931953, "angle_increment": 0.006289474781961547,
               "range_min": 0.02, "range_max": 5.6},
-    "reflectance": {"beams": 8, "range_max": 0.6, "intensity_max": 1.0},
+    "reflectance": {"beams": 8, "range_max": 0.8, "intensity_max": 1.0},
 }
 
 
