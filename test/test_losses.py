@@ -178,3 +178,19 @@ def test_betavae_loss_pieces():
     mu, lv = vae.encode(x)
     rec = ((x - vae.decode(mu)) ** 2).sum(1)
     torch.testing.assert_close(out["loss"], rec + 0.3 * 8 / 3 * L.gaussian_kl(mu, lv))
+
+
+def test_betavae_auxiliary_class_loss():
+    """aux = CE of the linear read-out of the mean, weighted like β (aux_weight·D_x/D_z), unknown labels masked."""
+    torch.manual_seed(0)
+    vae = BetaVAE("reflectance", {"beams": 4, "range_max": 0.6, "intensity_max": 1.0}, latent_dim=3, aux_classes=8)
+    x = torch.rand(4, 8)
+    labels = torch.tensor([1, -1, 7, 0])
+    out = L.betavae_loss(vae, x, beta_norm=0.3, sample=False, labels=labels, aux_weight=0.5)
+    plain = L.betavae_loss(vae, x, beta_norm=0.3, sample=False)
+    mu, _ = vae.encode(x)
+    ce = torch.nn.functional.cross_entropy(vae.aux(mu), labels.clamp_min(0), reduction="none")
+    ce[1] = 0.0
+    torch.testing.assert_close(out["aux"], ce)
+    torch.testing.assert_close(out["loss"], plain["loss"] + 0.5 * 8 / 3 * ce)
+    assert out["aux"][1] == 0

@@ -61,7 +61,7 @@ def test_train_writes_bundle_checkpoints_and_metrics(trained):
     with open(os.path.join(out, "manifest.json")) as f:
         man = json.load(f)
     assert man["training"]["config"]["seed"] == 3
-    assert man["training"]["config"]["m2vae"]["alpha_reenc"] == 1.0
+    assert man["training"]["config"]["m2vae"]["alpha_reenc"] == cfgmod.DEFAULTS["m2vae"]["alpha_reenc"]
     assert man["training"]["dataset"] == {"seed": 0, "source": "synthetic", "samples": 160}
     assert "m2vae/val_loss" in man["training"]["metrics"]
     assert man["networks"]["head"] == "head.onnx" and len(man["class_names"]) == 8
@@ -210,3 +210,32 @@ def test_train_needs_data_for_betavae(tmp_path, capsys):
     # later stage without the earlier one
     assert main(["train", "--out", str(tmp_path / "m"), "--runs", str(tmp_path / "r"), "--stage", "m2vae"]) == 2
     assert "features.npz" in capsys.readouterr().err
+
+
+def test_lidar_object_trunk_is_object_centred():
+    """The LiDAR encoder looks at the nearest return in front: the same object at another bearing (the scan shifted by
+    whole beams) gives the same features; a flat face and an arc of the same width do not."""
+    import torch
+
+    from m2vae_fusion.training.networks import BetaVAE
+
+    cfg = DEFAULT_CONFIGS["lidar"]
+    b = int(cfg["beams"])
+    theta = cfg["angle_min"] + cfg["angle_increment"] * np.arange(b)
+    torch.manual_seed(0)
+    vae = BetaVAE("lidar", cfg, 10).eval()
+
+    def scan(shift=0, shape="cyl"):
+        r = np.full(b, 1.5)
+        d, rad = 0.3, 0.025
+        t = theta - theta[b // 2 + shift]
+        y = d * np.tan(t)
+        hit = np.abs(y) < rad
+        r[hit] = (d - np.sqrt(rad ** 2 - y[hit] ** 2) + rad) / np.cos(t[hit]) if shape == "cyl" else d / np.cos(t[hit])
+        return torch.from_numpy((r / cfg["range_max"]).astype(np.float32))[None, None]
+
+    with torch.no_grad():
+        h0 = vae.trunk(scan(0))
+        torch.testing.assert_close(vae.trunk(scan(15)), h0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(vae.trunk(scan(-20)), h0, atol=1e-5, rtol=1e-5)
+        assert (vae.trunk(scan(0, "flat")) - h0).abs().max() > 1e-3

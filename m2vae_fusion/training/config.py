@@ -22,8 +22,9 @@ DEFAULTS: Dict[str, Any] = {
     "latent_dim": 10,
     "betavae": {
         "beta_norm": 0.01,
+        "aux_weight": 0.3,
         "warmup_epochs": 2,
-        "epochs": {"camera": 12, "lidar": 12, "reflectance": 30},
+        "epochs": {"camera": 4, "lidar": 10, "reflectance": 20},
         "batch_size": 128,
         "lr": 1.0e-3,
         "camera_channels": [16, 32, 32, 64],
@@ -34,7 +35,7 @@ DEFAULTS: Dict[str, Any] = {
     "m2vae": {
         "beta_norm": 0.01,
         "alpha": 0.01,
-        "alpha_reenc": 1.0,
+        "alpha_reenc": 3.0,
         "epochs": 60,
         "batch_size": 256,
         "lr": 1.0e-3,
@@ -53,7 +54,7 @@ DEFAULTS: Dict[str, Any] = {
 # "ints+" list of positive ints, "epochs" positive int or {modality: positive int}, "modalities" list of names
 SCHEMA: Dict[str, Any] = {
     "seed": "int", "threads": "int+", "modalities": "modalities", "feature_dim": "int+", "latent_dim": "int+",
-    "betavae": {"beta_norm": "float0", "warmup_epochs": "int0", "epochs": "epochs", "batch_size": "int+", "lr": "float+",
+    "betavae": {"beta_norm": "float0", "aux_weight": "float0", "warmup_epochs": "int0", "epochs": "epochs", "batch_size": "int+", "lr": "float+",
                 "camera_channels": "ints+", "lidar_channels": "ints+", "trunk_hidden": "int+",
                 "reflectance_hidden": "ints+"},
     "m2vae": {"beta_norm": "float0", "alpha": "float0", "alpha_reenc": "float0", "epochs": "int+",

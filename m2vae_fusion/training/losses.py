@@ -67,18 +67,33 @@ def beta_from_norm(beta_norm: float, input_dim: int, latent_dim: int) -> float:
 
 # ----------------------------------------------------------------------------------------------------- β-VAE
 
-def betavae_loss(vae, x: torch.Tensor, beta_norm: float, sample: bool = True) -> Dict[str, torch.Tensor]:
-    """Negative β-ELBO of one modality, per sample (paper Eq. 1 with β = β_norm·D_x/D_z, Sec. V-D).
+def betavae_loss(vae, x: torch.Tensor, beta_norm: float, sample: bool = True, labels: Optional[torch.Tensor] = None,
+                 aux_weight: float = 0.0) -> Dict[str, torch.Tensor]:
+    """Negative β-ELBO of one modality, per sample (paper Eq. 1 with β = β_norm·D_x/D_z, Sec. V-D), optionally plus
+    an auxiliary class loss.
+
+    The auxiliary term (not in the paper) is ``aux_weight · D_x/D_z · CE(W·mean, label)`` with a linear read-out
+    ``W`` (``vae.aux``), normalised like β; samples with ``label < 0`` do not count. It keeps the evidence a sensor
+    has about the class (e.g. the colour of a small object in a large image, the few-millimetre depth profile that
+    tells a cylinder from a cube in a 667-beam scan) in the 10 latent dimensions, which the unsupervised β-ELBO
+    alone spends on the background. ``aux_weight = 0`` is the paper's unsupervised β-VAE.
 
     Returns:
-        dict with ``loss`` = ``rec + β·kl`` and the pieces ``rec``, ``kl`` (each (N,)).
+        dict with ``loss`` = ``rec + β·kl (+ aux)`` and the pieces ``rec``, ``kl``, ``aux`` (each (N,)).
     """
     mu, logvar = vae.encode(x)
     z = reparameterize(mu, logvar) if sample else mu
     rec = reconstruction_nll(vae.likelihood, x, vae.decode_logits(z))
     kl = gaussian_kl(mu, logvar)
     beta = beta_from_norm(beta_norm, vae.input_dim, vae.latent_dim)
-    return {"loss": rec + beta * kl, "rec": rec, "kl": kl}
+    loss = rec + beta * kl
+    aux = torch.zeros_like(rec)
+    if aux_weight > 0 and labels is not None and getattr(vae, "aux", None) is not None:
+        known = labels >= 0
+        ce = F.cross_entropy(vae.aux(mu), labels.clamp_min(0), reduction="none")
+        aux = torch.where(known, ce, torch.zeros_like(ce))
+        loss = loss + aux_weight * vae.input_dim / vae.latent_dim * aux
+    return {"loss": loss, "rec": rec, "kl": kl, "aux": aux}
 
 
 # ------------------------------------------------------------------------------------------------------ M2VAE

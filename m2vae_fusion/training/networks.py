@@ -28,6 +28,7 @@ DEFAULT_ARCH = {
     "lidar_channels": [16, 32, 32],
     "trunk_hidden": 256,          # penultimate width of the β-VAE encoders (camera, lidar)
     "reflectance_hidden": [64, 64],
+    "lidar_encoder": "object",    # "object": object-centred depth profile (LidarObjectTrunk); "scan": whole scan
 }
 
 #: Likelihood of each modality's β-VAE decoder: ``bernoulli`` (continuous BCE on [0, 1] inputs, sigmoid output) or
@@ -67,21 +68,30 @@ def _conv_out(n: int, k: int, s: int, p: int) -> int:
 
 
 class CameraEncoderTrunk(nn.Module):
-    """(N, 3, H, W) in [0, 1] → penultimate feature h (N, trunk_hidden): strided 4×4 convolutions, then a dense layer."""
+    """(N, 3, H, W) in [0, 1] → penultimate feature h (N, trunk_hidden): strided 4×4 convolutions, then a dense layer
+    over the flattened map concatenated with a global max-pool of the second layer's channels (a small object's
+    colour anywhere in the image reaches h directly, whatever its position)."""
 
     def __init__(self, shape: Sequence[int], channels: Sequence[int], hidden: int):
         super().__init__()
         c, h, w = shape
         layers: List[nn.Module] = []
         for ch in channels:
-            layers += [nn.Conv2d(c, ch, 4, 2, 1), nn.ReLU()]
+            layers.append(nn.Sequential(nn.Conv2d(c, ch, 4, 2, 1), nn.ReLU()))
             c, h, w = ch, _conv_out(h, 4, 2, 1), _conv_out(w, 4, 2, 1)
-        self.conv = nn.Sequential(*layers)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU())
+        self.conv = nn.ModuleList(layers)
+        self.pool_at = min(1, len(channels) - 1)
+        pooled = channels[self.pool_at]
+        self.fc = nn.Sequential(nn.Linear(c * h * w + pooled, hidden), nn.ReLU())
         self.out_dim = hidden
 
     def forward(self, x):
-        return self.fc(self.conv(x))
+        pooled = None
+        for i, layer in enumerate(self.conv):
+            x = layer(x)
+            if i == self.pool_at:
+                pooled = torch.amax(x, dim=(2, 3))
+        return self.fc(torch.cat([x.flatten(1), pooled], dim=1))
 
 
 class CameraDecoder(nn.Module):
@@ -126,6 +136,53 @@ class LidarEncoderTrunk(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x))
+
+
+class LidarObjectTrunk(nn.Module):
+    """(N, 1, B) in [0, 1] → h (N, hidden): an object-centred depth profile of the scan, then 1-D convolutions.
+
+    The object of interest is the nearest return within ±``front`` rad of the sensor's forward axis (the robot faces
+    the object it inspects). Around that return (range r₀, bearing θ₀) the scan is sampled on a fixed lateral grid
+    (``grid_points`` points every ``grid_step`` m, the beam nearest to bearing θ₀ + atan(y / r₀) for lateral offset
+    y) and turned into depth relative to r₀ (r·cos(θ − θ₀) − r₀, metres, clipped to [−0.01, 0.05]), scaled ×20, so
+    that the profile does not depend on the distance. A few millimetres of depth tell a cylinder's arc from a
+    cube's face or corner; in the whole scan normalised by ``range_max`` they are invisible to a plain
+    convolutional encoder. Everything (ArgMin, Atan, Round, GatherElements, Cos) exports to ONNX.
+    """
+
+    def __init__(self, shape: Sequence[int], preprocessing: Mapping, channels: Sequence[int], hidden: int,
+                 grid_points: int = 41, grid_step: float = 0.0025, front: float = 0.7):
+        super().__init__()
+        _, b = shape
+        self.inc = float(preprocessing["angle_increment"])
+        theta = float(preprocessing["angle_min"]) + self.inc * torch.arange(b, dtype=torch.float32)
+        self.range_max = float(preprocessing["range_max"])
+        self.register_buffer("theta", theta, persistent=False)
+        self.register_buffer("front_penalty", (theta.abs() > front).float() * 1e3, persistent=False)
+        half = (grid_points - 1) / 2
+        self.register_buffer("grid", (torch.arange(grid_points, dtype=torch.float32) - half) * grid_step,
+                             persistent=False)
+        self.beams = b
+        c, w = 1, grid_points
+        layers: List[nn.Module] = []
+        for ch in channels:
+            layers += [nn.Conv1d(c, ch, 5, 2, 2), nn.ReLU()]
+            c, w = ch, _conv_out(w, 5, 2, 2)
+        self.conv = nn.Sequential(*layers)
+        self.fc = nn.Sequential(nn.Linear(c * w + 1, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x):
+        r = x[:, 0, :] * self.range_max                                   # (N, B) metres
+        i0 = torch.argmin(r + self.front_penalty, dim=1, keepdim=True)     # (N, 1) nearest return in front
+        r0 = torch.gather(r, 1, i0)                                        # (N, 1)
+        dth = torch.atan(self.grid[None, :] / r0.clamp_min(0.02))          # (N, G) bearing of each lateral offset
+        idx = (i0 + torch.round(dth / self.inc).long()).clamp(0, self.beams - 1)
+        rg = torch.gather(r, 1, idx)
+        th = self.theta[idx] - self.theta[i0]
+        depth = (rg * torch.cos(th) - r0).clamp(-0.01, 0.05) * 20.0
+        h = self.conv(depth[:, None, :]).flatten(1)
+        return self.fc(torch.cat([h, r0], dim=1))
 
 
 class MLPDecoder(nn.Module):
@@ -173,9 +230,12 @@ class BetaVAE(nn.Module):
         preprocessing: the sensor config (docs/formats.md) fixing the input shape.
         latent_dim: ``D_*`` (the M2VAE's input size per modality; paper: 10).
         arch: layer sizes, see :data:`DEFAULT_ARCH`.
+        aux_classes: > 0 adds a linear class read-out of the latent mean used only by the auxiliary loss of
+            :func:`m2vae_fusion.training.losses.betavae_loss` (not part of the bundle).
     """
 
-    def __init__(self, modality: str, preprocessing: Mapping, latent_dim: int = 10, arch: Mapping | None = None):
+    def __init__(self, modality: str, preprocessing: Mapping, latent_dim: int = 10, arch: Mapping | None = None,
+                 aux_classes: int = 0):
         super().__init__()
         a = dict(DEFAULT_ARCH, **(arch or {}))
         self.modality = modality
@@ -186,7 +246,10 @@ class BetaVAE(nn.Module):
             self.trunk = CameraEncoderTrunk(self.input_shape, a["camera_channels"], a["trunk_hidden"])
             self.decoder = CameraDecoder(self.input_shape, a["camera_channels"], a["trunk_hidden"], latent_dim)
         elif modality == "lidar":
-            self.trunk = LidarEncoderTrunk(self.input_shape, a["lidar_channels"], a["trunk_hidden"])
+            if a.get("lidar_encoder", "object") == "object":
+                self.trunk = LidarObjectTrunk(self.input_shape, preprocessing, a["lidar_channels"], a["trunk_hidden"])
+            else:
+                self.trunk = LidarEncoderTrunk(self.input_shape, a["lidar_channels"], a["trunk_hidden"])
             self.decoder = MLPDecoder(latent_dim, [a["trunk_hidden"] // 2, a["trunk_hidden"]], self.input_shape)
         elif modality == "reflectance":
             self.trunk = MLPTrunk(self.input_shape[0], a["reflectance_hidden"])
@@ -194,6 +257,8 @@ class BetaVAE(nn.Module):
         else:
             raise KeyError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
         self.heads = GaussianHeads(self.trunk.out_dim, latent_dim)
+        # training-only linear read-out of the latent mean (auxiliary class loss; not exported)
+        self.aux = nn.Linear(latent_dim, aux_classes) if aux_classes > 0 else None
 
     @property
     def input_dim(self) -> int:

@@ -135,21 +135,23 @@ class Run:
             return json.load(f)
 
     # ---------------------------------------------------------------------------------------------- β-VAE stage
-    def build_betavae(self, m: str, sensors: Mapping) -> BetaVAE:
+    def build_betavae(self, m: str, sensors: Mapping, n_classes: int = 0) -> BetaVAE:
         bc = self.cfg["betavae"]
         arch = {k: bc[k] for k in ("camera_channels", "lidar_channels", "trunk_hidden", "reflectance_hidden")}
-        return BetaVAE(m, sensors[m], self.cfg["feature_dim"], arch)
+        return BetaVAE(m, sensors[m], self.cfg["feature_dim"], arch, aux_classes=n_classes)
 
     def stage_betavae(self) -> Dict[str, float]:
         """Train one β-VAE per modality (paper Eq. 1, β = β_norm·D_x/D_z; Sec. V-D), then cache the features."""
         meta, sensors, splits = self.data()
         self.write_config()
         bc = self.cfg["betavae"]
+        names = class_names_of(meta)
+        n_classes = len(names) if names and bc["aux_weight"] > 0 else 0
         out = {}
         for j, m in enumerate(self.mods):
             epochs = cfgmod.epochs_for(self.cfg, m)
             self._seed("betavae", j)
-            vae = self.build_betavae(m, sensors)
+            vae = self.build_betavae(m, sensors, n_classes)
             opt = torch.optim.Adam(vae.parameters(), lr=bc["lr"])
             start = 0
             ck = self._load(f"betavae_{m}") if self.resume else None
@@ -158,11 +160,10 @@ class Run:
                 opt.load_state_dict(ck["opt"])
                 start = int(ck["epoch"])
             tr, va = splits["train"], splits["val"]
-            xtr, mtr = tr.inputs[m][tr.present[:, j]], None
-            xva = va.inputs[m][va.present[:, j]]
+            xtr, ytr = tr.inputs[m][tr.present[:, j]], tr.label[tr.present[:, j]]
+            xva, yva = va.inputs[m][va.present[:, j]], va.label[va.present[:, j]]
             if len(xtr) == 0:
                 raise UserError(f"{self.data_dir}: no training sample has modality {m!r}")
-            del mtr
             t0 = time.time()
             val = float("nan")
             bar = _progress(range(start, epochs), f"β-VAE {m}", total=epochs - start)
@@ -175,7 +176,8 @@ class Run:
                     x = torch.from_numpy(xtr[idx])
                     # KL warm-up (Sønderby et al. 2016, cited by the paper Sec. V-B): β ramps up linearly
                     ramp = min(1.0, (epoch + (b + 1) / nb) / bc["warmup_epochs"]) if bc["warmup_epochs"] else 1.0
-                    parts = betavae_loss(vae, x, bc["beta_norm"] * ramp)
+                    parts = betavae_loss(vae, x, bc["beta_norm"] * ramp, labels=torch.from_numpy(ytr[idx]),
+                                         aux_weight=bc["aux_weight"])
                     loss = parts["loss"].mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -188,6 +190,8 @@ class Run:
                 rec = {"stage": "betavae", "modality": m, "epoch": epoch + 1, "train_loss": tot / cnt,
                        "train_rec": rec_s / cnt, "train_kl": kl_s / cnt, "val_loss": val,
                        "seconds": round(time.time() - t0, 2)}
+                if vae.aux is not None:
+                    rec["val_aux_acc"] = self._aux_acc(vae, xva, yva)
                 self._log_metrics(rec)
                 bar.set_postfix(loss=f"{tot / cnt:.2f}", val=f"{val:.2f}")
                 self._save(f"betavae_{m}", {"state": vae.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
@@ -209,6 +213,18 @@ class Run:
             tot += float(betavae_loss(vae, torch.from_numpy(x[idx]), bc["beta_norm"], sample=False)["loss"].sum())
         return tot / len(x)
 
+    @torch.no_grad()
+    def _aux_acc(self, vae: BetaVAE, x: np.ndarray, y: np.ndarray) -> float:
+        """Top-1 class accuracy of the auxiliary read-out on val (a sensor that senses one of three binary
+        attributes tops out at 1/4)."""
+        keep = y >= 0
+        if not keep.any():
+            return float("nan")
+        vae.eval()
+        pred = np.concatenate([vae.aux(vae.encode(torch.from_numpy(x[keep][idx]))[0]).argmax(1).numpy()
+                               for idx in _batches(int(keep.sum()), 512, None)])
+        return float((pred == y[keep]).mean())
+
     def load_betavaes(self, sensors: Mapping) -> Dict[str, BetaVAE]:
         out = {}
         for m in self.mods:
@@ -216,7 +232,7 @@ class Run:
             if ck is None:
                 raise UserError(f"{self.ckpt(f'betavae_{m}')}: missing; run the betavae stage first")
             v = self.build_betavae(m, sensors)
-            v.load_state_dict(ck["state"])
+            v.load_state_dict({k: t for k, t in ck["state"].items() if not k.startswith("aux.")})
             v.eval()
             out[m] = v
         return out
