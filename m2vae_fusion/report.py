@@ -173,8 +173,10 @@ def plot(rec: RunRecord, path: str, title: str = "") -> None:
             evs = [e for e in rec.beliefs if e.agent == agent and e.target == target]
             if not evs or k is None:
                 continue
+            # agents that agree exactly overlap: wider, lighter lines underneath keep every one visible
             ax.step([e.t for e in evs], [float(e.probabilities[k]) for e in evs], where="post",
-                    color=colours(j), label=agent)
+                    color=colours(j), label=agent, lw=1.0 + 2.0 * (len(rec.agents) - 1 - j),
+                    alpha=0.9 if j == len(rec.agents) - 1 else 0.55, ls=("-", "--", ":", "-.")[j % 4])
         ax.set_title(f"{target}: {true}", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.axhline(1.0 / max(1, len(names)), color="0.7", lw=0.8, ls=":")
