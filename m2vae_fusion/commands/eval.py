@@ -24,8 +24,6 @@ def run(args) -> int:
         raise UserError("--reencode-steps and --elbo-samples must be positive")
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: no such data set directory")
-    import torch  # noqa: F401  (only to cap threads if present; evaluation itself uses onnxruntime)
-    torch.set_num_threads(2)
     from m2vae_fusion.training.evaluate import evaluate, format_table
 
     res = evaluate(args.bundle, args.data, args.ablation, seed=args.seed, elbo_samples=args.elbo_samples,
