@@ -49,3 +49,18 @@ def test_bench_mog_cli_small(tmp_path, capsys):
 def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "mog", "--epochs", "0"]) == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def test_bench_registry_skips_missing_modules(monkeypatch):
+    """Benchmarks are entries of BENCHMARKS; a module entry whose module is not there is simply not listed."""
+    import argparse
+
+    from m2vae_fusion.commands import bench
+
+    monkeypatch.setitem(bench.BENCHMARKS, "nope", "m2vae_fusion.no_such_benchmark_module")
+    p = argparse.ArgumentParser()
+    bench.configure(p)
+    args = p.parse_args(["mog", "--epochs", "3"])
+    assert args.epochs == 3 and args._bench_run is bench._mog_run
+    with pytest.raises(SystemExit):
+        p.parse_args(["nope"])
