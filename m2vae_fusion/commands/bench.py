@@ -7,7 +7,7 @@ Mixture-of-Gaussians, Table I) is defined here.
 """
 import importlib
 
-HELP = "benchmarks: mog (FUSION 2019 Table I), runtime and training where installed"
+HELP = "benchmarks: runtime (node latency, sizes, rates, scaling), training (throughput), mog (FUSION 2019 Table I)"
 
 MOG_HELP = "bimodal Mixture-of-Gaussians (FUSION 2019 Sec. IV/V-A, Table I): naive Bayes on raw vs M2VAE embeddings"
 
