@@ -504,3 +504,23 @@ def test_node_processes_do_not_load_torch(nodes):
             maps = f.read()
         assert "libtorch" not in maps and "/torch/" not in maps, f"/{ns} loaded torch"
         assert "onnxruntime" in maps
+
+
+def test_shared_topic_is_rate_limited_and_ends_with_the_newest_belief(probe, nodes, bundle):
+    """/b shares at most shared_latent_rate (default 10 Hz) latents per target; the newest one always goes out."""
+    target = "rate_t"
+    toi = set_target(probe, "b", target)
+    assert probe.wait_subscribers("/b/camera/image_raw", Image, SENSOR_QOS)
+    mine = lambda m: m.agent_id == "b" and m.target_id == target  # noqa: E731
+    t0 = time.monotonic()
+    for i in range(40):  # ~80 Hz for 0.5 s
+        probe.publish("/b/target_of_interest", toi)
+        probe.publish("/b/camera/image_raw", image(probe, seed=100 + i), SENSOR_QOS)
+        time.sleep(0.0125)
+    sent_s = time.monotonic() - t0
+    time.sleep(0.6)  # the waiting shared latent is flushed within one period
+    own = probe.messages("/b/latent", mine)
+    shared = probe.messages(SHARED, mine)
+    assert len(own) >= 8, f"only {len(own)} observations fused"
+    assert 1 <= len(shared) <= int(sent_s * 10) + 3 and len(shared) < len(own)
+    assert list(shared[-1].mean) == list(own[-1].mean)  # the newest belief is the last one shared

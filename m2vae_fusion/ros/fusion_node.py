@@ -204,6 +204,13 @@ class FusionNode(Node):
         if p["shared_latent_topic"]:
             self._subs.append(self.create_subscription(LatentEmbedding, p["shared_latent_topic"], self._on_latent,
                                                        QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)))
+        rate = p["shared_latent_rate"]
+        self._share_period = 1.0 / rate if rate > 0 else 0.0
+        self._share_last: dict = {}     # target → monotonic time of the last shared latent
+        self._share_pending: dict = {}  # target → newest LatentEmbedding waiting for its turn
+        self._share_lock = threading.Lock()
+        if self.pub_shared is not None and self._share_period > 0:
+            self.create_timer(max(0.01, self._share_period / 4), self._flush_shared)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(max(0.05, p["diagnostics_period"]), self._publish_diagnostics)
         self.create_timer(1.0, self._expire)
@@ -236,6 +243,9 @@ class FusionNode(Node):
         ("belief_topic", "belief", "Output: this agent's ClassBelief"),
         ("shared_latent_topic", "/m2vae/latents", "LatentEmbedding topic shared by all agents (published and "
                                                   "merged); empty: no exchange"),
+        ("shared_latent_rate", 10.0, "At most this many LatentEmbeddings per second and target go to the shared "
+                                     "topic; a newer belief within that time replaces the waiting one and goes out "
+                                     "when due (bounds the merge load of every peer; <= 0: every update)"),
         ("trusted_agents", Parameter.Type.STRING_ARRAY, "Agent ids whose latents are merged (a latent holding "
                                                         "evidence of any other agent is dropped); empty: all"),
         ("sensor_qos_reliability", "best_effort", "Sensor subscriptions' reliability: best_effort or reliable"),
@@ -294,6 +304,8 @@ class FusionNode(Node):
     def _on_reset(self, request, response):
         with self._lock:
             n = self.store.clear()
+        with self._share_lock:
+            self._share_pending.clear()
         self.stats.inc("resets")
         response.success = True
         response.message = f"cleared {n} belief(s)"
@@ -435,7 +447,7 @@ class FusionNode(Node):
         msg = conv.latent_to_msg(data)
         self.pub_latent.publish(msg)
         if shared and self.pub_shared is not None:
-            self.pub_shared.publish(msg)
+            self._share(belief.target_id, msg)
         probs = self.engine.classify(belief)
         if probs is None:
             if not self._head_warned:
@@ -465,6 +477,31 @@ class FusionNode(Node):
                                f"{values.get('processed.total', 0)} fused, {dropped} dropped "
                                f"({dropped - last} in the last period)")
         self.pub_diag.publish(msg)
+
+    def _share(self, target_id: str, msg: LatentEmbedding) -> None:
+        """Send ``msg`` on the shared topic now if this target's last shared latent is at least one period old,
+        else keep it (replacing an older waiting one) for :meth:`_flush_shared`."""
+        now = time.monotonic()
+        with self._share_lock:
+            if now - self._share_last.get(target_id, -math.inf) >= self._share_period:
+                self._share_last[target_id] = now
+                self._share_pending.pop(target_id, None)
+                self.pub_shared.publish(msg)
+                self.stats.inc("shared.sent")
+                return
+            if target_id in self._share_pending:
+                self.stats.inc("shared.coalesced")
+            self._share_pending[target_id] = msg
+
+    def _flush_shared(self) -> None:
+        """Timer: send the waiting shared latents whose period has passed."""
+        now = time.monotonic()
+        with self._share_lock:
+            due = [t for t in self._share_pending if now - self._share_last.get(t, -math.inf) >= self._share_period]
+            for t in due:
+                self._share_last[t] = now
+                self.pub_shared.publish(self._share_pending.pop(t))
+                self.stats.inc("shared.sent")
 
     def stop(self) -> None:
         """Stop the worker thread (before destroying the node)."""
