@@ -18,6 +18,7 @@ TINY = """
 seed: 3
 betavae:
   epochs: {camera: 1, lidar: 2, reflectance: 3}
+  min_steps: 0
   batch_size: 32
   camera_channels: [4, 4, 4, 4]
   lidar_channels: [4, 4, 4]
@@ -25,6 +26,7 @@ betavae:
   reflectance_hidden: [16, 16]
 m2vae:
   epochs: 3
+  min_steps: 0
   batch_size: 32
   hidden: [16, 8]
   fusion_hidden: 8

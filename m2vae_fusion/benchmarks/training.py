@@ -136,6 +136,7 @@ def _measure(args, data_dir: str, run_dir: str) -> dict:
     cfg["betavae"]["epochs"] = args.epochs
     cfg["m2vae"]["epochs"] = args.epochs
     cfg["head"]["epochs"] = args.epochs
+    cfg["betavae"]["min_steps"] = cfg["m2vae"]["min_steps"] = 0  # measure exactly --epochs epochs per stage
     cfg = cfgmod.validate(cfg)
     messages = []
     run = Run(run_dir, cfg, data_dir, log=messages.append)

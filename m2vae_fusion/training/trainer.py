@@ -164,6 +164,7 @@ class Run:
             xva, yva = va.inputs[m][va.present[:, j]], va.label[va.present[:, j]]
             if len(xtr) == 0:
                 raise UserError(f"{self.data_dir}: no training sample has modality {m!r}")
+            epochs = cfgmod.stage_epochs(epochs, bc["min_steps"], len(xtr), bc["batch_size"])
             t0 = time.time()
             val = float("nan")
             bar = _progress(range(start, epochs), f"β-VAE {m}", total=epochs - start)
@@ -295,7 +296,7 @@ class Run:
         xs_np = {m: tr[m] for m in self.mods}
         pres = torch.from_numpy(tr["present"])
         t0 = time.time()
-        epochs = mc["epochs"]
+        epochs = cfgmod.stage_epochs(mc["epochs"], mc["min_steps"], n, mc["batch_size"])
         val = {}
         bar = _progress(range(start, epochs), "M2VAE", total=epochs - start)
         for epoch in bar:
