@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy")
-pytest.importorskip("m2vae_fusion_msgs.msg")
+import rclpy  # noqa: E402,F401
+import m2vae_fusion_msgs.msg  # noqa: E402,F401
 
 from sensor_msgs.msg import Image, LaserScan, PointCloud2, PointField  # noqa: E402
 

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("rosbags")
-pytest.importorskip("m2vae_fusion_msgs.msg")
+import rosbags  # noqa: E402,F401
+import m2vae_fusion_msgs.msg  # noqa: E402,F401
 
 from rclpy.serialization import serialize_message  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
-pytest.importorskip("m2vae_fusion_msgs.msg")
-pytest.importorskip("pybullet")
-pytest.importorskip("rosbags")
+import rclpy  # noqa: E402  (a missing ROS install must fail, not skip)
+import m2vae_fusion_msgs.msg  # noqa: E402,F401
+import pybullet  # noqa: E402,F401
+import rosbags  # noqa: E402,F401
 
 import json  # noqa: E402
 

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
-pytest.importorskip("m2vae_fusion_msgs.msg")
+import rclpy  # noqa: E402  (a missing ROS install must fail, not skip)
+import m2vae_fusion_msgs.msg  # noqa: E402,F401
 
 from m2vae_fusion_msgs.msg import ClassBelief, LatentEmbedding, TargetOfInterest  # noqa: E402
 from sensor_msgs.msg import Image, LaserScan, PointCloud2, PointField  # noqa: E402

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
-pytest.importorskip("m2vae_fusion_msgs.msg")
-pytest.importorskip("pybullet")
+import rclpy  # noqa: E402  (a missing ROS install must fail, not skip)
+import m2vae_fusion_msgs.msg  # noqa: E402,F401
+import pybullet  # noqa: E402,F401
 
 from m2vae_fusion_msgs.msg import LatentEmbedding, TargetOfInterest  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-pytest.importorskip("rclpy")
-pytest.importorskip("m2vae_fusion_msgs.msg")
+import rclpy  # noqa: E402,F401
+import m2vae_fusion_msgs.msg  # noqa: E402,F401
 
 from m2vae_fusion.ros.harness import NodeProcess  # noqa: E402
 
