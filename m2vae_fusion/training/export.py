@@ -8,7 +8,6 @@ model id and probe parity) without torch.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from m2vae_fusion import __version__
+from m2vae_fusion.core.bundle import compute_model_id, sha256_file  # one definition, shared with the runtime
 from m2vae_fusion.errors import BundleError
 
 PARITY_TOL = 1e-4
@@ -43,20 +43,6 @@ class ChecksumError(BundleError):
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def compute_model_id(files: Mapping[str, str]) -> str:
-    """First 16 hex digits of sha256 over the sorted ``"file:sha256"`` lines, each terminated by ``"\\n"``."""
-    text = "".join(f"{name}:{files[name]}\n" for name in sorted(files))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
 
 def default_class_names() -> List[str]:
     """The 8 class names ``f"{colour}_{shape}_{material}"`` ordered by class id ``4·colour + 2·shape + material``."""
