@@ -43,6 +43,7 @@ from m2vae_fusion.core.bundle import Bundle
 from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionError, Slot
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 from m2vae_fusion.errors import BundleError, UserError
+from m2vae_fusion.paths import share_path
 from m2vae_fusion.ros import conversions as conv
 from m2vae_fusion.ros.params import ConfigError, declare_parameters
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array
@@ -63,15 +64,7 @@ def s_to_ns(s: float) -> int:
 
 def default_model_dir() -> str:
     """``share/m2vae_fusion/models/amiro`` of the installed package, else the repository's ``models/amiro``."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        path = os.path.join(get_package_share_directory("m2vae_fusion"), "models", MODEL_NAME)
-        if os.path.isfile(os.path.join(path, "manifest.json")):
-            return path
-    except Exception:  # not installed with ament (editable install), AMENT_PREFIX_PATH unset, …
-        pass
-    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "models", MODEL_NAME))
+    return share_path("models", MODEL_NAME)
 
 
 class _Mailbox:
