@@ -21,7 +21,6 @@ the newest evidence. No torch here: numpy, onnxruntime and rclpy only.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
@@ -29,7 +28,6 @@ from collections import OrderedDict, deque
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -42,9 +40,9 @@ from std_srvs.srv import Trigger
 from m2vae_fusion.core.bundle import Bundle
 from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionError, Slot
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
-from m2vae_fusion.errors import BundleError, UserError
 from m2vae_fusion.paths import share_path
 from m2vae_fusion.ros import conversions as conv
+from m2vae_fusion.ros.spin import run_node
 from m2vae_fusion.ros.params import ConfigError, declare_parameters
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array
 
@@ -505,24 +503,7 @@ class FusionNode(Node):
 
 def main(args=None) -> int:
     """Entry point ``fusion_node``: exit 0 on SIGINT/SIGTERM, 2 on a bad bundle or parameter."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        try:
-            node = FusionNode()
-        except (BundleError, UserError) as exc:
-            rclpy.logging.get_logger("fusion_node").fatal(f"cannot start: {exc}")
-            return exc.exit_code if isinstance(exc, UserError) else 2
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        return 0
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    return run_node(FusionNode, "fusion_node", "stop", args)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, LaserScan, PointCloud2
@@ -35,6 +33,7 @@ from std_msgs.msg import String
 
 from m2vae_fusion.errors import UserError
 from m2vae_fusion.ros import conversions as conv
+from m2vae_fusion.ros.spin import run_node
 from m2vae_fusion.ros.params import declare_parameters
 from m2vae_fusion_msgs.msg import TargetOfInterest
 
@@ -300,24 +299,7 @@ class SimWorldNode(Node):
 
 def main(args=None) -> int:
     """Entry point ``sim_world``: exit 0 on SIGINT/SIGTERM, 2 on a bad parameter."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        try:
-            node = SimWorldNode()
-        except UserError as exc:
-            rclpy.logging.get_logger("sim_world").fatal(f"cannot start: {exc}")
-            return exc.exit_code
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        return 0
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    return run_node(SimWorldNode, "sim_world", "close", args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from m2vae_fusion.errors import UserError
 from m2vae_fusion.training import config as cfgmod
 from m2vae_fusion.training.data import Split, class_names_of, load_dataset
 from m2vae_fusion.training.losses import betavae_loss, m2vae_loss
-from m2vae_fusion.training.networks import M2VAE, BetaVAE, ClassHead, subset_key, subsets_of
+from m2vae_fusion.training.networks import M2VAE, BetaVAE, ClassHead, subset_key
 
 STAGES = ("betavae", "m2vae", "head", "export")
 _SEED_OFFSET = {"betavae": 0, "m2vae": 1000, "head": 2000}
