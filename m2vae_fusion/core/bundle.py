@@ -152,7 +152,7 @@ class _BoundRun:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict:
         with self._lock:
             for name, buf in self.inputs.items():
-                np.copyto(buf, feeds[name], casting="same_kind")
+                buf[...] = feeds[name]
             self._sess.run_with_iobinding(self._binding)
             return {k: v.copy() for k, v in self.outputs.items()}
 
@@ -200,6 +200,7 @@ class Bundle:
         self._opts.log_severity_level = 3
         self._sessions: dict = {}
         self._bound: dict = {}
+        self._chain_meta: dict = {}
         nets = manifest["networks"]
         self._files = {
             **{("betavae_encoder", m): nets["betavae_encoder"][m] for m in self.modalities},
@@ -354,25 +355,31 @@ class Bundle:
         return out["mean"], out["log_variance"], out.get("probabilities")
 
     def _run_chain(self, key, feeds: Mapping[str, np.ndarray], bind: bool) -> dict:
-        sess = self._session(key)
+        meta = self._chain_meta.get(key)
+        if meta is None:
+            sess = self._session(key)
+            meta = self._chain_meta[key] = ([(i.name, int(i.shape[1])) for i in sess.get_inputs()],
+                                            [(o.name, int(o.shape[1])) for o in sess.get_outputs()])
+        in_meta, out_meta = meta
         arrays = {}
         n = None
-        for i in sess.get_inputs():
-            a = np.asarray(feeds[i.name], dtype=np.float32)
-            if a.ndim != 2 or a.shape[1] != i.shape[1] or (n is not None and a.shape[0] != n):
-                raise ValueError(f"{self._files[key]}: input {i.name!r} has shape {a.shape}, expected "
-                                 f"({n if n is not None else 'N'}, {i.shape[1]})")
+        for name, dim in in_meta:
+            a = feeds[name]
+            if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+                a = np.asarray(a, dtype=np.float32)
+            if a.ndim != 2 or a.shape[1] != dim or (n is not None and a.shape[0] != n):
+                raise ValueError(f"{self._files[key]}: input {name!r} has shape {a.shape}, expected "
+                                 f"({n if n is not None else 'N'}, {dim})")
             n = a.shape[0]
-            arrays[i.name] = a
+            arrays[name] = a
         if bind and n in self.BOUND_BATCHES:
             run = self._bound.get((key, n))
             if run is None:
-                run = _BoundRun(sess, n, {i.name: i.shape[1] for i in sess.get_inputs()},
-                                {o.name: o.shape[1] for o in sess.get_outputs()})
-                self._bound[(key, n)] = run
+                run = self._bound[(key, n)] = _BoundRun(self._session(key), n, dict(in_meta), dict(out_meta))
             return run(arrays)
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, {k: np.ascontiguousarray(v) for k, v in arrays.items()})))
+        names = [name for name, _ in out_meta]
+        out = self._session(key).run(names, {k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        return dict(zip(names, out))
 
     # -- probes -----------------------------------------------------------------------------------------------
     def probe_differences(self) -> dict[str, float]:

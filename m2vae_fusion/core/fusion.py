@@ -92,7 +92,7 @@ def _check_vector(name: str, v, size: int) -> np.ndarray:
 def _check_outputs(what: str, mean: np.ndarray, logvar: np.ndarray, probs: np.ndarray | None) -> None:
     """Validate a fusion's outputs (finite-but-extreme inputs can give NaN or inf outputs)."""
     for name, a in (("latent mean", mean), ("latent log-variance", logvar), ("class probabilities", probs)):
-        if a is not None and not np.all(np.isfinite(a)):
+        if a is not None and not np.isfinite(a).all():
             raise FusionError(f"{what} gave a non-finite {name}", DropReason.NON_FINITE)
 
 

@@ -374,7 +374,12 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None) -> s
         manifest.update({k: v for k, v in src.items() if k not in ("format", "format_version", "objective",
                                                                     "model_id", "files", "chains", "probes")})
         manifest["probes"] = "probes.npz"
-        manifest.setdefault("checkpoint", None)
+        ck = src.get("checkpoint")
+        if isinstance(ck, dict) and ck.get("file"):  # keep pointing at the same checkpoint file from out_dir
+            ck_abs = os.path.normpath(os.path.join(os.path.abspath(src_dir), ck["file"]))
+            manifest["checkpoint"] = {**ck, "file": os.path.relpath(ck_abs, os.path.abspath(out_dir))}
+        else:
+            manifest["checkpoint"] = None
         manifest["rebuilt"] = {"from_format_version": version, "from_model_id": src.get("model_id"),
                                "package_version": __version__,
                                "at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -557,7 +562,8 @@ def _replace_bundle(src: str, out_dir: str) -> None:
 
 
 def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_dim: int = 10,
-                     sensors: Optional[Mapping] = None, modalities: Optional[Sequence[str]] = None) -> str:
+                     sensors: Optional[Mapping] = None, modalities: Optional[Sequence[str]] = None,
+                     checkpoint: Optional[str] = None) -> str:
     """Export randomly initialised networks (β-VAEs for camera/lidar/reflectance, the M2VAE and a class-belief head
     over the 8 class names) as a complete bundle, e.g. for testing the runtime and the ROS nodes before training.
 
@@ -569,6 +575,7 @@ def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_
         sensors: preprocessing configs per modality; defaults to
             :data:`m2vae_fusion.core.preprocess.DEFAULT_CONFIGS`.
         modalities: subset of the modalities (default all three, in bundle order).
+        checkpoint: as in :func:`export_bundle`; default None (not saved: the seed reproduces the weights).
 
     Returns:
         ``out_dir``.
@@ -590,7 +597,7 @@ def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_
     training = {"config": {"untrained": True, "seed": seed, "feature_dim": feature_dim, "latent_dim": latent_dim},
                 "metrics": {}, "dataset": None}
     return export_bundle(out_dir, betavaes, m2vae, head, sensors=cfg, class_names=names, training=training,
-                         seed=seed, checkpoint=None)  # the seed reproduces the weights
+                         seed=seed, checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------- verify
