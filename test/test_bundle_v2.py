@@ -234,3 +234,20 @@ def test_bench_chain_counts_runs_and_agrees(drifting, capsys):
     assert res["kinds"]["camera"]["chain"]["session_runs"] == 3  # β-VAE encoder, decode, encode → head
     assert res["kinds"]["peer"]["chain"]["session_runs"] == 2  # decode both latents (N = 2), encode → head
     assert "chain graphs + IOBinding" in format_table(res)
+
+
+def test_bundle_without_head_has_chains_without_probabilities(tmp_path, capsys):
+    path = make_linear_bundle(str(tmp_path / "nohead"), D, D, seed=8, with_head=False)
+    man = _manifest(path)
+    assert man["class_names"] is None and man["networks"]["head"] is None and len(man["chains"]["encode"]) == 7
+    bundle = Bundle.load(path)
+    feats = {"camera": np.ones((1, D), np.float32), "lidar": np.zeros((1, D), np.float32)}
+    mean, logvar, probs = bundle.encode_slots(feats)
+    assert probs is None and mean.shape == (1, D)
+    np.testing.assert_allclose(mean, bundle.encode_subset(feats)[0], atol=1e-6)
+    eng = FusionEngine(bundle)
+    b = eng.observe(None, "t", "camera", np.ones(D, np.float32), 1.0, "a")
+    b = eng.observe(b, "t", "lidar", np.zeros(D, np.float32), 2.0, "a")
+    np.testing.assert_allclose(b.mean, mean[0], atol=1e-5)  # exact inverse decoders: same as encoding both
+    assert eng.classify(b) is None
+    assert main(["verify", path]) == 0
