@@ -3,7 +3,9 @@
 M2VAE decoders ``f_m = A_m z + b_m`` with orthogonal ``A_m``; the subset encoder of S returns the mean of
 ``A_mᵀ (f_m − b_m)`` over m ∈ S, so decode → re-encode is exactly the identity (z_diff = 0) unless ``drift`` adds a
 known contraction ``z ↦ (1 − drift) z``. β-VAE encoders are random linear maps of the flattened input; the head is a
-softmax over a linear map. Written in the format of docs/formats.md so the real loader reads it.
+softmax over a linear map. Written in the format of docs/formats.md so the real loader reads it: the networks and a
+format-v1 manifest first, then (``format_version=2``, the default) upgraded by the exporter's torch-free rebuild,
+which adds the merged chain graphs (m2vae_fusion.core.chains) and their probes.
 """
 import hashlib
 import itertools
@@ -36,8 +38,9 @@ def _const(name, arr):
 
 
 def make_linear_bundle(out_dir, feature_dim=4, latent_dim=4, seed=0, drift=0.0, with_head=True,
-                       modalities=MODALITIES, configs=None):
-    """Write a linear bundle to ``out_dir`` and return its path. ``feature_dim`` must equal ``latent_dim``."""
+                       modalities=MODALITIES, configs=None, format_version=2):
+    """Write a linear bundle to ``out_dir`` and return its path. ``feature_dim`` must equal ``latent_dim``.
+    ``format_version=1`` leaves it as a format-v1 bundle (no chains), as bundles were before format v2."""
     assert feature_dim == latent_dim
     rng = np.random.default_rng(seed)
     configs = configs or DEFAULT_CONFIGS
@@ -128,4 +131,8 @@ def make_linear_bundle(out_dir, feature_dim=4, latent_dim=4, seed=0, drift=0.0, 
     }
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
+    if format_version == 2:
+        from m2vae_fusion.training.export import rebuild_bundle
+
+        rebuild_bundle(out_dir, out_dir)
     return out_dir

@@ -25,7 +25,7 @@ def _manifest(path):
 
 def test_manifest_schema(bundle):
     m = _manifest(bundle)
-    assert m["format"] == "m2vae_fusion.bundle" and m["format_version"] == 1
+    assert m["format"] == "m2vae_fusion.bundle" and m["format_version"] == 2 and m["objective"] == "m2vae"
     assert m["modalities"] == MODS
     assert m["inputs"]["camera"]["shape"] == [3, 64, 64]
     assert m["inputs"]["lidar"]["shape"] == [1, 667]
@@ -42,7 +42,12 @@ def test_manifest_schema(bundle):
     assert nets["betavae_encoder"]["lidar"] == "betavae_lidar_encoder.onnx"
     assert nets["decoder"]["reflectance"] == "m2vae_decoder_reflectance.onnx"
     assert nets["head"] == "head.onnx"
-    assert len(m["files"]) == 3 * 2 + 7 + 3 + 1 + 1  # β-VAE enc/dec, subset encoders, decoders, head, probes
+    assert m["chains"]["decode"]["camera+lidar"] == "chain_decode_camera+lidar.onnx"
+    assert m["chains"]["encode"]["camera+lidar+reflectance"] == "chain_encode_camera+lidar+reflectance.onnx"
+    assert sorted(m["chains"]["encode"]) == sorted(nets["subset_encoder"]) == sorted(m["chains"]["decode"])
+    # β-VAE enc/dec, subset encoders, decoders, head, 7 decode + 7 encode chains, probes
+    assert len(m["files"]) == 3 * 2 + 7 + 3 + 1 + 14 + 1
+    assert m["checkpoint"] is None  # untrained: the seed reproduces the weights
     assert m["probes"] == "probes.npz" and "probes.npz" in m["files"]
     assert m["training"]["config"]["untrained"] is True
     assert m["created"].endswith("Z")
@@ -70,7 +75,7 @@ def test_onnx_io_and_parity(bundle):
     assert [o.name for o in model.graph.output] == ["mean", "log_variance"]
     probes = dict(np.load(os.path.join(bundle, "probes.npz")))
     diffs = ex.check_probe_parity(bundle, m, probes)
-    assert len(diffs) == 17 and max(diffs.values()) <= 1e-4
+    assert len(diffs) == 17 + 14 and max(diffs.values()) <= 1e-4
     # batch axis is dynamic: 7 samples through the camera encoder
     out = ex.run_onnx(os.path.join(bundle, "betavae_camera_encoder.onnx"),
                       {"x": np.random.default_rng(0).uniform(size=(7, 3, 64, 64))})

@@ -1,8 +1,10 @@
-"""The ONNX model bundle: manifest, sha256 sums and onnxruntime sessions (format in docs/formats.md).
+"""The ONNX model bundle: manifest, sha256 sums and onnxruntime sessions (format v2 in docs/formats.md).
 
 A bundle holds, for modalities ``M``: a β-VAE encoder/decoder per modality, the ``2^|M| − 1`` M2VAE subset
-encoders ``q_S(z | x_S)``, the ``|M|`` M2VAE decoders ``p_m(x_m | z)`` and an optional class-belief head
-(Korthals et al., FUSION 2019, Fig. 2c and Sec. V-D). No torch, no ROS.
+encoders ``q_S(z | x_S)``, the ``|M|`` M2VAE decoders ``p_m(x_m | z)``, an optional class-belief head
+(Korthals et al., FUSION 2019, Fig. 2c and Sec. V-D) and, since format v2, the merged chain graphs of
+:mod:`m2vae_fusion.core.chains` (per subset: decoders side by side; subset encoder → head), which the fusion engine
+runs with onnxruntime IOBinding into pre-allocated buffers. No torch, no ROS.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,8 +23,17 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = "m2vae_fusion.bundle"
-REQUIRED_KEYS = ("format", "format_version", "model_id", "modalities", "inputs", "feature_dim", "latent_dim",
-                 "subsets", "networks", "files")
+#: the manifest version this runtime reads and writes (docs/formats.md "Model bundle")
+FORMAT_VERSION = 2
+#: multimodal-VAE objectives whose bundles this runtime can fuse with (the manifest's ``objective``)
+OBJECTIVES = ("m2vae",)
+REQUIRED_KEYS = ("format", "format_version", "objective", "model_id", "modalities", "inputs", "feature_dim",
+                 "latent_dim", "subsets", "networks", "chains", "files")
+
+
+def upgrade_command(path: str) -> str:
+    """The command that rewrites the bundle at ``path`` in the current format (no retraining)."""
+    return f"m2vae-fusion export --from-bundle {path} --out {path}"
 
 
 def sha256_file(path: str) -> str:
@@ -53,11 +65,39 @@ def subset_key(modalities: Iterable[str], order: Sequence[str]) -> str:
 
 
 def read_manifest(path: str) -> dict:
-    """Read and schema-check ``<path>/manifest.json``.
+    """Read and schema-check ``<path>/manifest.json`` (format v2).
 
     Raises:
-        BundleError: missing directory or manifest, invalid JSON, wrong format or missing keys (message names the
-            file).
+        BundleError: missing directory or manifest, invalid JSON, wrong format, a ``format_version`` other than
+            :data:`FORMAT_VERSION` (a v1 bundle: the message gives the upgrade command), an objective this runtime
+            cannot fuse with, or missing keys (the message names the file).
+    """
+    manifest = read_manifest_any(path)
+    mpath = os.path.join(path, MANIFEST)
+    version = manifest.get("format_version")
+    if version == 1:
+        raise BundleError(f"{mpath}: format_version 1 bundle (no chain graphs); this runtime reads format_version "
+                          f"{FORMAT_VERSION}. Upgrade it without retraining: {upgrade_command(path)}")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{mpath}: unknown format_version {version!r}; this runtime reads format_version "
+                          f"{FORMAT_VERSION} (a newer m2vae_fusion wrote it?)")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{mpath}: missing keys {missing}")
+    if manifest["objective"] not in OBJECTIVES:
+        raise BundleError(f"{mpath}: objective {manifest['objective']!r} is not supported by this runtime "
+                          f"(supported: {list(OBJECTIVES)})")
+    chains = manifest["chains"]
+    if not isinstance(chains, dict) or not all(isinstance(chains.get(k), dict) for k in ("decode", "encode")):
+        raise BundleError(f"{mpath}: \"chains\" must hold \"decode\" and \"encode\" maps")
+    return manifest
+
+
+def read_manifest_any(path: str) -> dict:
+    """Read ``<path>/manifest.json`` of any format version (for upgrading); checks only the ``format`` key.
+
+    Raises:
+        BundleError: missing directory or manifest, invalid JSON or wrong format (the message names the file).
     """
     mpath = os.path.join(path, MANIFEST)
     if not os.path.isdir(path):
@@ -71,9 +111,6 @@ def read_manifest(path: str) -> dict:
         raise BundleError(f"{mpath} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath}: expected \"format\": \"{FORMAT}\"")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{mpath}: missing keys {missing}")
     return manifest
 
 
@@ -97,13 +134,38 @@ def verify_sums(path: str, manifest: Mapping) -> None:
                           f"file sums ({mid})")
 
 
+class _BoundRun:
+    """One session run through onnxruntime IOBinding with pre-allocated, reused input and output buffers for a
+    fixed batch size (the single-belief path: no allocation per run). Not re-entrant: guarded by a lock."""
+
+    def __init__(self, sess, n: int, input_dims: Mapping[str, int], output_dims: Mapping[str, int]):
+        self._sess = sess
+        self._lock = threading.Lock()
+        self._binding = sess.io_binding()
+        self.inputs = {k: np.zeros((n, d), np.float32) for k, d in input_dims.items()}
+        self.outputs = {k: np.zeros((n, d), np.float32) for k, d in output_dims.items()}
+        for name, buf in self.inputs.items():
+            self._binding.bind_input(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        for name, buf in self.outputs.items():
+            self._binding.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict:
+        with self._lock:
+            for name, buf in self.inputs.items():
+                buf[...] = feeds[name]
+            self._sess.run_with_iobinding(self._binding)
+            return {k: v.copy() for k, v in self.outputs.items()}
+
+
 class Bundle:
-    """A loaded model bundle with one onnxruntime session per network.
+    """A loaded model bundle: one onnxruntime session per network and per chain graph (format v2).
 
     Attributes:
         path: bundle directory.
         manifest: the parsed ``manifest.json``.
         model_id: str, identifies the latent space; agents refuse latents of another ``model_id``.
+        format_version: int, the manifest's format version (:data:`FORMAT_VERSION`).
+        objective: str, the multimodal-VAE objective the networks were trained with (``"m2vae"``).
         modalities: tuple of modality names, in the canonical order.
         feature_dim: D*, β-VAE latent size (M2VAE input per modality).
         latent_dim: Dz, size of the shared M2VAE latent space.
@@ -112,12 +174,17 @@ class Bundle:
         providers: onnxruntime execution providers in use.
     """
 
+    #: batch sizes that get pre-allocated IOBinding buffers (1: one belief; 2: a peer merge decodes two latents)
+    BOUND_BATCHES = (1, 2)
+
     def __init__(self, path: str, manifest: dict, threads: int = 1, providers: Sequence[str] | None = None):
         import onnxruntime as ort
 
         self.path = path
         self.manifest = manifest
         self.model_id = str(manifest["model_id"])
+        self.format_version = int(manifest["format_version"])
+        self.objective = str(manifest["objective"])
         self.modalities = tuple(manifest["modalities"])
         self.feature_dim = int(manifest["feature_dim"])
         self.latent_dim = int(manifest["latent_dim"])
@@ -131,7 +198,9 @@ class Bundle:
         self._opts.intra_op_num_threads = max(1, int(threads))
         self._opts.inter_op_num_threads = 1
         self._opts.log_severity_level = 3
-        self._sessions: dict[str, object] = {}
+        self._sessions: dict = {}
+        self._bound: dict = {}
+        self._chain_meta: dict = {}
         nets = manifest["networks"]
         self._files = {
             **{("betavae_encoder", m): nets["betavae_encoder"][m] for m in self.modalities},
@@ -142,10 +211,23 @@ class Bundle:
         }
         if nets.get("head") and self.class_names:
             self._files[("head", "")] = nets["head"]
+        chains = manifest["chains"]
+        for kind in ("decode", "encode"):
+            for s in self.subsets:
+                self._files[(f"chain_{kind}", s)] = chains[kind][s]
         # open every network the fusion path needs now, so a corrupt file stops start-up, not the first message
         for key in self._files:
             if key[0] != "betavae_decoder":
                 self._session(key)
+        self._check_chain_outputs()
+
+    def _check_chain_outputs(self) -> None:
+        """The encode chains give ``probabilities`` exactly when the bundle has a head (else the manifest lies)."""
+        for s in self.subsets:
+            names = {o.name for o in self._session(("chain_encode", s)).get_outputs()}
+            if ("probabilities" in names) != self.has_head or not {"mean", "log_variance"} <= names:
+                raise BundleError(f"{os.path.join(self.path, self._files[('chain_encode', s)])}: outputs "
+                                  f"{sorted(names)} do not match the manifest (head: {self.has_head})")
 
     @classmethod
     def load(cls, path: str, *, check_sums: bool = True, threads: int = 1,
@@ -233,6 +315,71 @@ class Bundle:
         if not self.has_head:
             return None
         return self._run(("head", ""), {"z": z})[0]
+
+    # -- chains (format v2) ------------------------------------------------------------------------------------
+    def decode_slots(self, z: np.ndarray, modalities: Iterable[str], *, bind: bool = True) -> dict:
+        """Decode chain of the subset K = ``modalities``: the M2VAE decoder means ``p_m(x_m | z)`` of every m ∈ K in
+        one session run (FUSION 2019, Eq. 18, ``f(M')``).
+
+        Args:
+            z: latent means float32 (N, Dz).
+            modalities: the slots to decode (non-empty).
+            bind: run through IOBinding with pre-allocated buffers when N is in :data:`BOUND_BATCHES`.
+
+        Returns:
+            modality → decoded β-VAE feature float32 (N, D*) (fresh arrays, owned by the caller).
+
+        Raises:
+            KeyError: an unknown modality. ValueError: wrong input shape.
+        """
+        key = subset_key(modalities, self.modalities)
+        return self._run_chain(("chain_decode", key), {"z": z}, bind)
+
+    def encode_slots(self, features: Mapping[str, np.ndarray], *, bind: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Encode chain of S = the keys of ``features``: subset encoder ``q_S`` → class-belief head, one run.
+
+        Args:
+            features: slot → β-VAE feature float32 (N, D*) (observed, or decoded from a belief).
+            bind: run through IOBinding with pre-allocated buffers when N is in :data:`BOUND_BATCHES`.
+
+        Returns:
+            latent mean, log-variance float32 (N, Dz) and class probabilities float32 (N, C) of the head on the
+            mean (None without a head). Values are not checked here (the fusion engine checks them).
+
+        Raises:
+            KeyError: an unknown modality. ValueError: wrong input shape.
+        """
+        key = subset_key(features, self.modalities)
+        out = self._run_chain(("chain_encode", key), features, bind)
+        return out["mean"], out["log_variance"], out.get("probabilities")
+
+    def _run_chain(self, key, feeds: Mapping[str, np.ndarray], bind: bool) -> dict:
+        meta = self._chain_meta.get(key)
+        if meta is None:
+            sess = self._session(key)
+            meta = self._chain_meta[key] = ([(i.name, int(i.shape[1])) for i in sess.get_inputs()],
+                                            [(o.name, int(o.shape[1])) for o in sess.get_outputs()])
+        in_meta, out_meta = meta
+        arrays = {}
+        n = None
+        for name, dim in in_meta:
+            a = feeds[name]
+            if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+                a = np.asarray(a, dtype=np.float32)
+            if a.ndim != 2 or a.shape[1] != dim or (n is not None and a.shape[0] != n):
+                raise ValueError(f"{self._files[key]}: input {name!r} has shape {a.shape}, expected "
+                                 f"({n if n is not None else 'N'}, {dim})")
+            n = a.shape[0]
+            arrays[name] = a
+        if bind and n in self.BOUND_BATCHES:
+            run = self._bound.get((key, n))
+            if run is None:
+                run = self._bound[(key, n)] = _BoundRun(self._session(key), n, dict(in_meta), dict(out_meta))
+            return run(arrays)
+        names = [name for name, _ in out_meta]
+        out = self._session(key).run(names, {k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        return dict(zip(names, out))
 
     # -- probes -----------------------------------------------------------------------------------------------
     def probe_differences(self) -> dict[str, float]:

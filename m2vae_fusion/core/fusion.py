@@ -6,6 +6,11 @@ al., FUSION 2019, Eq. 18: decode the belief into the β-VAE features of its othe
 its own slot, and re-encode with the subset encoder of the union. A peer's latent is merged the same way: each slot
 is taken from whichever belief holds the newer evidence for it (one value per slot, never two), so fusing the same
 information twice does not count it twice. z_diff is Eq. 21.
+
+The engine runs the bundle's merged chain graphs (:mod:`m2vae_fusion.core.chains`) with onnxruntime IOBinding: one
+decode run for the held slots and one encode run (subset encoder → head) per observation; ``chains=False`` runs the
+per-network sessions instead (same numbers within float rounding; kept as the reference for parity checks and
+benchmarks). Every output is checked: a non-finite latent or probability raises :class:`FusionError`.
 """
 from __future__ import annotations
 
@@ -18,10 +23,21 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from m2vae_fusion.core.bundle import Bundle
+from m2vae_fusion.core.reasons import DropReason
 
 
 class FusionError(ValueError):
-    """Evidence that cannot be fused (wrong size, non-finite values, unknown modality, stale, other model)."""
+    """Evidence that cannot be fused (wrong size, non-finite values, unknown modality, stale, other model), or a
+    fusion whose outputs are not finite.
+
+    Args:
+        message: what was refused and why.
+        reason: the typed drop reason (:class:`~m2vae_fusion.core.reasons.DropReason`), ``reason`` attribute.
+    """
+
+    def __init__(self, message: str, reason: DropReason = DropReason.FUSION):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -73,18 +89,57 @@ def _check_vector(name: str, v, size: int) -> np.ndarray:
     return a
 
 
+def _check_outputs(what: str, mean: np.ndarray, logvar: np.ndarray, probs: np.ndarray | None) -> None:
+    """Validate a fusion's outputs (finite-but-extreme inputs can give NaN or inf outputs)."""
+    for name, a in (("latent mean", mean), ("latent log-variance", logvar), ("class probabilities", probs)):
+        if a is not None and not np.isfinite(a).all():
+            raise FusionError(f"{what} gave a non-finite {name}", DropReason.NON_FINITE)
+
+
 class FusionEngine:
     """In-place fusion with one bundle's networks.
 
     Args:
         bundle: the loaded model bundle (all agents that exchange latents must use the same ``model_id``).
         clock: monotonic clock for :attr:`Belief.updated` (seconds).
+        chains: run the bundle's merged chain graphs with IOBinding (default); False: the per-network sessions
+            (the reference path: one run per decoder, subset encoder and head).
     """
 
-    def __init__(self, bundle: Bundle, clock: Callable[[], float] = time.monotonic):
+    #: class probabilities remembered per fused latent mean, so classify() after observe()/merge() needs no run
+    PROBABILITY_CACHE = 64
+
+    def __init__(self, bundle: Bundle, clock: Callable[[], float] = time.monotonic, chains: bool = True):
         self.bundle = bundle
         self.clock = clock
         self.order = bundle.modalities
+        self.chains = bool(chains)
+        self._probs: "OrderedDict[bytes, np.ndarray]" = OrderedDict()
+
+    # -- one fusion step ------------------------------------------------------------------------------------------
+    def _decode(self, z: np.ndarray, slots: Sequence[str]) -> dict:
+        """Decoded features of ``slots`` from latents float32 (N, Dz): one chain run, or one run per decoder."""
+        if not slots:
+            return {}
+        if self.chains:
+            return self.bundle.decode_slots(z, slots)
+        return {m: self.bundle.decode(m, z) for m in slots}
+
+    def _encode(self, feats: Mapping[str, np.ndarray], with_probs: bool):
+        """Subset encoder of the slots of ``feats`` (→ head): mean, log-variance (N, Dz), probabilities or None."""
+        if self.chains:
+            return self.bundle.encode_slots(feats)
+        mean, logvar = self.bundle.encode_subset(feats)
+        return mean, logvar, (self.bundle.classify(mean) if with_probs else None)
+
+    def _remember(self, mean: np.ndarray, probs: np.ndarray | None) -> None:
+        if probs is None:
+            return
+        key = np.ascontiguousarray(mean, np.float32).tobytes()
+        self._probs[key] = probs
+        self._probs.move_to_end(key)
+        while len(self._probs) > self.PROBABILITY_CACHE:
+            self._probs.popitem(last=False)
 
     # -- batched primitives (used by eval on whole test sets and by the single-belief API) ----------------------
     def fuse_batch(self, z: np.ndarray | None, have: Sequence[str], modality: str,
@@ -100,14 +155,33 @@ class FusionEngine:
 
         Returns:
             mean, log-variance float32 (N, Dz) of the subset encoder of M' ∪ {m}.
+
+        Raises:
+            FusionError: non-finite outputs (``reason`` NON_FINITE).
         """
-        feats = {m: self.bundle.decode(m, z) for m in have if m != modality} if z is not None else {}
+        mean, logvar, _ = self.fuse_batch_full(z, have, modality, feature)
+        return mean, logvar
+
+    def fuse_batch_full(self, z: np.ndarray | None, have: Sequence[str], modality: str, feature: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`fuse_batch` plus the class probabilities float32 (N, C) of the fused mean (None without a head),
+        from the same chain run (2 session runs with a belief, 1 without)."""
+        held = [m for m in have if m != modality] if z is not None else []
+        feats = self._decode(np.asarray(z, np.float32), held) if held else {}
         feats[modality] = np.asarray(feature, dtype=np.float32)
-        return self.bundle.encode_subset(feats)
+        out = self._encode(feats, with_probs=True)
+        _check_outputs(f"fusing {modality} into {'+'.join(held) or 'no belief'}", *out)
+        return out
 
     def reencode_batch(self, z: np.ndarray, have: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """One decode → re-encode step of beliefs with slots ``have``: float32 (N, Dz) → mean, log-variance."""
-        return self.bundle.encode_subset({m: self.bundle.decode(m, z) for m in have})
+        """One decode → re-encode step of beliefs with slots ``have``: float32 (N, Dz) → mean, log-variance.
+
+        Raises:
+            FusionError: non-finite outputs (``reason`` NON_FINITE).
+        """
+        mean, logvar, probs = self._encode(self._decode(np.asarray(z, np.float32), list(have)), with_probs=False)
+        _check_outputs(f"re-encoding {'+'.join(have)}", mean, logvar, probs)
+        return mean, logvar
 
     def z_diff_batch(self, z: np.ndarray, have: Sequence[str], steps: int = 1) -> np.ndarray:
         """z_diff (FUSION 2019, Eq. 21): ``‖z − z_reenc‖₂`` after ``steps`` decode → re-encode steps, float (N,)."""
@@ -129,8 +203,8 @@ class FusionEngine:
             the new belief (the input belief is not modified).
 
         Raises:
-            FusionError: unknown modality, wrong size or non-finite feature, or evidence older than the belief's
-                evidence for the same modality (stale).
+            FusionError: unknown modality, wrong size or non-finite feature, evidence older than the belief's
+                evidence for the same modality (stale), or non-finite fusion outputs (``reason`` NON_FINITE).
         """
         if modality not in self.order:
             raise FusionError(f"unknown modality {modality!r}; bundle has {list(self.order)}")
@@ -142,7 +216,8 @@ class FusionEngine:
             raise FusionError(f"belief is about {belief.target_id!r}, observation about {target_id!r}")
         have = belief.modalities(self.order) if belief is not None else ()
         z = belief.mean[None] if belief is not None else None
-        mean, logvar = self.fuse_batch(z, have, modality, f[None])
+        mean, logvar, probs = self.fuse_batch_full(z, have, modality, f[None])
+        self._remember(mean[0], None if probs is None else probs[0])
         slots = dict(belief.slots) if belief is not None else {}
         slots[modality] = Slot(float(stamp), str(agent))
         return Belief(target_id, mean[0], logvar[0], slots, self.clock())
@@ -154,13 +229,15 @@ class FusionEngine:
         newer on the peer's side the own belief is returned unchanged; if the peer holds all the own evidence (the
         same slots, or newer) and more, the peer's latent is adopted as is (no re-encoding, no drift, and the two
         agents agree exactly); otherwise both are decoded into their chosen slots and
-        re-encoded with the subset encoder of the union (FUSION 2019, Eq. 18 applied to latents).
+        re-encoded with the subset encoder of the union (FUSION 2019, Eq. 18 applied to latents): with chains, one
+        decode run on both latents (N = 2) and one encode run.
 
         Returns:
             (belief, changed): ``changed`` is False when the peer added nothing (then do not re-publish).
 
         Raises:
-            FusionError: wrong sizes, non-finite values, unknown modalities or a different target.
+            FusionError: wrong sizes, non-finite values, unknown modalities, a different target, or non-finite
+                fusion outputs (``reason`` NON_FINITE).
         """
         mean = _check_vector("peer latent mean", peer.mean, self.bundle.latent_dim)
         logvar = _check_vector("peer latent log-variance", peer.log_variance, self.bundle.latent_dim)
@@ -182,11 +259,15 @@ class FusionEngine:
         own_only = [m for m in union if m not in from_peer and peer.slots.get(m) != own.slots[m]]
         if not own_only:  # the peer's latent already contains everything: adopt it, no re-encoding, no drift
             return Belief(own.target_id, mean.copy(), logvar.copy(), slots, self.clock()), True
-        feats = {}
-        for m in union:
-            src = mean if m in from_peer else own.mean
-            feats[m] = self.bundle.decode(m, src[None])
-        new_mean, new_logvar = self.bundle.encode_subset(feats)
+        ordered = [m for m in self.order if m in union]
+        if self.chains:
+            both = self.bundle.decode_slots(np.stack([np.asarray(own.mean, np.float32), mean]), ordered)
+            feats = {m: both[m][1:2] if m in from_peer else both[m][0:1] for m in ordered}
+        else:
+            feats = {m: self.bundle.decode(m, (mean if m in from_peer else own.mean)[None]) for m in ordered}
+        new_mean, new_logvar, probs = self._encode(feats, with_probs=True)
+        _check_outputs(f"merging {'+'.join(ordered)}", new_mean, new_logvar, probs)
+        self._remember(new_mean[0], None if probs is None else probs[0])
         return Belief(own.target_id, new_mean[0], new_logvar[0], slots, self.clock()), True
 
     def reencode(self, belief: Belief) -> Belief:
@@ -199,9 +280,24 @@ class FusionEngine:
         return float(self.z_diff_batch(belief.mean[None], belief.modalities(self.order), steps)[0])
 
     def classify(self, belief: Belief) -> np.ndarray | None:
-        """Class probabilities float32 (C,) of ``belief``'s latent mean, or None for a bundle without a head."""
-        p = self.bundle.classify(belief.mean[None])
-        return None if p is None else p[0]
+        """Class probabilities float32 (C,) of ``belief``'s latent mean, or None for a bundle without a head.
+
+        After :meth:`observe` or :meth:`merge` the probabilities their chain run computed for that mean are
+        returned (a copy; no session run); otherwise the head runs.
+
+        Raises:
+            FusionError: non-finite probabilities (``reason`` NON_FINITE).
+        """
+        if not self.bundle.has_head:
+            return None
+        key = np.ascontiguousarray(belief.mean, np.float32).tobytes()
+        p = self._probs.get(key)
+        if p is not None:
+            return p.copy()
+        p = self.bundle.classify(np.asarray(belief.mean, np.float32)[None])
+        if not np.all(np.isfinite(p)):
+            raise FusionError("class-belief head gave non-finite probabilities", DropReason.NON_FINITE)
+        return p[0]
 
 
 class BeliefStore:

@@ -1,9 +1,14 @@
-"""ONNX model bundle: export (torch → one ONNX file per network + ``probes.npz`` + ``manifest.json``) and verification.
+"""ONNX model bundle, format v2: export (torch → one ONNX file per network + the merged chain graphs + ``probes.npz``
++ ``manifest.json``), rebuild without torch, and verification.
 
 The layout is the contract in ``docs/formats.md`` ("Model bundle"). Every export stores probe inputs and the torch
 outputs for them, runs the written ONNX files with onnxruntime on the same inputs and fails when any output differs
-by more than :data:`PARITY_TOL` (max abs). :func:`verify_bundle` repeats the check later (sha256 of every file, the
-model id and probe parity) without torch.
+by more than :data:`PARITY_TOL` (max abs). The chain graphs (:mod:`m2vae_fusion.core.chains`) are composed from the
+written network files; their probes hold the per-network path's outputs. :func:`rebuild_bundle` rewrites any bundle
+(format v1 or v2, e.g. the shipped ones, which have no torch checkpoints) from its own ONNX files without torch;
+:func:`export_from_checkpoint` re-exports from the torch checkpoint an export saved beside its bundle.
+:func:`verify_bundle` repeats the checks later (sha256 of every file, the model id, probe parity, and parity of every
+chain with the per-network path) without torch.
 """
 from __future__ import annotations
 
@@ -18,14 +23,18 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from m2vae_fusion import __version__
-from m2vae_fusion.core.bundle import compute_model_id, sha256_file  # one definition, shared with the runtime
+from m2vae_fusion.core import chains as chainmod
+from m2vae_fusion.core.bundle import (FORMAT, FORMAT_VERSION, compute_model_id, read_manifest_any,  # one definition,
+                                      sha256_file, upgrade_command)  # shared with the runtime
 from m2vae_fusion.errors import BundleError
 
 PARITY_TOL = 1e-4
 OPSET = 17
 PROBE_N = 4
-FORMAT = "m2vae_fusion.bundle"
-FORMAT_VERSION = 1
+#: the objective of bundles written by this exporter (the manifest's ``objective``)
+OBJECTIVE = "m2vae"
+#: the torch checkpoint an export writes beside its bundle directory: ``<out_dir>`` + this suffix
+CHECKPOINT_SUFFIX = ".torch.pt"
 
 
 class ParityError(BundleError):
@@ -221,12 +230,194 @@ def check_probe_parity(bundle_dir: str, manifest: Mapping, probes: Mapping[str, 
     return diffs
 
 
+# ---------------------------------------------------------------------------------------------------------- chains
+
+def _subset_keys(manifest: Mapping) -> List[str]:
+    return ["+".join(m for m in manifest["modalities"] if m in s) for s in manifest["subsets"]]
+
+
+def _has_head(manifest: Mapping) -> bool:
+    return bool(manifest["networks"].get("head")) and bool(manifest.get("class_names"))
+
+
+def per_network_outputs(bundle_dir: str, manifest: Mapping, kind: str, key: str,
+                        inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The reference for a chain: the same computation through the per-network files, one session per network.
+
+    ``kind`` ``"decode"``: ``{"z"}`` → ``{m: decoder m (z)}`` for m in subset ``key``; ``"encode"``: ``{m: feature}``
+    → ``mean``, ``log_variance`` of the subset encoder of ``key`` (and ``probabilities`` of the head on ``mean``).
+    """
+    nets = manifest["networks"]
+    mods = key.split("+")
+    if kind == chainmod.DECODE:
+        return {m: run_onnx(os.path.join(bundle_dir, nets["decoder"][m]), {"z": inputs["z"]})["mean"] for m in mods}
+    out = run_onnx(os.path.join(bundle_dir, nets["subset_encoder"][key]), {m: inputs[m] for m in mods})
+    if _has_head(manifest):
+        out["probabilities"] = run_onnx(os.path.join(bundle_dir, nets["head"]), {"z": out["mean"]})["probabilities"]
+    return out
+
+
+def add_chains(bundle_dir: str, manifest: Dict, probes: Dict[str, np.ndarray], seed: int = 0) -> Dict:
+    """Compose the chain graphs of every subset from the network files in ``bundle_dir`` (no torch), set
+    ``manifest["chains"]`` and add the chains' probes to ``probes``: the network files' stored probe inputs
+    (random ones where missing) and, as expected outputs, the per-network path's onnxruntime outputs.
+
+    Returns:
+        the ``chains`` block.
+    """
+    rng = np.random.default_rng(seed)
+    keys = _subset_keys(manifest)
+    nets = manifest["networks"]
+    n_classes = len(manifest["class_names"]) if _has_head(manifest) else None
+    block = chainmod.build_chains(bundle_dir, manifest["modalities"], keys, nets, int(manifest["feature_dim"]),
+                                  int(manifest["latent_dim"]), n_classes)
+
+    def probe(name: str, dim: int) -> np.ndarray:
+        return (np.asarray(probes[name], np.float32) if name in probes
+                else rng.normal(size=(PROBE_N, dim)).astype(np.float32))
+
+    for key in keys:
+        mods = key.split("+")
+        z = probe(f"{nets['decoder'][mods[0]]}:z", int(manifest["latent_dim"]))
+        feats = {m: probe(f"{nets['subset_encoder'][key]}:{m}", int(manifest["feature_dim"])) for m in mods}
+        for kind, inputs in ((chainmod.DECODE, {"z": z}), (chainmod.ENCODE, feats)):
+            fname = block[kind][key]
+            for name, a in inputs.items():
+                probes[f"{fname}:{name}"] = a
+            for name, a in per_network_outputs(bundle_dir, manifest, kind, key, inputs).items():
+                probes[f"{fname}:{name}"] = a
+    manifest["chains"] = block
+    return block
+
+
+def chain_parity(bundle_dir: str, manifest: Mapping, samples: int = 16, seed: int = 0) -> Dict[str, float]:
+    """Max abs difference between every chain graph and the per-network path, recomputed now with onnxruntime on
+    random inputs (latents ~ N(0, I), features ~ N(0, 4 I)) of ``samples`` rows.
+
+    Returns:
+        ``{chain file: max abs difference}``.
+    """
+    rng = np.random.default_rng(seed)
+    diffs = {}
+    dz, df = int(manifest["latent_dim"]), int(manifest["feature_dim"])
+    for kind, block in sorted(manifest["chains"].items()):
+        for key, fname in sorted(block.items()):
+            if kind == chainmod.DECODE:
+                inputs = {"z": rng.normal(size=(samples, dz)).astype(np.float32)}
+            else:
+                inputs = {m: rng.normal(0, 2, size=(samples, df)).astype(np.float32) for m in key.split("+")}
+            got = run_onnx(os.path.join(bundle_dir, fname), inputs)
+            ref = per_network_outputs(bundle_dir, manifest, kind, key, inputs)
+            if set(got) != set(ref):
+                raise ParityError(f"{os.path.join(bundle_dir, fname)}: outputs {sorted(got)}, per-network path "
+                                  f"{sorted(ref)}")
+            d = max(float(np.max(np.abs(got[k].astype(np.float64) - ref[k]))) for k in ref)
+            diffs[fname] = d if np.isfinite(d) else float("inf")
+    return diffs
+
+
+def _finish_manifest(manifest: Dict, files: Mapping[str, str]) -> Dict:
+    manifest["files"] = dict(sorted(files.items()))
+    manifest["model_id"] = compute_model_id(manifest["files"])
+    return manifest
+
+
+def _write_manifest(dir_: str, manifest: Mapping) -> None:
+    with open(os.path.join(dir_, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+# --------------------------------------------------------------------------------------------------------- rebuild
+
+def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None) -> str:
+    """Rewrite the bundle in ``src_dir`` (format v1 or v2) as a format-v2 bundle in ``out_dir`` (may be the same
+    directory) from its own ONNX files, without torch and without retraining: the network files are copied byte for
+    byte (same latent space, same outputs), the chain graphs and their probes are rebuilt, the manifest is rewritten
+    (``model_id`` changes when the chain files or the probes do).
+
+    Raises:
+        BundleError: not a bundle, or a network file missing or not matching its sha256 (names the file).
+        ParityError: a chain differs from the per-network path by more than ``tol`` (nothing is replaced then).
+    """
+    tol = PARITY_TOL if tol is None else tol
+    src = read_manifest_any(src_dir)
+    mpath = os.path.join(src_dir, "manifest.json")
+    version = src.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise BundleError(f"{mpath}: unknown format_version {version!r}; can rebuild 1 and {FORMAT_VERSION}")
+    for key in ("modalities", "inputs", "feature_dim", "latent_dim", "subsets", "networks", "files"):
+        if key not in src:
+            raise BundleError(f"{mpath}: key {key!r} missing")
+    if src.get("objective", OBJECTIVE) != OBJECTIVE:
+        raise BundleError(f"{mpath}: objective {src.get('objective')!r}; this exporter rebuilds {OBJECTIVE!r}")
+    nets = src["networks"]
+    network_names = sorted({*nets["betavae_encoder"].values(), *nets.get("betavae_decoder", {}).values(),
+                            *nets["subset_encoder"].values(), *nets["decoder"].values(),
+                            *([nets["head"]] if nets.get("head") else [])})
+    probes_name = src.get("probes", "probes.npz")
+    for name in network_names + [probes_name]:
+        p = os.path.join(src_dir, name)
+        if not os.path.isfile(p):
+            raise ChecksumError(f"{p}: missing (listed in {mpath})")
+        if name in src["files"] and sha256_file(p) != src["files"][name]:
+            raise ChecksumError(f"{p}: sha256 does not match {mpath}; refusing to rebuild from a changed file")
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".rebuild-", dir=out_dir)
+    try:
+        for name in network_names:
+            shutil.copyfile(os.path.join(src_dir, name), os.path.join(tmp, name))
+        old = dict(np.load(os.path.join(src_dir, probes_name)))
+        # keep the networks' probes (the torch outputs of the original export); chain probes are rebuilt
+        probes = {k: v for k, v in old.items() if k.split(":", 1)[0] in network_names}
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "objective": OBJECTIVE}
+        manifest.update({k: v for k, v in src.items() if k not in ("format", "format_version", "objective",
+                                                                    "model_id", "files", "chains", "probes")})
+        manifest["probes"] = "probes.npz"
+        ck = src.get("checkpoint")
+        if isinstance(ck, dict) and ck.get("file"):  # keep pointing at the same checkpoint file from out_dir
+            ck_abs = os.path.normpath(os.path.join(os.path.abspath(src_dir), ck["file"]))
+            manifest["checkpoint"] = {**ck, "file": os.path.relpath(ck_abs, os.path.abspath(out_dir))}
+        else:
+            manifest["checkpoint"] = None
+        manifest["rebuilt"] = {"from_format_version": version, "from_model_id": src.get("model_id"),
+                               "package_version": __version__,
+                               "at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        add_chains(tmp, manifest, probes)
+        np.savez(os.path.join(tmp, "probes.npz"), **probes)
+        manifest = _order_manifest(_finish_manifest(manifest, {n: sha256_file(os.path.join(tmp, n))
+                                                               for n in sorted(os.listdir(tmp))}))
+        check_probe_parity(tmp, manifest, dict(np.load(os.path.join(tmp, "probes.npz"))), tol=tol)
+        worst = chain_parity(tmp, manifest)
+        bad = {k: v for k, v in worst.items() if v > tol}
+        if bad:
+            k = sorted(bad)[0]
+            raise ParityError(f"{k}: chain differs from the per-network path by {bad[k]:.3g} (tolerance {tol:g})")
+        _write_manifest(tmp, manifest)
+        _replace_bundle(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+_KEY_ORDER = ("format", "format_version", "objective", "model_id", "package_version", "created", "modalities",
+              "inputs", "feature_dim", "latent_dim", "subsets", "class_names", "networks", "chains", "files", "probes",
+              "checkpoint", "rebuilt", "training")
+
+
+def _order_manifest(manifest: Mapping) -> Dict:
+    """The manifest's keys in the documented order (unknown keys after them)."""
+    out = {k: manifest[k] for k in _KEY_ORDER if k in manifest}
+    out.update({k: v for k, v in manifest.items() if k not in out})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------- export
 
 def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors: Mapping,
                   class_names: Optional[Sequence[str]] = None, training: Optional[Mapping] = None,
-                  probe_data: Optional[Mapping] = None, seed: int = 0) -> str:
-    """Write a model bundle (docs/formats.md) to ``out_dir`` and check ONNX/torch parity.
+                  probe_data: Optional[Mapping] = None, seed: int = 0, checkpoint: Optional[str] = "beside") -> str:
+    """Write a format-v2 model bundle (docs/formats.md) to ``out_dir`` and check ONNX/torch and chain parity.
 
     Args:
         out_dir: bundle directory (created; bundle files of an earlier export there are replaced).
@@ -238,12 +429,16 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
         training: ``{"config": ..., "metrics": ..., "dataset": ...}`` for the manifest.
         probe_data: optional ``{"inputs": {m: (n, *shape)}, "features": {m: (n, D_*)}}`` real probe samples.
         seed: seed of the random probe inputs.
+        checkpoint: where to save the torch networks so :func:`export_from_checkpoint` can re-export the bundle
+            without retraining: ``"beside"`` (default) → ``<out_dir>`` + :data:`CHECKPOINT_SUFFIX` next to the bundle
+            directory (outside it, so the bundle a robot installs stays small), a file path, or None (not saved).
 
     Returns:
         ``out_dir``.
 
     Raises:
-        ParityError: an ONNX file's outputs differ from torch's by more than :data:`PARITY_TOL`.
+        ParityError: an ONNX file's outputs differ from torch's, or a chain's from the per-network path, by more
+            than :data:`PARITY_TOL`.
     """
     import torch
 
@@ -275,13 +470,10 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
                 for n, o in zip(out_names, outs):
                     probes[f"{fname}:{n}"] = o.detach().cpu().numpy().astype(np.float32)
                 _export_onnx(module, tensors, os.path.join(tmp, fname), in_names, out_names)
-        np.savez(os.path.join(tmp, "probes.npz"), **probes)
-        for fname in sorted(os.listdir(tmp)):
-            files[fname] = sha256_file(os.path.join(tmp, fname))
         subsets = [list(s) for s in m2vae.subsets]
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "model_id": compute_model_id(files),
+            "format": FORMAT, "format_version": FORMAT_VERSION, "objective": OBJECTIVE,
+            "model_id": None,
             "package_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "modalities": modalities,
@@ -292,19 +484,66 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
             "subsets": subsets,
             "class_names": list(class_names) if head is not None else None,
             "networks": network_files(modalities, subsets, head is not None),
-            "files": files,
+            "chains": None,
+            "files": None,
             "probes": "probes.npz",
+            "checkpoint": None,
             "training": dict(training or {}),
         }
+        add_chains(tmp, manifest, probes, seed=seed)
+        np.savez(os.path.join(tmp, "probes.npz"), **probes)
+        for fname in sorted(os.listdir(tmp)):
+            files[fname] = sha256_file(os.path.join(tmp, fname))
+        _finish_manifest(manifest, files)
         # parity before anything replaces an existing bundle
         check_probe_parity(tmp, manifest, dict(np.load(os.path.join(tmp, "probes.npz"))), tol=PARITY_TOL)
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False)
-            f.write("\n")
+        worst = chain_parity(tmp, manifest)
+        bad = {k: v for k, v in worst.items() if v > PARITY_TOL}
+        if bad:
+            k = sorted(bad)[0]
+            raise ParityError(f"{k}: chain differs from the per-network path by {bad[k]:.3g} "
+                              f"(tolerance {PARITY_TOL:g})")
+        if checkpoint:
+            ck_path = (os.path.normpath(os.path.abspath(out_dir)) + CHECKPOINT_SUFFIX if checkpoint == "beside"
+                       else os.path.abspath(checkpoint))
+            ck_tmp = ck_path + ".tmp"
+            torch.save({"format": "m2vae_fusion.checkpoint", "format_version": 1, "objective": OBJECTIVE,
+                        "betavaes": dict(betavaes), "m2vae": m2vae, "head": head, "sensors": dict(sensors),
+                        "class_names": list(class_names) if class_names else None,
+                        "training": dict(training or {}), "probe_data": probe_data, "seed": seed}, ck_tmp)
+            os.replace(ck_tmp, ck_path)
+            manifest["checkpoint"] = {"file": os.path.relpath(ck_path, os.path.abspath(out_dir)),
+                                      "sha256": sha256_file(ck_path)}
+        _write_manifest(tmp, manifest)
         _replace_bundle(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def export_from_checkpoint(checkpoint: str, out_dir: str) -> str:
+    """Re-export a bundle from the torch checkpoint an earlier :func:`export_bundle` saved (no retraining): the same
+    networks, probes and training record, written in the current format; the checkpoint is saved again beside
+    ``out_dir``.
+
+    Raises:
+        BundleError: the file is missing or not an m2vae_fusion checkpoint (names the file).
+    """
+    import torch
+
+    if not os.path.isfile(checkpoint):
+        raise BundleError(f"{checkpoint}: no such checkpoint file")
+    try:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise BundleError(f"{checkpoint}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ck, dict) or ck.get("format") != "m2vae_fusion.checkpoint":
+        raise BundleError(f"{checkpoint}: not an m2vae_fusion checkpoint (written by export beside a bundle)")
+    if ck.get("objective", OBJECTIVE) != OBJECTIVE:
+        raise BundleError(f"{checkpoint}: objective {ck.get('objective')!r}; this exporter writes {OBJECTIVE!r}")
+    return export_bundle(out_dir, ck["betavaes"], ck["m2vae"], ck["head"], sensors=ck["sensors"],
+                         class_names=ck["class_names"], training=ck["training"], probe_data=ck["probe_data"],
+                         seed=int(ck["seed"]), checkpoint="beside")
 
 
 def _replace_bundle(src: str, out_dir: str) -> None:
@@ -323,7 +562,8 @@ def _replace_bundle(src: str, out_dir: str) -> None:
 
 
 def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_dim: int = 10,
-                     sensors: Optional[Mapping] = None, modalities: Optional[Sequence[str]] = None) -> str:
+                     sensors: Optional[Mapping] = None, modalities: Optional[Sequence[str]] = None,
+                     checkpoint: Optional[str] = None) -> str:
     """Export randomly initialised networks (β-VAEs for camera/lidar/reflectance, the M2VAE and a class-belief head
     over the 8 class names) as a complete bundle, e.g. for testing the runtime and the ROS nodes before training.
 
@@ -335,6 +575,7 @@ def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_
         sensors: preprocessing configs per modality; defaults to
             :data:`m2vae_fusion.core.preprocess.DEFAULT_CONFIGS`.
         modalities: subset of the modalities (default all three, in bundle order).
+        checkpoint: as in :func:`export_bundle`; default None (not saved: the seed reproduces the weights).
 
     Returns:
         ``out_dir``.
@@ -356,40 +597,30 @@ def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_
     training = {"config": {"untrained": True, "seed": seed, "feature_dim": feature_dim, "latent_dim": latent_dim},
                 "metrics": {}, "dataset": None}
     return export_bundle(out_dir, betavaes, m2vae, head, sensors=cfg, class_names=names, training=training,
-                         seed=seed)
+                         seed=seed, checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------- verify
 
 def read_manifest(bundle_dir: str) -> Dict:
-    """Load and sanity-check ``bundle_dir/manifest.json``; raises :class:`BundleError` naming the file."""
-    path = os.path.join(bundle_dir, "manifest.json")
-    if not os.path.isdir(bundle_dir):
-        raise BundleError(f"{bundle_dir}: no such bundle directory")
-    if not os.path.isfile(path):
-        raise BundleError(f"{path}: missing (not a model bundle)")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
-    for key in ("model_id", "modalities", "inputs", "feature_dim", "latent_dim", "subsets", "networks", "files",
-                "probes"):
-        if key not in manifest:
-            raise BundleError(f"{path}: key {key!r} missing")
+    """Load and schema-check ``bundle_dir/manifest.json`` (format v2, as the runtime reads it; a v1 bundle is refused
+    with the upgrade command); raises :class:`BundleError` naming the file."""
+    from m2vae_fusion.core.bundle import read_manifest as _read
+
+    manifest = _read(bundle_dir)
+    if "probes" not in manifest:
+        raise BundleError(f"{os.path.join(bundle_dir, 'manifest.json')}: key 'probes' missing")
     return manifest
 
 
 def verify_bundle(bundle_dir: str, tol: Optional[float] = None) -> Dict:
-    """Re-check a bundle: every file's sha256, the model id, that every network file is listed, and probe parity
-    (onnxruntime on the stored inputs vs the stored torch outputs).
+    """Re-check a bundle: every file's sha256, the model id, that every network and chain file is listed, probe
+    parity (onnxruntime on the stored inputs vs the stored torch outputs; for chains, the per-network path's outputs)
+    and parity of every chain with the per-network path recomputed now on random inputs.
 
     Returns:
-        ``{"model_id": ..., "files": n, "max_abs_diff": {file: d}}``.
+        ``{"model_id", "format_version", "objective", "files": n, "max_abs_diff": {file: d},
+        "chain_vs_networks": {chain file: d}}``.
 
     Raises:
         BundleError: no or malformed manifest (exit 2).
@@ -410,6 +641,12 @@ def verify_bundle(bundle_dir: str, tol: Optional[float] = None) -> Dict:
               *nets["subset_encoder"].values(), *nets["decoder"].values()]
     if nets.get("head"):
         listed.append(nets["head"])
+    for kind in (chainmod.DECODE, chainmod.ENCODE):
+        block = manifest["chains"][kind]
+        missing = [k for k in _subset_keys(manifest) if k not in block]
+        if missing:
+            raise BundleError(f"{os.path.join(bundle_dir, 'manifest.json')}: no {kind} chain for {missing}")
+        listed += list(block.values())
     for name in listed + [manifest["probes"]]:
         if name not in files:
             raise ChecksumError(f"{os.path.join(bundle_dir, name)}: network file not listed in manifest.json files")
@@ -422,4 +659,11 @@ def verify_bundle(bundle_dir: str, tol: Optional[float] = None) -> Dict:
     except Exception as exc:  # corrupt npz with a matching sum cannot happen unless the manifest was edited too
         raise ChecksumError(f"{os.path.join(bundle_dir, manifest['probes'])}: unreadable ({exc})") from None
     diffs = check_probe_parity(bundle_dir, manifest, probes, tol)
-    return {"model_id": manifest["model_id"], "files": len(files), "max_abs_diff": diffs}
+    chain = chain_parity(bundle_dir, manifest)
+    tol_ = PARITY_TOL if tol is None else tol
+    for fname, d in sorted(chain.items()):
+        if d > tol_:
+            raise ParityError(f"{os.path.join(bundle_dir, fname)}: chain differs from the per-network path by "
+                              f"{d:.3g} (tolerance {tol_:g})")
+    return {"model_id": manifest["model_id"], "format_version": manifest["format_version"],
+            "objective": manifest["objective"], "files": len(files), "max_abs_diff": diffs, "chain_vs_networks": chain}
