@@ -1,5 +1,13 @@
-"""Message <-> numpy conversion (m2vae_fusion.ros.conversions) and node statistics, without spinning a node."""
+"""Message <-> numpy conversion (m2vae_fusion.core.messages) and node statistics, without spinning a node.
+
+Images: every colour encoding rosbags-image decodes, checked against pixels computed here (BT.601 YUV, flat Bayer
+fields, 16-bit scaling, both byte orders), with row padding; colour-less encodings refused with their own reason.
+Point clouds: the own reader with and without a (fake, faithfully faulty) ``sensor_msgs_py`` importable."""
+import importlib.util
 import math
+import sys
+import types
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,10 +15,12 @@ import pytest
 import rclpy  # noqa: E402,F401
 import m2vae_fusion_msgs.msg  # noqa: E402,F401
 
+from rosbags.image import image_to_cvimage  # noqa: E402
 from sensor_msgs.msg import Image, LaserScan, PointCloud2, PointField  # noqa: E402
 
+from m2vae_fusion.core import messages as conv  # noqa: E402
 from m2vae_fusion.core.preprocess import DEFAULT_CONFIGS  # noqa: E402
-from m2vae_fusion.ros import conversions as conv  # noqa: E402
+from m2vae_fusion.core.reasons import DropReason  # noqa: E402
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array, status_values  # noqa: E402
 
 LIDAR = DEFAULT_CONFIGS["lidar"]
@@ -18,7 +28,21 @@ RNG = np.random.default_rng(0)
 
 
 def _reason(exc_info):
-    return exc_info.value.reason
+    reason = exc_info.value.reason
+    assert isinstance(reason, DropReason)  # typed, never message text
+    return reason
+
+
+def _raw_image(encoding, pixels, pad=0, big=False, garbage=0):
+    """sensor_msgs/Image of ``pixels`` (H, W[, C], any dtype) in ``encoding`` with ``pad`` bytes after each row,
+    filled with ``garbage``."""
+    px = np.asarray(pixels)
+    px = px.astype(px.dtype.newbyteorder(">" if big else "<"))
+    h, w = px.shape[:2]
+    rows = np.frombuffer(px.tobytes(), np.uint8).reshape(h, -1)
+    rows = np.concatenate([rows, np.full((h, pad), garbage, np.uint8)], axis=1)
+    return Image(height=h, width=w, encoding=encoding, is_bigendian=int(big), step=rows.shape[1],
+                 data=rows.tobytes())
 
 
 # -- camera -------------------------------------------------------------------------------------------------------
@@ -43,13 +67,15 @@ def test_padding_bytes_are_not_read_as_pixels():
     np.testing.assert_array_equal(conv.image_to_rgb(msg), rgb)
 
 
-def test_mono8_is_replicated_luma():
-    rgb = RNG.integers(0, 256, (6, 9, 3), dtype=np.uint8)
-    out = conv.image_to_rgb(conv.rgb_to_image(rgb, "mono8", row_padding=2))
-    assert out.shape == (6, 9, 3)
-    np.testing.assert_array_equal(out[..., 0], out[..., 2])
-    luma = rgb.astype(float) @ [0.299, 0.587, 0.114]
-    assert np.max(np.abs(out[..., 0] - luma)) <= 0.5 + 1e-6
+def test_the_library_reads_packed_rows_only():
+    """rosbags-image ignores ``step``: on the packed rows this module hands it, it is exact; on the padded message
+    itself it would misread, which is why the padding is dropped first."""
+    rgb = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    padded = _raw_image("rgb8", rgb, pad=4, garbage=255)
+    packed = _raw_image("rgb8", rgb)
+    np.testing.assert_array_equal(image_to_cvimage(packed, "rgb8"), rgb)
+    assert not np.array_equal(image_to_cvimage(padded, "rgb8"), rgb)
+    np.testing.assert_array_equal(conv.image_to_rgb(padded), rgb)
 
 
 def test_bgr_channel_order():
@@ -59,19 +85,96 @@ def test_bgr_channel_order():
     np.testing.assert_array_equal(conv.image_to_rgb(msg)[0, 0], [3, 2, 1])
 
 
+def _bt601(y, u, v):
+    """ITU-R BT.601 video-range YCbCr → RGB (the conversion OpenCV applies to YUV 4:2:2), rounded to uint8."""
+    c, d, e = 1.164 * (y - 16.0), u - 128.0, v - 128.0
+    rgb = np.stack([c + 1.596 * e, c - 0.391 * d - 0.813 * e, c + 2.018 * d], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255)
+
+
+@pytest.mark.parametrize("enc,order", [("yuv422", "UYVY"), ("uyvy", "UYVY"), ("yuv422_yuy2", "YUYV"),
+                                       ("yuyv", "YUYV")])
+@pytest.mark.parametrize("pad", [0, 6])
+def test_yuv422_against_bt601(enc, order, pad):
+    h, w = 4, 6
+    y = RNG.integers(16, 236, (h, w)).astype(np.uint8)
+    u = RNG.integers(16, 241, (h, w // 2)).astype(np.uint8)
+    v = RNG.integers(16, 241, (h, w // 2)).astype(np.uint8)
+    chans = {"U": u, "V": v}
+    quads = []
+    for k, ch in enumerate(order):  # macro-pixel of 2 px in 4 bytes
+        quads.append(chans[ch] if ch in chans else y[:, 0::2] if order.index("Y") == k else y[:, 1::2])
+    out = conv.image_to_rgb(_raw_image(enc, np.stack(quads, -1).reshape(h, w, 2), pad=pad, garbage=200))
+    want = _bt601(y.astype(float), np.repeat(u, 2, axis=1).astype(float), np.repeat(v, 2, axis=1).astype(float))
+    assert out.shape == (h, w, 3)
+    assert np.max(np.abs(out.astype(int) - want)) <= 1  # fixed-point rounding in OpenCV
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_mosaics_of_a_flat_colour(pattern, bits):
+    colour = np.array([200, 100, 40])
+    h, w = 8, 10
+    mosaic = np.zeros((h, w), np.uint16 if bits == 16 else np.uint8)
+    for (dy, dx), c in zip([(0, 0), (0, 1), (1, 0), (1, 1)], pattern):
+        mosaic[dy::2, dx::2] = colour["rgb".index(c)] * (257 if bits == 16 else 1)
+    out = conv.image_to_rgb(_raw_image(f"bayer_{pattern}{bits}", mosaic, pad=2, garbage=7, big=(bits == 16)))
+    assert out.shape == (h, w, 3)
+    np.testing.assert_array_equal(out[2:-2, 2:-2].reshape(-1, 3), np.tile(colour, ((h - 4) * (w - 4), 1)))
+
+
+@pytest.mark.parametrize("enc", ["rgb16", "bgr16", "rgba16", "bgra16"])
+@pytest.mark.parametrize("big", [False, True])
+def test_16_bit_colour_both_byte_orders(enc, big):
+    rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    px = rgb.astype(np.uint16) * 257  # full-scale 16 bit: exactly rgb after scaling
+    if enc.startswith("bgr"):
+        px = px[..., ::-1]
+    if "a" in enc[3:]:
+        px = np.concatenate([px, np.full((5, 7, 1), 65535, np.uint16)], axis=2)
+    np.testing.assert_array_equal(conv.image_to_rgb(_raw_image(enc, px, pad=4, big=big)), rgb)
+
+
+def test_rosbags_messages_read_like_rclpy_messages():
+    """A rosbags-deserialised Image (numpy data, plain attributes) gives the same array as the rclpy message."""
+    rgb = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    msg = conv.rgb_to_image(rgb, "bgra8", row_padding=2)
+    other = SimpleNamespace(height=msg.height, width=msg.width, encoding=msg.encoding, is_bigendian=msg.is_bigendian,
+                            step=msg.step, data=np.frombuffer(bytes(msg.data), np.uint8))
+    np.testing.assert_array_equal(conv.image_to_rgb(other), conv.image_to_rgb(msg))
+
+
+@pytest.mark.parametrize("enc,dtype", [("mono8", np.uint8), ("mono16", np.uint16), ("16UC1", np.uint16),
+                                       ("32FC1", np.float32), ("8UC1", np.uint8), ("MONO8", np.uint8)])
+def test_colourless_images_are_refused_for_the_camera(enc, dtype):
+    msg = _raw_image(enc, np.ones((4, 6), dtype), pad=2)
+    with pytest.raises(conv.ConversionError) as e:
+        conv.image_to_rgb(msg)
+    assert _reason(e) is DropReason.COLOURLESS and str(e.value.reason) == "colourless"
+
+
 @pytest.mark.parametrize("kw,reason", [
-    (dict(encoding="16UC1", height=2, width=2, step=4, data=bytes(8)), "bad_encoding"),
-    (dict(encoding="yuv422", height=2, width=2, step=4, data=bytes(8)), "bad_encoding"),
-    (dict(encoding="rgb8", height=0, width=4, step=12, data=b""), "empty"),
-    (dict(encoding="rgb8", height=4, width=0, step=0, data=b""), "empty"),
-    (dict(encoding="rgb8", height=2, width=2, step=6, data=bytes(11)), "truncated"),
-    (dict(encoding="rgb8", height=2, width=2, step=5, data=bytes(10)), "truncated"),
-    (dict(encoding="rgba8", height=2, width=2, step=8, data=bytes(15)), "truncated"),
+    (dict(encoding="jpeg", height=2, width=2, step=4, data=bytes(8)), DropReason.BAD_ENCODING),
+    (dict(encoding="8UC3", height=2, width=2, step=6, data=bytes(12)), DropReason.BAD_ENCODING),  # no colour order
+    (dict(encoding="nv12", height=2, width=2, step=2, data=bytes(6)), DropReason.BAD_ENCODING),  # misread by the lib
+    (dict(encoding="rgb8", height=0, width=4, step=12, data=b""), DropReason.EMPTY),
+    (dict(encoding="rgb8", height=4, width=0, step=0, data=b""), DropReason.EMPTY),
+    (dict(encoding="rgb8", height=2, width=2, step=6, data=bytes(11)), DropReason.TRUNCATED),
+    (dict(encoding="rgb8", height=2, width=2, step=5, data=bytes(10)), DropReason.TRUNCATED),
+    (dict(encoding="rgba8", height=2, width=2, step=8, data=bytes(15)), DropReason.TRUNCATED),
+    (dict(encoding="rgb16", height=2, width=2, step=12, data=bytes(23)), DropReason.TRUNCATED),
+    (dict(encoding="yuv422", height=2, width=3, step=6, data=bytes(12)), DropReason.MISMATCH),  # odd width
 ])
 def test_bad_images(kw, reason):
     with pytest.raises(conv.ConversionError) as e:
         conv.image_to_rgb(Image(**kw))
-    assert _reason(e) == reason
+    assert _reason(e) is reason
+
+
+def test_conversion_error_reasons_are_typed():
+    assert conv.ConversionError("empty", "x").reason is DropReason.EMPTY
+    with pytest.raises(ValueError):
+        conv.ConversionError("no such reason", "x")
 
 
 # -- planar scans -------------------------------------------------------------------------------------------------
@@ -192,6 +295,72 @@ def test_cloud_layouts(datatype, big):
     np.testing.assert_allclose(conv.pointcloud2_to_xyz(msg), pts.reshape(-1, 3), rtol=1e-6)
 
 
+def _fake_sensor_msgs_py(calls):
+    """A stand-in for ``sensor_msgs_py`` (not on PyPI) with its documented ``point_cloud2.read_points`` /
+    ``read_points_numpy`` behaviour, faults included: the points are viewed as ``width × height`` consecutive records
+    of ``point_step`` bytes, so ``row_step`` padding is read as points (every row after the first is shifted)."""
+    from numpy.lib.recfunctions import structured_to_unstructured
+
+    pf = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+
+    def read_points(cloud, field_names=None, skip_nans=False, uvs=None, reshape_organized_cloud=False):
+        calls.append(("read_points", cloud.row_step, cloud.point_step * cloud.width))
+        order = ">" if cloud.is_bigendian else "<"
+        dtype = np.dtype({"names": [f.name for f in cloud.fields],
+                          "formats": [order + pf[f.datatype] for f in cloud.fields],
+                          "offsets": [f.offset for f in cloud.fields], "itemsize": cloud.point_step})
+        points = np.ndarray(shape=(cloud.width * cloud.height,), dtype=dtype, buffer=bytes(cloud.data))
+        if field_names is not None:
+            points = points[list(field_names)]
+        if skip_nans:
+            points = points[~np.isnan(structured_to_unstructured(points)).any(axis=1)]
+        return points
+
+    def read_points_numpy(cloud, field_names=None, skip_nans=False, uvs=None, reshape_organized_cloud=False):
+        return structured_to_unstructured(read_points(cloud, field_names, skip_nans, uvs, reshape_organized_cloud))
+
+    pkg = types.ModuleType("sensor_msgs_py")
+    mod = types.ModuleType("sensor_msgs_py.point_cloud2")
+    mod.read_points, mod.read_points_numpy = read_points, read_points_numpy
+    pkg.point_cloud2 = mod
+    return pkg, mod
+
+
+def _fresh_messages_module(monkeypatch, sensor_msgs_py):
+    """A private copy of m2vae_fusion.core.messages imported while ``sensor_msgs_py`` is importable (a module) or
+    not (None blocks the import)."""
+    monkeypatch.setitem(sys.modules, "sensor_msgs_py", sensor_msgs_py)
+    monkeypatch.setitem(sys.modules, "sensor_msgs_py.point_cloud2",
+                        None if sensor_msgs_py is None else sensor_msgs_py.point_cloud2)
+    spec = importlib.util.spec_from_file_location("_messages_copy", conv.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "_messages_copy", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_clouds_with_and_without_sensor_msgs_py(monkeypatch, installed):
+    calls = []
+    pkg, fake = _fake_sensor_msgs_py(calls)
+    pts = RNG.normal(size=(3, 4, 3))
+    padded = _cloud(pts, datatype=PointField.FLOAT32, rows=3, row_pad=8)
+    dense = _cloud(pts, datatype=PointField.FLOAT32, rows=3, row_pad=0)
+    # the stand-in is faithful: it misreads the padded cloud and reads the dense one
+    assert not np.allclose(fake.read_points_numpy(padded, ("x", "y", "z")), pts.reshape(-1, 3), rtol=1e-6)
+    np.testing.assert_allclose(fake.read_points_numpy(dense, ("x", "y", "z")), pts.reshape(-1, 3), rtol=1e-6)
+    calls.clear()
+    mod = _fresh_messages_module(monkeypatch, pkg if installed else None)
+    if installed:
+        assert importlib.import_module("sensor_msgs_py.point_cloud2") is fake
+    else:
+        with pytest.raises(ImportError):
+            importlib.import_module("sensor_msgs_py.point_cloud2")
+    for msg in (padded, dense, _cloud(pts, datatype=PointField.FLOAT64, big=True, rows=3, row_pad=5)):
+        np.testing.assert_allclose(mod.pointcloud2_to_xyz(msg), pts.reshape(-1, 3), rtol=1e-6)
+    assert calls == []  # the own reader read every cloud; sensor_msgs_py was never handed one
+
+
 def test_bad_clouds():
     pts = RNG.normal(size=(4, 3))
     with pytest.raises(conv.ConversionError) as e:
@@ -259,18 +428,22 @@ def test_bad_latents(kw, dim, reason):
     assert _reason(e) == reason
 
 
-def test_stamps_and_quantised_seconds():
-    from m2vae_fusion.ros.fusion_node import ns_to_s, s_to_ns
-
+def test_stamps_and_targets():
     for ns in [0, 1, 999_999_999, 1_795_299_633_278_221_294, 2**62]:
         assert conv.stamp_to_ns(conv.ns_to_stamp(ns)) == ns
+    assert conv.stamp_to_ns(conv.ns_to_stamp(-5)) == 0
+    msg = conv.target_msg("obj", 5, "map", (1, 2, 3))
+    assert msg.has_position and msg.position.y == 2.0
+    assert not conv.target_msg("obj", 5).has_position
+
+
+def test_quantised_seconds():
+    from m2vae_fusion.ros.fusion_node import ns_to_s, s_to_ns
+
     for ns in RNG.integers(1_700_000_000 * 10**9, 1_900_000_000 * 10**9, 2000):
         s = ns_to_s(int(ns))
         q = s_to_ns(s)
         assert abs(q - int(ns)) < 1000 and ns_to_s(q) == s and s_to_ns(ns_to_s(q)) == q  # exact after one step
-    msg = conv.target_msg("obj", 5, "map", (1, 2, 3))
-    assert msg.has_position and msg.position.y == 2.0
-    assert not conv.target_msg("obj", 5).has_position
 
 
 def test_stats_and_diagnostics_round_trip():

@@ -26,11 +26,12 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from sensor_msgs.msg import Image, LaserScan  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from m2vae_fusion import bags as bt  # noqa: E402
+from m2vae_fusion.core import messages as conv  # noqa: E402
 from m2vae_fusion.core.preprocess import resize_camera  # noqa: E402
 from m2vae_fusion.data import from_bag as fb  # noqa: E402
 from m2vae_fusion.data.classes import CLASS_NAMES  # noqa: E402
 from m2vae_fusion.data.shards import load_split, read_metadata  # noqa: E402
-from m2vae_fusion.ros import conversions as conv  # noqa: E402
 from m2vae_fusion.ros.harness import NodeProcess, Probe  # noqa: E402
 from m2vae_fusion.ros.record import BagRecorder  # noqa: E402
 
@@ -199,13 +200,13 @@ def test_extracted_data_set_matches_what_was_published(world, recorded, tmp_path
             assert arrays["label"][row] == CLASS_NAMES.index(truth[info.target])
     # every recorded observation that falls into a target's inspection is in exactly one sample
     msgs, _ = bag_messages(bag)
-    store = fb.typestore()
+    store = bt.typestore()
     for m in fb.MODALITIES:
         count = 0
         for topic, (a, mod) in sensor_topics().items():
             if mod != m:
                 continue
-            typ = fb.IMAGE if m == "camera" else fb.SCAN
+            typ = bt.IMAGE if m == "camera" else bt.SCAN
             for _, raw in msgs[topic]:
                 stamp = conv.stamp_to_ns(store.deserialize_cdr(raw, typ).header.stamp)
                 count += target_at(a, stamp) is not None

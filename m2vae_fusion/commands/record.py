@@ -92,7 +92,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 1
     if args.labels_out:
-        from m2vae_fusion.data.from_bag import GROUND_TRUTH_TOPIC, ground_truth_labels, write_labels_file
+        from m2vae_fusion.bags import GROUND_TRUTH_TOPIC
+        from m2vae_fusion.data.from_bag import ground_truth_labels, write_labels_file
 
         labels = ground_truth_labels(args.out)
         if labels is None:

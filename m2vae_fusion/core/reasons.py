@@ -11,7 +11,7 @@ from enum import StrEnum
 class DropReason(StrEnum):
     """Reason keys for dropped inputs (``str(reason)`` is the counter key)."""
 
-    # message conversion (m2vae_fusion conversions)
+    # message conversion (m2vae_fusion.core.messages)
     BAD_ENCODING = "bad_encoding"        # image encoding not supported
     COLOURLESS = "colourless"            # mono / depth image for a colour camera model
     EMPTY = "empty"                      # no data (0 px, no beams, no points, no ids)

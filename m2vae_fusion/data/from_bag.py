@@ -6,9 +6,9 @@ Bags are read with the ``rosbags`` library (sqlite3 and mcap storage; a bag dire
 ``m2vae_fusion_msgs/TargetOfInterest`` topic. Extraction:
 
 1. every sensor message is deserialised and converted with the fusion node's own code
-   (:mod:`m2vae_fusion.ros.conversions`, then the checks of :mod:`m2vae_fusion.core.preprocess`); a message that the
-   node would drop is dropped here too and counted by reason (``bad_encoding``, ``truncated``, ``non_finite``,
-   ``preprocess`` for scans with too many NaN beams, …);
+   (:mod:`m2vae_fusion.core.messages`, then the checks of :mod:`m2vae_fusion.core.preprocess`); a message that the
+   node would drop is dropped here too and counted by reason (``bad_encoding``, ``colourless`` for mono and depth
+   images, ``truncated``, ``non_finite``, ``preprocess`` for scans with too many NaN beams, …);
 2. each observation gets the target active at its header stamp (the newest TargetOfInterest stamped at or before it,
    as in the node); observations between targets are counted as ``no_target`` and left out;
 3. per agent and target, observations of different modalities are grouped into samples: closest pairs first, a
@@ -33,27 +33,21 @@ import glob
 import json
 import math
 import os
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from m2vae_fusion.bags import CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
+
 MODALITIES = ("camera", "lidar", "reflectance")
-IMAGE = "sensor_msgs/msg/Image"
-SCAN = "sensor_msgs/msg/LaserScan"
-CLOUD = "sensor_msgs/msg/PointCloud2"
-TARGET = "m2vae_fusion_msgs/msg/TargetOfInterest"
-STRING = "std_msgs/msg/String"
 #: message types accepted per role
 ROLE_TYPES = {"camera": (IMAGE,), "lidar": (SCAN, CLOUD), "reflectance": (SCAN,), "target": (TARGET,)}
-GROUND_TRUTH_TOPIC = "/sim/ground_truth"
-MSGS_PACKAGE = "m2vae_fusion_msgs"
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 NONE_TOPIC = ("", "-", "none")
 
 #: what each drop reason means, for the summary
 REASONS = {
     "bad_encoding": "unsupported image encoding",
+    "colourless": "mono / depth image: no colour for the colour camera model",
     "empty": "no pixels / beams / points",
     "truncated": "data shorter than the declared layout",
     "non_finite": "NaN / inf where finite values are needed (e.g. a scan of only NaN)",
@@ -64,51 +58,6 @@ REASONS = {
     "deserialize": "cannot be deserialised (corrupt message)",
     "invalid": "malformed in another way",
 }
-
-
-# ------------------------------------------------------------------------------------------------ typestore
-def msg_dir() -> str:
-    """Folder of the ``m2vae_fusion_msgs`` ``.msg`` files: the ament index when ``AMENT_PREFIX_PATH`` is set, else
-    ``sys.prefix/share/m2vae_fusion_msgs/msg`` (the venv build), else the repository's ``m2vae_fusion_msgs/msg``."""
-    if os.environ.get("AMENT_PREFIX_PATH"):
-        try:
-            from ament_index_python.packages import get_package_share_directory
-
-            d = os.path.join(get_package_share_directory(MSGS_PACKAGE), "msg")
-            if glob.glob(os.path.join(d, "*.msg")):
-                return d
-        except Exception:  # package not in the index
-            pass
-    d = os.path.join(sys.prefix, "share", MSGS_PACKAGE, "msg")
-    if glob.glob(os.path.join(d, "*.msg")):
-        return d
-    return os.path.join(REPO_ROOT, MSGS_PACKAGE, "msg")
-
-
-_STORE = None
-
-
-def typestore():
-    """rosbags typestore: ROS 2 Kilted's standard types plus the ``m2vae_fusion_msgs`` types (from their .msg files,
-    see :func:`msg_dir`). Built once per process."""
-    global _STORE
-    if _STORE is None:
-        from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-        store = get_typestore(Stores.ROS2_KILTED)
-        types = {}
-        folder = msg_dir()
-        for path in sorted(glob.glob(os.path.join(folder, "*.msg"))):
-            name = f"{MSGS_PACKAGE}/msg/{os.path.splitext(os.path.basename(path))[0]}"
-            with open(path, encoding="utf-8") as f:
-                types.update(get_types_from_msg(f.read(), name))
-        if TARGET not in types:
-            from m2vae_fusion.errors import UserError
-
-            raise UserError(f"no {TARGET} definition found in {folder}")
-        store.register(types)
-        _STORE = store
-    return _STORE
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -484,13 +433,13 @@ def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0
     node's conversion and preprocessing checks.
 
     Raises:
-        m2vae_fusion.ros.conversions.ConversionError: as the node's readers (``reason`` is the drop reason).
+        m2vae_fusion.core.messages.ConversionError: as the node's readers (``reason`` is the drop reason).
         m2vae_fusion.core.preprocess.PreprocessError: what the node's preprocessing refuses.
     """
     import numpy as np
 
     from m2vae_fusion.core import preprocess as pp
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
 
     cfg = sensors[modality]
     if modality == "camera":
@@ -587,7 +536,7 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
     Returns ``(obs, timelines)``: ``obs[(agent, modality)] = [(stamp ns, array, topic)]`` and
     ``timelines[agent] = [(stamp ns, target id)]``."""
     from m2vae_fusion.core.preprocess import PreprocessError
-    from m2vae_fusion.ros.conversions import ConversionError
+    from m2vae_fusion.core.messages import ConversionError
 
     conns = [c for c in reader.connections if types.get(c.topic) == c.msgtype]
     roles = defaultdict(list)  # topic -> [(agent, role)]
@@ -615,7 +564,7 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
                 try:
                     x = convert(role, msg, conn.msgtype, sensors, cloud_z)
                 except ConversionError as exc:
-                    tally.drop(conn.topic, exc.reason, str(exc))
+                    tally.drop(conn.topic, str(exc.reason), str(exc))
                     continue
                 except PreprocessError as exc:
                     tally.drop(conn.topic, "preprocess", str(exc))

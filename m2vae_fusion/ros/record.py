@@ -8,7 +8,7 @@
 subscription whose QoS follows its publishers (reliable only if every publisher is reliable, transient-local only if
 every publisher is), and every message is written as received, stamped with the receive time (ns, the node's clock),
 as ``ros2 bag record`` does. Message definitions come from a rosbags typestore (ROS 2 Kilted plus the
-``m2vae_fusion_msgs`` .msg files, see :func:`m2vae_fusion.data.from_bag.typestore`), so the bag is self-describing
+``m2vae_fusion_msgs`` .msg files, see :func:`m2vae_fusion.bags.typestore`), so the bag is self-describing
 (mcap schemas) and readable by ``ros2 bag`` and by ``m2vae-fusion dataset --from-bag``.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Optional
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from m2vae_fusion.data.from_bag import GROUND_TRUTH_TOPIC, IMAGE, CLOUD, SCAN, STRING, TARGET, typestore
+from m2vae_fusion.bags import CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
 from m2vae_fusion.errors import UserError
 
 #: message types recorded by discovery

@@ -1,102 +1,164 @@
-"""Message <-> numpy conversion for the m2vae_fusion nodes: pure functions, no node, no spinning.
+"""ROS 2 messages <-> numpy: pure functions, no node, no spinning, no rclpy import.
 
-Readers (message → numpy) validate what they read and raise :class:`ConversionError`, whose ``reason`` is a short
-key the fusion node counts in its diagnostics (``bad_encoding``, ``empty``, ``truncated``, ``non_finite``,
-``mismatch``, ``no_xyz``, ``no_return``, …). Writers (numpy → message) build the messages the simulator and the
-tests publish. Conventions: REP 103 (x forward, y left, angles counter-clockwise), REP 117 (``+inf`` = no return
-within range, ``-inf`` = too close, NaN = erroneous reading), sensor_msgs/Image row padding in ``step``.
+The readers (message → numpy) take any object with the attributes of the ROS message: rclpy messages and messages
+deserialised by ``rosbags`` alike (the fusion node and ``m2vae-fusion dataset --from-bag`` read with the same code).
+They validate what they read and raise :class:`ConversionError`, whose ``reason`` is a
+:class:`~m2vae_fusion.core.reasons.DropReason` (the key counted in /diagnostics). The writers (numpy → message)
+build the rclpy messages the simulator, the benchmarks and the tests publish; they import the message classes when
+called. Conventions: REP 103 (x forward, y left, angles counter-clockwise), REP 117 (``+inf`` = no return within
+range, ``-inf`` = too close, NaN = erroneous reading), sensor_msgs/Image row padding in ``step``, sensor_msgs/PointCloud2
+row padding in ``row_step``.
+
+Images are decoded by ``rosbags-image`` (:func:`rosbags.image.image_to_cvimage`: colour conversion with OpenCV,
+byte order, 16 → 8 bit) after this module drops the row padding, which that library does not honour.
+Point clouds are always read by this module's own reader (never ``sensor_msgs_py.point_cloud2``, which ignores
+``row_step`` and misreads clouds with padded rows).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import numpy as np
-from builtin_interfaces.msg import Time
-from sensor_msgs.msg import Image, LaserScan, PointCloud2, PointField
-from std_msgs.msg import Header
 
-try:  # part of a full ROS 2 install; not on PyPI
-    from sensor_msgs_py import point_cloud2 as _pc2
-except ImportError:  # pragma: no cover - depends on the install
-    _pc2 = None
+from m2vae_fusion.core.reasons import DropReason
 
-#: sensor_msgs/Image encodings the camera reader accepts, with their channel count.
+#: sensor_msgs/Image encodings that :func:`rgb_to_image` writes, with their channel count.
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+#: colour encodings :func:`image_to_rgb` reads (decoded by rosbags-image; case-insensitive).
+COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "rgb16", "bgr16", "rgba16", "bgra16",
+                    "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8",
+                    "bayer_rggb16", "bayer_bggr16", "bayer_gbrg16", "bayer_grbg16",
+                    "yuv422", "uyvy", "yuv422_yuy2", "yuyv")
+#: planar YUV 4:2:0 encodings: rosbags-image 0.10.4 views them as H x W (the chroma rows beyond ``height`` are lost
+#: and the result has 2/3 of the rows), so they are refused with ``bad_encoding``.
+MISREAD_ENCODINGS = ("nv12", "nv21")
 TWO_PI = 2.0 * math.pi
+# sensor_msgs/PointField datatype constants → numpy type codes
+_PF_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 
 
 class ConversionError(ValueError):
-    """A message that cannot be converted; ``reason`` is a short machine-readable key for counters."""
+    """A message that cannot be converted. ``reason`` is a :class:`DropReason` (a string given is converted, an
+    unknown one raises ValueError)."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: DropReason | str, message: str):
         super().__init__(message)
-        self.reason = reason
+        self.reason = DropReason(reason)
 
 
 # -- time ---------------------------------------------------------------------------------------------------------
-def stamp_to_ns(stamp: Time) -> int:
-    """builtin_interfaces/Time → integer nanoseconds."""
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time (any object with ``sec`` and ``nanosec``) → integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def ns_to_stamp(ns: int) -> Time:
-    """Integer nanoseconds (≥ 0) → builtin_interfaces/Time."""
+def ns_to_stamp(ns: int):
+    """Integer nanoseconds (negative values clamp to 0) → builtin_interfaces/Time."""
+    from builtin_interfaces.msg import Time
+
     ns = max(0, int(ns))
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
-def make_header(stamp_ns: int, frame_id: str) -> Header:
+def make_header(stamp_ns: int, frame_id: str):
     """std_msgs/Header from nanoseconds and a frame id."""
+    from std_msgs.msg import Header
+
     return Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
 
 
 # -- camera -------------------------------------------------------------------------------------------------------
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image → uint8 RGB array (H, W, 3).
-
-    Accepts ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` (alpha dropped) and ``mono8`` (replicated to 3 channels), any
-    size; rows may be padded (``step`` > width · channels); the padding is skipped. 8-bit encodings have no byte
-    order, so ``is_bigendian`` is irrelevant.
+def _image_layout(encoding: str):
+    """(name as rosbags-image knows it, bytes per pixel, colour-less?) of a sensor_msgs/Image encoding.
 
     Raises:
-        ConversionError: ``bad_encoding`` (unsupported encoding), ``empty`` (zero width or height), ``truncated``
-            (``step`` smaller than a row, or ``data`` shorter than ``step · height``).
+        ConversionError: ``bad_encoding`` for encodings rosbags-image does not know, misreads
+            (:data:`MISREAD_ENCODINGS`) or cannot give a colour order for (``8UC3``-style generic encodings).
     """
-    enc = msg.encoding.lower()
-    ch = IMAGE_ENCODINGS.get(enc)
-    if ch is None:
-        raise ConversionError("bad_encoding", f"unsupported image encoding {msg.encoding!r}; "
-                                              f"supported: {', '.join(IMAGE_ENCODINGS)}")
+    from rosbags.image.image import Format, ImageFormatError, to_cvtype
+
+    enc = encoding.strip()
+    name = enc.lower() if enc.lower() in COLOUR_ENCODINGS + MISREAD_ENCODINGS + ("mono8", "mono16") else enc
+    supported = ", ".join(COLOUR_ENCODINGS)
+    if name in MISREAD_ENCODINGS:
+        raise ConversionError(DropReason.BAD_ENCODING, f"image encoding {encoding!r} (planar YUV 4:2:0) is not "
+                                                       f"supported; supported: {supported}")
+    try:
+        depth, fmt, _, channels = to_cvtype(name)
+    except (ImageFormatError, KeyError):
+        raise ConversionError(DropReason.BAD_ENCODING, f"unsupported image encoding {encoding!r}; "
+                                                       f"supported: {supported}") from None
+    colourless = fmt == Format.GRAY or (fmt == Format.GENERIC and channels == 1)
+    if fmt == Format.GENERIC and not colourless:
+        raise ConversionError(DropReason.BAD_ENCODING, f"image encoding {encoding!r} has no colour order; "
+                                                       f"supported: {supported}")
+    return name, depth // 8 * channels, colourless
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/Image → uint8 RGB array (H, W, 3) for the colour camera model.
+
+    Reads every colour encoding of :data:`COLOUR_ENCODINGS` (8 and 16 bit RGB/BGR with or without alpha, Bayer
+    mosaics demosaiced, YUV 4:2:2 as ``yuv422``/``uyvy`` and ``yuv422_yuy2``/``yuyv``), any size; rows may be padded
+    (``step`` > width · bytes per pixel): the padding is skipped; 16-bit data honours ``is_bigendian`` and is scaled
+    to 8 bit. Decoding: rosbags-image (:func:`rosbags.image.image_to_cvimage`, OpenCV colour conversions).
+
+    Raises:
+        ConversionError: ``colourless`` (``mono8``, ``mono16``, single-channel depth/generic encodings such as
+            ``16UC1`` and ``32FC1``: no colour evidence for a colour model), ``bad_encoding`` (unknown encoding, no
+            colour order such as ``8UC3``, or :data:`MISREAD_ENCODINGS`), ``empty`` (zero width or height),
+            ``truncated`` (``step`` smaller than a row, or ``data`` shorter than the rows it declares),
+            ``mismatch`` (a size the encoding cannot have, e.g. an odd width in YUV 4:2:2).
+    """
+    import cv2
+    from rosbags.image import ImageError, image_to_cvimage
+
+    name, bpp, colourless = _image_layout(str(msg.encoding))
+    if colourless:
+        raise ConversionError(DropReason.COLOURLESS, f"image encoding {msg.encoding!r} carries no colour; the camera "
+                                                     "model needs a colour image")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
-        raise ConversionError("empty", f"image is empty ({w}x{h})")
-    row = w * ch
+        raise ConversionError(DropReason.EMPTY, f"image is empty ({w}x{h})")
+    row = w * bpp
     if step < row:
-        raise ConversionError("truncated", f"image step {step} is smaller than a row ({w} px x {ch} B = {row} B)")
+        raise ConversionError(DropReason.TRUNCATED, f"image step {step} is smaller than a row "
+                                                    f"({w} px x {bpp} B = {row} B)")
     buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size < step * h:
-        raise ConversionError("truncated", f"image data has {buf.size} B, expected step x height = {step * h} B")
-    img = buf[: step * h].reshape(h, step)[:, :row].reshape(h, w, ch)
-    if enc == "rgb8":
-        return np.ascontiguousarray(img)
-    if enc == "bgr8":
-        return np.ascontiguousarray(img[:, :, ::-1])
-    if enc == "rgba8":
-        return np.ascontiguousarray(img[:, :, :3])
-    if enc == "bgra8":
-        return np.ascontiguousarray(img[:, :, 2::-1])
-    return np.ascontiguousarray(np.repeat(img, 3, axis=2))  # mono8
+    if buf.size < step * (h - 1) + row:
+        raise ConversionError(DropReason.TRUNCATED, f"image data has {buf.size} B, expected step x height = "
+                                                    f"{step * h} B")
+    if step == row:
+        packed = buf[: row * h]
+    else:  # rosbags-image reads the data as packed rows: drop the padding first
+        packed = np.ascontiguousarray(np.lib.stride_tricks.as_strided(buf, (h, row), (step, 1), writeable=False))
+    view = SimpleNamespace(encoding=name, height=h, width=w, step=row, is_bigendian=bool(msg.is_bigendian),
+                           data=packed)
+    try:
+        rgb = image_to_cvimage(view, "rgb8")
+    except (ImageError, ValueError, TypeError, cv2.error) as exc:  # cv2.error: a size the conversion refuses
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConversionError(DropReason.MISMATCH, f"image {w}x{h} {msg.encoding!r} cannot be decoded: "
+                              f"{first}") from None
+    rgb = np.asarray(rgb)
+    if rgb.shape != (h, w, 3) or rgb.dtype != np.uint8:  # validate the library's output, not only the input
+        raise ConversionError(DropReason.MISMATCH, f"image {w}x{h} {msg.encoding!r} decoded to {rgb.shape} "
+                                                   f"{rgb.dtype}, expected ({h}, {w}, 3) uint8")
+    return np.ascontiguousarray(rgb)
 
 
 def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", stamp_ns: int = 0, frame_id: str = "camera",
-                 row_padding: int = 0) -> Image:
+                 row_padding: int = 0):
     """uint8 RGB array (H, W, 3) → sensor_msgs/Image in ``encoding`` (one of :data:`IMAGE_ENCODINGS`).
 
     ``row_padding`` extra bytes (zeros) are appended to each row, as some drivers do (``step`` grows accordingly).
     ``mono8`` uses the ITU-R BT.601 luma of the RGB image.
     """
+    from sensor_msgs.msg import Image
+
     rgb = np.asarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must be (H, W, 3), got {rgb.shape}")
@@ -125,10 +187,10 @@ def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", stamp_ns: int = 0, fra
 
 
 # -- planar scans -------------------------------------------------------------------------------------------------
-def _check_scan_header(msg: LaserScan) -> None:
+def _check_scan_header(msg) -> None:
     vals = (msg.angle_min, msg.angle_max, msg.angle_increment, msg.range_max)
     if not all(math.isfinite(v) for v in vals):
-        raise ConversionError("non_finite", "scan has a non-finite angle_min, angle_max, angle_increment or range_max")
+        raise ConversionError(DropReason.NON_FINITE, "scan has a non-finite angle_min, angle_max, angle_increment or range_max")
 
 
 def resample_scan(ranges: np.ndarray, angle_min: float, angle_increment: float, cfg: Mapping) -> np.ndarray:
@@ -161,7 +223,7 @@ def resample_scan(ranges: np.ndarray, angle_min: float, angle_increment: float, 
     return out
 
 
-def scan_to_ranges(msg: LaserScan, cfg: Mapping) -> np.ndarray:
+def scan_to_ranges(msg, cfg: Mapping) -> np.ndarray:
     """LiDAR sensor_msgs/LaserScan → float32 ranges (B,) on the bundle's grid (see :func:`resample_scan`).
 
     Raises:
@@ -172,21 +234,21 @@ def scan_to_ranges(msg: LaserScan, cfg: Mapping) -> np.ndarray:
     _check_scan_header(msg)
     ranges = np.frombuffer(msg.ranges, dtype=np.float32) if len(msg.ranges) else np.zeros(0, np.float32)
     if ranges.size == 0:
-        raise ConversionError("empty", "scan has no ranges")
+        raise ConversionError(DropReason.EMPTY, "scan has no ranges")
     if msg.angle_increment == 0.0 and ranges.size > 1:
-        raise ConversionError("mismatch", "scan has angle_increment 0")
+        raise ConversionError(DropReason.MISMATCH, "scan has angle_increment 0")
     inc = float(msg.angle_increment) if msg.angle_increment != 0.0 else float(cfg["angle_increment"])
     if not np.any(np.isfinite(ranges)):
         if np.any(np.isnan(ranges)):
-            raise ConversionError("non_finite", "scan has no finite range (NaN: erroneous readings)")
-        raise ConversionError("no_return", "scan has no finite range (nothing observed)")
+            raise ConversionError(DropReason.NON_FINITE, "scan has no finite range (NaN: erroneous readings)")
+        raise ConversionError(DropReason.NO_RETURN, "scan has no finite range (nothing observed)")
     out = resample_scan(ranges, float(msg.angle_min), inc, cfg)
     if not np.any(np.isfinite(out)):
-        raise ConversionError("mismatch", "scan does not cover the model's field of view")
+        raise ConversionError(DropReason.MISMATCH, "scan does not cover the model's field of view")
     return out
 
 
-def reflectance_to_array(msg: LaserScan, beams: int) -> np.ndarray:
+def reflectance_to_array(msg, beams: int) -> np.ndarray:
     """Few-beam reflectance sensor_msgs/LaserScan (ranges + intensities) → float32 (K, 2) (range, intensity).
 
     Raises:
@@ -195,24 +257,26 @@ def reflectance_to_array(msg: LaserScan, beams: int) -> np.ndarray:
     """
     n = len(msg.ranges)
     if n == 0:
-        raise ConversionError("empty", "reflectance scan has no ranges")
+        raise ConversionError(DropReason.EMPTY, "reflectance scan has no ranges")
     if n != int(beams):
-        raise ConversionError("mismatch", f"reflectance scan has {n} beams, the model expects {beams}")
+        raise ConversionError(DropReason.MISMATCH, f"reflectance scan has {n} beams, the model expects {beams}")
     if len(msg.intensities) != n:
-        raise ConversionError("mismatch", f"reflectance scan has {len(msg.intensities)} intensities for {n} ranges")
+        raise ConversionError(DropReason.MISMATCH, f"reflectance scan has {len(msg.intensities)} intensities for {n} ranges")
     r = np.frombuffer(msg.ranges, dtype=np.float32)
     i = np.frombuffer(msg.intensities, dtype=np.float32)
     if not np.all(np.isfinite(i)) or np.any(i < 0):
-        raise ConversionError("non_finite", "reflectance intensities must be finite and non-negative")
+        raise ConversionError(DropReason.NON_FINITE, "reflectance intensities must be finite and non-negative")
     return np.stack([r, i], axis=1)
 
 
 def ranges_to_scan(ranges: np.ndarray, cfg: Mapping, stamp_ns: int = 0, frame_id: str = "laser",
-                   intensities: np.ndarray | None = None, scan_time: float = 0.1) -> LaserScan:
+                   intensities: np.ndarray | None = None, scan_time: float = 0.1):
     """float ranges (B,) on the grid of ``cfg`` (beams, angle_min, angle_increment, range_min, range_max) → LaserScan.
 
     ``cfg`` may omit ``angle_min``/``angle_increment`` (then the beams are spread evenly over a full circle).
     """
+    from sensor_msgs.msg import LaserScan
+
     r = np.asarray(ranges, dtype=np.float32).ravel()
     n = r.size
     inc = float(cfg.get("angle_increment", TWO_PI / max(n, 1)))
@@ -227,15 +291,13 @@ def ranges_to_scan(ranges: np.ndarray, cfg: Mapping, stamp_ns: int = 0, frame_id
 
 
 # -- point clouds -------------------------------------------------------------------------------------------------
-_PF_DTYPES = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
-              PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8"}
-
-
-def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
+def pointcloud2_to_xyz(msg) -> np.ndarray:
     """sensor_msgs/PointCloud2 → float32 (N, 3) x, y, z (all points, non-finite ones included).
 
-    Uses ``sensor_msgs_py.point_cloud2`` when it is importable, else reads the fields with numpy (any numeric x/y/z
-    field type, either byte order, padded points and rows).
+    Reads the fields with numpy: any numeric x/y/z field type (sensor_msgs/PointField datatypes 1-8), either byte
+    order, padded points (``point_step``) and padded rows (``row_step`` > ``point_step`` · width). This reader is used
+    for every cloud; ``sensor_msgs_py.point_cloud2.read_points`` is never called (it ignores ``row_step`` and
+    misreads clouds with padded rows).
 
     Raises:
         ConversionError: ``no_xyz`` (a field x, y or z is missing), ``empty`` (no points), ``truncated`` (``data``
@@ -244,30 +306,24 @@ def pointcloud2_to_xyz(msg: PointCloud2) -> np.ndarray:
     fields = {f.name: f for f in msg.fields}
     missing = [c for c in "xyz" if c not in fields]
     if missing:
-        raise ConversionError("no_xyz", f"point cloud has no field(s) {', '.join(missing)}")
+        raise ConversionError(DropReason.NO_XYZ, f"point cloud has no field(s) {', '.join(missing)}")
     h, w = int(msg.height), int(msg.width)
     n = h * w
     if n == 0:
-        raise ConversionError("empty", "point cloud has no points")
+        raise ConversionError(DropReason.EMPTY, "point cloud has no points")
     ps, rs = int(msg.point_step), int(msg.row_step)
     endian = ">" if msg.is_bigendian else "<"
     for c in "xyz":
         f = fields[c]
         if f.datatype not in _PF_DTYPES:
-            raise ConversionError("no_xyz", f"point cloud field {c} has unknown datatype {f.datatype}")
+            raise ConversionError(DropReason.NO_XYZ, f"point cloud field {c} has unknown datatype {f.datatype}")
         if f.offset + np.dtype(_PF_DTYPES[f.datatype]).itemsize > ps:
-            raise ConversionError("truncated", f"point cloud field {c} lies beyond point_step {ps}")
+            raise ConversionError(DropReason.TRUNCATED, f"point cloud field {c} lies beyond point_step {ps}")
     if rs < ps * w:
-        raise ConversionError("truncated", f"point cloud row_step {rs} < point_step x width = {ps * w}")
+        raise ConversionError(DropReason.TRUNCATED, f"point cloud row_step {rs} < point_step x width = {ps * w}")
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     if buf.size < rs * (h - 1) + ps * w:
-        raise ConversionError("truncated", f"point cloud data has {buf.size} B, layout needs {rs * h} B")
-    if _pc2 is not None:
-        try:
-            pts = _pc2.read_points_numpy(msg, field_names=("x", "y", "z"), skip_nans=False)
-            return np.asarray(pts, dtype=np.float32).reshape(-1, 3)
-        except Exception:  # fall back to the own reader below
-            pass
+        raise ConversionError(DropReason.TRUNCATED, f"point cloud data has {buf.size} B, layout needs {rs * h} B")
     dtype = np.dtype({"names": ["x", "y", "z"],
                       "formats": [endian + _PF_DTYPES[fields[c].datatype] for c in "xyz"],
                       "offsets": [fields[c].offset for c in "xyz"], "itemsize": ps})
@@ -302,12 +358,14 @@ def xyz_to_scan(points: np.ndarray, cfg: Mapping, z_min: float = -math.inf, z_ma
     out = np.full(beams, np.inf, np.float64)
     np.minimum.at(out, idx[ok], rng[ok])
     if not np.any(np.isfinite(out)):
-        raise ConversionError("no_return", "point cloud has no finite point within range and height band")
+        raise ConversionError(DropReason.NO_RETURN, "point cloud has no finite point within range and height band")
     return out.astype(np.float32)
 
 
-def xyz_to_pointcloud2(points: np.ndarray, stamp_ns: int = 0, frame_id: str = "laser") -> PointCloud2:
+def xyz_to_pointcloud2(points: np.ndarray, stamp_ns: int = 0, frame_id: str = "laser"):
     """float (N, 3) → unorganised sensor_msgs/PointCloud2 with float32 fields x, y, z (little endian)."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
     p = np.ascontiguousarray(np.asarray(points, dtype=np.float32).reshape(-1, 3))
     fields = [PointField(name=c, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, c in enumerate("xyz")]
     msg = PointCloud2(header=make_header(stamp_ns, frame_id), height=1, width=p.shape[0], fields=fields,
@@ -351,27 +409,27 @@ def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> Late
             log-variance).
     """
     if not msg.agent_id or not msg.target_id:
-        raise ConversionError("empty", "latent without agent_id or target_id")
+        raise ConversionError(DropReason.EMPTY, "latent without agent_id or target_id")
     mods = tuple(msg.modalities)
     if not mods:
-        raise ConversionError("empty", "latent without modalities")
+        raise ConversionError(DropReason.EMPTY, "latent without modalities")
     unknown = [m for m in mods if m not in modality_order]
     if unknown or len(set(mods)) != len(mods):
-        raise ConversionError("mismatch", f"latent modalities {list(mods)} are not distinct members of "
+        raise ConversionError(DropReason.MISMATCH, f"latent modalities {list(mods)} are not distinct members of "
                                           f"{list(modality_order)}")
     if len(msg.modality_stamps) != len(mods):
-        raise ConversionError("mismatch", f"latent has {len(msg.modality_stamps)} modality stamps for "
+        raise ConversionError(DropReason.MISMATCH, f"latent has {len(msg.modality_stamps)} modality stamps for "
                                           f"{len(mods)} modalities")
     sources = tuple(msg.modality_sources)
     if sources and len(sources) != len(mods):
-        raise ConversionError("mismatch", f"latent has {len(sources)} modality sources for {len(mods)} modalities")
+        raise ConversionError(DropReason.MISMATCH, f"latent has {len(sources)} modality sources for {len(mods)} modalities")
     if len(msg.mean) != latent_dim or len(msg.log_variance) != latent_dim:
-        raise ConversionError("mismatch", f"latent sizes {len(msg.mean)}/{len(msg.log_variance)}, "
+        raise ConversionError(DropReason.MISMATCH, f"latent sizes {len(msg.mean)}/{len(msg.log_variance)}, "
                                           f"the model's latent_dim is {latent_dim}")
     mean = np.array(msg.mean, dtype=np.float32)
     logvar = np.array(msg.log_variance, dtype=np.float32)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(logvar))):
-        raise ConversionError("non_finite", "latent mean or log-variance is not finite")
+        raise ConversionError(DropReason.NON_FINITE, "latent mean or log-variance is not finite")
     stamps = tuple(stamp_to_ns(s) for s in msg.modality_stamps)
     # canonical slot order
     order = sorted(range(len(mods)), key=lambda i: list(modality_order).index(mods[i]))

@@ -6,11 +6,12 @@ PointCloud2), first fills one belief per node with every modality, then sends on
 and reads the node's own receive → publish latency percentiles from ``/diagnostics``. It also records the end-to-end
 time from ``publish()`` here to the LatentEmbedding arriving here (DDS both ways included).
 
-Usage: ``python -m m2vae_fusion.ros.latency_bench [--model-dir DIR] [--seconds 10] [--json OUT]``; also a
+Usage: ``python -m m2vae_fusion.benchmarks.latency [--model-dir DIR] [--seconds 10] [--json OUT]``; also a
 ``m2vae-fusion bench`` sub-command module (``HELP``, ``configure``, ``run``). Without ``--model-dir`` it uses the
-installed/repository bundle ``models/amiro`` when present, else a bundle exported from untrained networks (needs
-torch in this process only; the nodes never import it). Set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a
-ROS_DOMAIN_ID first (it sets LOCALHOST and a domain from its process id when they are unset).
+installed/repository bundle ``models/amiro``. It imports no torch and no training code: the bundle is read with
+onnxruntime (:class:`m2vae_fusion.core.bundle.Bundle`), the inputs are made with numpy. Set
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a ROS_DOMAIN_ID first (it sets LOCALHOST and a domain from its process
+id when they are unset).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ HELP = "latency of the fusion node per input (camera, lidar scan/cloud, reflecta
 
 
 def configure(parser) -> None:
-    parser.add_argument("--model-dir", help="bundle directory (default: models/amiro, else an untrained export)")
+    parser.add_argument("--model-dir", help="bundle directory (default: the installed or repository models/amiro)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per input kind (default 10)")
     parser.add_argument("--camera-size", default="320x240", help="published image size WxH (default 320x240)")
     parser.add_argument("--camera-rate", type=float, default=15.0)
@@ -38,33 +39,38 @@ def configure(parser) -> None:
     parser.add_argument("--log-dir", help="node logs (default: a temporary directory)")
 
 
-def _bundle(args, tmp):
-    from m2vae_fusion.ros.fusion_node import default_model_dir
+def _bundle(args, tmp=None):
+    """(bundle directory, origin): ``--model-dir``, else the installed/repository ``models/amiro``.
 
-    if args.model_dir:
-        return os.path.abspath(args.model_dir), "given"
-    path = default_model_dir()
-    if os.path.isfile(os.path.join(path, "manifest.json")):
-        return path, "installed"
-    from m2vae_fusion.training.export import export_untrained
+    Raises:
+        UserError: the directory has no manifest.json (exit status 2, naming the path).
+    """
+    from m2vae_fusion.errors import UserError
+    from m2vae_fusion.paths import share_path
 
-    return export_untrained(os.path.join(tmp, "untrained"), seed=0), "untrained (export_untrained, seed 0)"
+    path, origin = (os.path.abspath(args.model_dir), "given") if args.model_dir else \
+        (share_path("models", "amiro"), "installed")
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        raise UserError(f"no model bundle in {path} (no manifest.json); give --model-dir DIR "
+                        "(a bundle written by m2vae-fusion export)")
+    return path, origin
 
 
 def run(args) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     if args.fastdds_profile:
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "..", "..", "config", "fastdds_shm.xml")
+        from m2vae_fusion.paths import share_path
+
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = share_path("config", "fastdds_shm.xml")
     import numpy as np
     import rclpy
     from m2vae_fusion_msgs.msg import LatentEmbedding
     from sensor_msgs.msg import Image, LaserScan, PointCloud2
 
+    from m2vae_fusion.core import messages as conv
     from m2vae_fusion.core.bundle import Bundle
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.ros import conversions as conv
     from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS, NodeProcess, Probe
 
     try:
@@ -219,13 +225,13 @@ def main(argv=None) -> int:
 
     from m2vae_fusion.errors import UserError
 
-    parser = argparse.ArgumentParser(prog="python -m m2vae_fusion.ros.latency_bench", description=HELP)
+    parser = argparse.ArgumentParser(prog="python -m m2vae_fusion.benchmarks.latency", description=HELP)
     configure(parser)
     args = parser.parse_args(argv)
     try:
         return run(args)
     except UserError as exc:
-        print(f"latency_bench: error: {exc}", file=sys.stderr)
+        print(f"latency: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
