@@ -15,10 +15,11 @@ PACKAGE = "m2vae_fusion"
 
 
 def tree(folder):
-    """data_files entries that install `folder` (recursively) under share/m2vae_fusion/."""
+    """data_files entries that install `folder` (recursively) under share/m2vae_fusion/; torch checkpoints kept
+    beside a bundle (``models/NAME.torch.pt``, for re-export) are not installed."""
     out = {}
     for path in glob(os.path.join(folder, "**", "*"), recursive=True):
-        if os.path.isfile(path):
+        if os.path.isfile(path) and not path.endswith(".torch.pt"):
             out.setdefault(os.path.join("share", PACKAGE, os.path.dirname(path)), []).append(path)
     return sorted(out.items())
 

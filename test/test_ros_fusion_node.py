@@ -20,7 +20,7 @@ from sensor_msgs.msg import Image, LaserScan, PointCloud2, PointField  # noqa: E
 from std_srvs.srv import Trigger  # noqa: E402
 
 from m2vae_fusion.core.bundle import Bundle  # noqa: E402
-from m2vae_fusion.ros import conversions as conv  # noqa: E402
+from m2vae_fusion.core import messages as conv  # noqa: E402
 from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS, NodeProcess, Probe  # noqa: E402
 
 pytestmark = pytest.mark.ros

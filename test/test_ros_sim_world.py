@@ -18,7 +18,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 from sensor_msgs.msg import Image, LaserScan  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from m2vae_fusion.ros import conversions as conv  # noqa: E402
+from m2vae_fusion.core import messages as conv  # noqa: E402
 from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS, NodeProcess, Probe  # noqa: E402
 
 pytestmark = pytest.mark.ros

@@ -57,7 +57,7 @@ def feeder(spec: dict, rclpy) -> int:
     from sensor_msgs.msg import Image, LaserScan
 
     from m2vae_fusion.benchmarks.inference import KINDS, messages
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
     from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS
 
     with open(spec["manifest"]) as f:
@@ -166,7 +166,7 @@ def ping(spec: dict, rclpy) -> int:
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
     from m2vae_fusion.ros.harness import RELIABLE_QOS
 
     node = Node("bench_ping")

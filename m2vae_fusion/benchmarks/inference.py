@@ -271,7 +271,7 @@ class TorchChains:
 # -- node-side conversion ---------------------------------------------------------------------------------------
 def messages(obs: Mapping, kind: str, manifest: Mapping, stamp_ns: int = 0) -> list:
     """ROS messages of every observation of ``kind`` (needs rclpy message types)."""
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
 
     mod = KINDS[kind][0]
     if mod == "camera":
@@ -290,7 +290,7 @@ def messages(obs: Mapping, kind: str, manifest: Mapping, stamp_ns: int = 0) -> l
 def peer_message(manifest: Mapping, mean, log_variance, stamp_ns: int, target_id: str = "bench_target",
                  agent_id: str = "bench_peer", slot: str | None = None):
     """A peer's LatentEmbedding carrying evidence for one slot (default the first modality) stamped ``stamp_ns``."""
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
 
     slot = slot or manifest["modalities"][0]
     data = conv.LatentData(agent_id=agent_id, target_id=target_id, model_id=manifest["model_id"], stamp_ns=stamp_ns,
@@ -304,7 +304,7 @@ def convert_preprocess(kind: str, msg, manifest: Mapping):
     """What the node does to a message before the networks: conversion + preprocessing (camera, lidar,
     reflectance) or conversion + validation (peer latent). Returns the network input (None for a peer)."""
     from m2vae_fusion.core.preprocess import preprocess
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
 
     mod = KINDS[kind][0]
     cfg = manifest["inputs"][mod]["preprocessing"] if mod != "peer" else None
@@ -345,7 +345,7 @@ class CorePath:
         return self.stamp
 
     def _publishable(self, belief) -> None:
-        from m2vae_fusion.ros import conversions as conv
+        from m2vae_fusion.core import messages as conv
 
         mods = belief.modalities(self.mods)
         data = conv.LatentData(
@@ -361,7 +361,7 @@ class CorePath:
 
     def run(self, kind: str, msg) -> None:
         from m2vae_fusion.core.fusion import Belief, Slot
-        from m2vae_fusion.ros import conversions as conv
+        from m2vae_fusion.core import messages as conv
 
         mod = KINDS[kind][0]
         if mod == "peer":

@@ -250,7 +250,7 @@ def _delta(a: dict, b: dict, key: str):
 
 def _e2e(probe, topic: str, off: float, t_from: float, t_to: float) -> list:
     """(stamp s, end-to-end s) of the latents on ``topic`` whose evidence is stamped in [t_from, t_to) (wall s)."""
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
 
     with probe.cv:
         items = list(probe.received[topic])
@@ -269,7 +269,7 @@ def section_latency(b: Bench, obs: dict, inference: dict | None) -> tuple:
 
     from m2vae_fusion.benchmarks.inference import KINDS, messages
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
     from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS
 
     args, probe = b.args, b.probe
@@ -349,7 +349,7 @@ def sizes(b_manifest: dict, obs: dict, latent=None, belief=None) -> dict:
     from rclpy.serialization import serialize_message
 
     from m2vae_fusion.benchmarks.inference import messages
-    from m2vae_fusion.ros import conversions as conv
+    from m2vae_fusion.core import messages as conv
 
     origin = "published by the fusion node (3 slots)"
     if latent is None:  # representative: every slot held, two contributors
@@ -811,7 +811,7 @@ def run(args) -> int:
     ok = False
     try:
         from m2vae_fusion.benchmarks.inference import make_observations, time_paths
-        from m2vae_fusion.ros.latency_bench import _bundle
+        from m2vae_fusion.benchmarks.latency import _bundle
 
         model_dir, origin = _bundle(args, tmp)
         with open(os.path.join(model_dir, "manifest.json")) as f:

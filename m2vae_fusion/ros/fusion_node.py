@@ -41,7 +41,7 @@ from m2vae_fusion.core.bundle import Bundle
 from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionError, Slot
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 from m2vae_fusion.paths import share_path
-from m2vae_fusion.ros import conversions as conv
+from m2vae_fusion.core import messages as conv
 from m2vae_fusion.ros.spin import run_node
 from m2vae_fusion.ros.params import ConfigError, declare_parameters
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array

@@ -32,7 +32,7 @@ from sensor_msgs.msg import Image, LaserScan, PointCloud2
 from std_msgs.msg import String
 
 from m2vae_fusion.errors import UserError
-from m2vae_fusion.ros import conversions as conv
+from m2vae_fusion.core import messages as conv
 from m2vae_fusion.ros.spin import run_node
 from m2vae_fusion.ros.params import declare_parameters
 from m2vae_fusion_msgs.msg import TargetOfInterest
