@@ -507,6 +507,20 @@ class Bundle:
         out = self._session(key).run(names, {k: np.ascontiguousarray(v) for k, v in arrays.items()})
         return dict(zip(names, out))
 
+    # -- synthetic inputs (benchmarks, tests) -------------------------------------------------------------------
+    def sample_latents(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """Synthetic latent means float32 (n, Dz) the fusion engine accepts: uniform within the training range
+        ``[mean_min, mean_max]`` of a format-v3 bundle, N(0, I) (the prior) for a format-v2 bundle."""
+        b = self.latent_bounds
+        if b is None:
+            return rng.normal(0.0, 1.0, (n, self.latent_dim)).astype(np.float32)
+        return rng.uniform(b.mean_min, b.mean_max, (n, self.latent_dim)).astype(np.float32)
+
+    def sample_features(self, modality: str, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """Synthetic β-VAE features float32 (n, D*) of ``modality``: the M2VAE decoder means of
+        :meth:`sample_latents` (features like those of real observations, whose encodings stay in range)."""
+        return self.decode(modality, self.sample_latents(rng, n))
+
     # -- probes -----------------------------------------------------------------------------------------------
     def probe_differences(self) -> dict[str, float]:
         """Max abs difference between onnxruntime outputs and the stored torch outputs, per network file.
