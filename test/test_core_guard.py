@@ -431,8 +431,16 @@ def test_bounds_written_by_both_export_paths(tmp_path, dataset_dir, capsys):
     q = _manifest(v2)
     assert q["format_version"] == 3 and q["files"] == p["files"] and q["model_id"] != p["model_id"]
     assert q["latent_bounds"]["data"]["samples"] == n_train
-    for path in (torch_out, rebuilt, again, v2):
+    # add_latent_bounds (what `export --run ... --bounds-data` runs after the trainer's export): manifest only
+    from m2vae_fusion.training.export import add_latent_bounds
+    v2b = make_linear_bundle(str(tmp_path / "v2b"), D, D, seed=4)
+    added = add_latent_bounds(v2b, dataset_dir)
+    assert added["format_version"] == 3 and added["latent_bounds"] == q["latent_bounds"]
+    assert added["files"] == _manifest(v2b)["files"] and Bundle.load(v2b).latent_bounds is not None
+    capsys.readouterr()
+    for path in (torch_out, rebuilt, again, v2, v2b):
         assert main(["verify", path]) == 0
+        assert "latent_bounds: from" in capsys.readouterr().out
         assert Bundle.load(path).latent_bounds is not None
     # a bad --bounds-data stops with exit 2 naming the file
     assert main(["export", "--from-bundle", v2, "--out", str(tmp_path / "x"), "--bounds-data",
