@@ -292,13 +292,16 @@ def test_probabilities_validated(tmp_path, raw):
             with pytest.raises(FusionError, match="class probabilities") as info:
                 eng.observe(None, "t", "camera", feats["camera"][0], 1.0, "a")
             assert info.value.reason == DropReason.INVALID_OUTPUT
-            # a belief adopted from a peer (no fused probabilities cached): classify runs the head and refuses
+            # a peer latent is adopted only with valid head probabilities; classify() of any other belief (no
+            # fused probabilities cached) runs the head and refuses too
             lb = bundle.latent_bounds
             peer = Belief("t", ((lb.mean_min + lb.mean_max) / 2).astype(np.float32), np.zeros(D, np.float32),
                           {"lidar": Slot(1.0, "p")})
-            adopted, _ = eng.merge(None, peer)
             with pytest.raises(FusionError) as info:
-                eng.classify(adopted)
+                eng.merge(None, peer)
+            assert info.value.reason == DropReason.INVALID_OUTPUT
+            with pytest.raises(FusionError) as info:
+                eng.classify(peer)
             assert info.value.reason == DropReason.INVALID_OUTPUT
 
 
@@ -448,7 +451,7 @@ def test_bounds_written_by_both_export_paths(tmp_path, dataset_dir, capsys):
     assert "nope/metadata.json" in capsys.readouterr().err
 
 
-def test_shipped_bundles_have_bounds_and_unchanged_networks():
+def test_shipped_bundles_have_bounds_and_refuse_the_reported_latent():
     """models/amiro and models/amiro_noreenc carry latent bounds (computed on a seed-7 simulated data set, the
     seed of their training set); the 3e38 latent of the issue is refused by both."""
     for name in ("amiro", "amiro_noreenc"):
@@ -470,3 +473,30 @@ def test_shipped_bundles_have_bounds_and_unchanged_networks():
         merged, _ = eng.merge(None, centre)
         assert np.isfinite(eng.classify(merged)).all()
         assert main(["verify", path]) == 0
+
+
+def test_shipped_networks_without_bounds_still_never_store_the_reported_latent(tmp_path):
+    """The shipped networks as a format-v2 bundle (no bounds): the 3e38 latent of the issue is not adopted (its head
+    probabilities are NaN) and not merged (the decoders overflow); the belief keeps its value."""
+    from m2vae_fusion.core.bundle import compute_model_id
+
+    path = str(tmp_path / "amiro_v2")
+    shutil.copytree(os.path.join(ROOT, "models", "amiro"), path)
+    man = {k: v for k, v in _manifest(path).items() if k != "latent_bounds"}
+    man["format_version"] = 2
+    man["model_id"] = compute_model_id(man["files"])
+    _write_manifest(path, man)
+    bundle = Bundle.load(path)
+    assert bundle.latent_bounds is None
+    eng = FusionEngine(bundle)
+    dz = bundle.latent_dim
+    own = eng.merge(None, Belief("t", np.zeros(dz, np.float32), np.zeros(dz, np.float32),
+                                 {"camera": Slot(1.0, "a")}))[0]
+    snap = _snapshot(own)
+    for slots in ({"lidar": Slot(2.0, "m")}, {m: Slot(2.0, "m") for m in bundle.modalities}):
+        evil = Belief("t", np.full(dz, 3e38, np.float32), np.zeros(dz, np.float32), slots)
+        for target in (None, own):
+            with pytest.raises(FusionError) as info:
+                eng.merge(target, evil)
+            assert info.value.reason == DropReason.NON_FINITE
+    assert _unchanged(own, snap)

@@ -193,6 +193,15 @@ class FusionEngine:
                               DropReason.ENCODING_OUT_OF_RANGE)
         return mean, self.bounds.cap_log_variance(logvar), probs
 
+    def _check_adopted(self, mean: np.ndarray) -> None:
+        """A peer latent adopted as is must classify to valid probabilities (the head on an absurd but finite mean
+        gives NaN, e.g. |z| ≳ 9e37 for the shipped head); they are remembered, so the classify() that follows
+        costs no run."""
+        if self.bundle.has_head:
+            probs = self.bundle.classify(mean[None])
+            check_probabilities("class-belief head on the peer latent", probs)
+            self._remember(mean, probs[0])
+
     def cap_log_variance(self, log_variance: np.ndarray) -> np.ndarray:
         """``log_variance`` clipped to the bundle's training range (a copy; unchanged values without bounds)."""
         lv = np.array(log_variance, dtype=np.float32)
@@ -321,7 +330,8 @@ class FusionEngine:
         Each slot is taken from the belief with the newer evidence for it (ties keep the own value). If nothing is
         newer on the peer's side the own belief is returned unchanged; if the peer holds all the own evidence (the
         same slots, or newer) and more, the peer's latent is adopted as is (no re-encoding, no drift, and the two
-        agents agree exactly); otherwise both are decoded into their chosen slots and
+        agents agree exactly) once the head gives valid probabilities for it (remembered for :meth:`classify`, so
+        the run is not repeated); otherwise both are decoded into their chosen slots and
         re-encoded with the subset encoder of the union (FUSION 2019, Eq. 18 applied to latents): with chains, one
         decode run on both latents (N = 2) and one encode run.
 
@@ -352,6 +362,7 @@ class FusionEngine:
         self.check_peer_latent(mean)
         logvar = self.cap_log_variance(logvar)
         if own is None:
+            self._check_adopted(mean)
             return Belief(peer.target_id, mean, logvar, dict(peer.slots), self.clock()), True
         from_peer = [m for m in peer.slots if m not in own.slots or peer.slots[m].stamp > own.slots[m].stamp]
         if not from_peer:
@@ -361,6 +372,7 @@ class FusionEngine:
         # evidence only the own belief holds (a slot the peer lacks, or holds older); equal slots are the same evidence
         own_only = [m for m in union if m not in from_peer and peer.slots.get(m) != own.slots[m]]
         if not own_only:  # the peer's latent already contains everything: adopt it, no re-encoding, no drift
+            self._check_adopted(mean)
             return Belief(own.target_id, mean, logvar, slots, self.clock()), True
         ordered = [m for m in self.order if m in union]
         what = f"merging {'+'.join(ordered)}"
