@@ -762,8 +762,8 @@ def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_
 # ---------------------------------------------------------------------------------------------------------- verify
 
 def read_manifest(bundle_dir: str) -> Dict:
-    """Load and schema-check ``bundle_dir/manifest.json`` (format v2 or v3, as the runtime reads it; a v1 bundle is refused
-    with the upgrade command); raises :class:`BundleError` naming the file."""
+    """Load and schema-check ``bundle_dir/manifest.json`` (format v2 or v3, as the runtime reads it; a v1 bundle is
+    refused with the upgrade command); raises :class:`BundleError` naming the file."""
     from m2vae_fusion.core.bundle import read_manifest as _read
 
     manifest = _read(bundle_dir)
