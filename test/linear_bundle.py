@@ -5,7 +5,8 @@ M2VAE decoders ``f_m = A_m z + b_m`` with orthogonal ``A_m``; the subset encoder
 known contraction ``z ↦ (1 − drift) z``. β-VAE encoders are random linear maps of the flattened input; the head is a
 softmax over a linear map. Written in the format of docs/formats.md so the real loader reads it: the networks and a
 format-v1 manifest first, then (``format_version=2``, the default) upgraded by the exporter's torch-free rebuild,
-which adds the merged chain graphs (m2vae_fusion.core.chains) and their probes.
+which adds the merged chain graphs (m2vae_fusion.core.chains) and their probes, and, given ``bounds_data``, the
+latent bounds (format v3).
 """
 import hashlib
 import itertools
@@ -38,9 +39,12 @@ def _const(name, arr):
 
 
 def make_linear_bundle(out_dir, feature_dim=4, latent_dim=4, seed=0, drift=0.0, with_head=True,
-                       modalities=MODALITIES, configs=None, format_version=2):
+                       modalities=MODALITIES, configs=None, format_version=2, head="softmax", bounds_data=None):
     """Write a linear bundle to ``out_dir`` and return its path. ``feature_dim`` must equal ``latent_dim``.
-    ``format_version=1`` leaves it as a format-v1 bundle (no chains), as bundles were before format v2."""
+    ``format_version=1`` leaves it as a format-v1 bundle (no chains), as bundles were before format v2.
+    ``head``: ``"softmax"`` (a valid class-belief head), or a broken one for output-validation tests: ``"sigmoid"``
+    (each value in [0, 1], rows not summing to 1) or ``"logits"`` (values outside [0, 1]).
+    ``bounds_data`` (raw shard arrays or a data set directory): add ``latent_bounds`` computed from it (format v3)."""
     assert feature_dim == latent_dim
     rng = np.random.default_rng(seed)
     configs = configs or DEFAULT_CONFIGS
@@ -95,8 +99,11 @@ def make_linear_bundle(out_dir, feature_dim=4, latent_dim=4, seed=0, drift=0.0, 
         nets["subset_encoder"][key] = fn
     if with_head:
         fn = "head.onnx"
+        last = {"softmax": helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+                "sigmoid": helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
+                "logits": helper.make_node("Identity", ["logits"], ["probabilities"])}[head]
         _save([helper.make_node("MatMul", ["z", "W"], ["l0"]), helper.make_node("Add", ["l0", "b"], ["logits"]),
-               helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
+               last],
               [_vi("z", [d])], [_vi("probabilities", [len(CLASS_NAMES)])],
               [_const("W", rng.normal(0, 1, (d, len(CLASS_NAMES)))), _const("b", np.zeros(len(CLASS_NAMES)))],
               os.path.join(out_dir, fn))
@@ -131,8 +138,8 @@ def make_linear_bundle(out_dir, feature_dim=4, latent_dim=4, seed=0, drift=0.0, 
     }
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    if format_version == 2:
+    if format_version >= 2:
         from m2vae_fusion.training.export import rebuild_bundle
 
-        rebuild_bundle(out_dir, out_dir)
+        rebuild_bundle(out_dir, out_dir, bounds_data=bounds_data)
     return out_dir

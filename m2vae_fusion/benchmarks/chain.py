@@ -62,10 +62,10 @@ def _cases(bundle, rng):
             own_mods, peer_mods = mods[:1], mods[1:]
         else:
             own_mods, peer_mods = tuple(m for m in mods if m != kind), ()
-        own = Belief("t", rng.normal(0, 1, dz).astype(np.float32), np.full(dz, -1.0, np.float32),
+        own = Belief("t", bundle.sample_latents(rng)[0], np.full(dz, -1.0, np.float32),
                      {m: Slot(1.0, "me") for m in own_mods}, 0.0)
         if kind == "peer":
-            peer = Belief("t", rng.normal(0, 1, dz).astype(np.float32), np.full(dz, -1.0, np.float32),
+            peer = Belief("t", bundle.sample_latents(rng)[0], np.full(dz, -1.0, np.float32),
                           {m: Slot(2.0, "peer") for m in peer_mods}, 0.0)
 
             def fuse(eng, feature, own=own, peer=peer):

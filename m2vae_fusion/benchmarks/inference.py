@@ -61,7 +61,9 @@ def make_observations(manifest: Mapping, n: int, seed: int = 0) -> dict:
     refl = np.stack([rng.uniform(0.05, 0.9 * refl_max, (n, k)), rng.uniform(0.0, 1.0, (n, k))], axis=2)
     out["reflectance"] = refl.astype(np.float32)
     dz = int(manifest["latent_dim"])
-    out["peer_mean"] = rng.normal(0, 1, (n, dz)).astype(np.float32)
+    lb = manifest.get("latent_bounds") if manifest.get("format_version") == 3 else None
+    out["peer_mean"] = (rng.uniform(lb["mean_min"], lb["mean_max"], (n, dz)) if lb  # the engine refuses others
+                        else rng.normal(0, 1, (n, dz))).astype(np.float32)
     out["peer_log_variance"] = np.full((n, dz), -1.0, np.float32)
     return out
 
@@ -337,7 +339,7 @@ class CorePath:
         self.belief = None
         rng = np.random.default_rng(2)
         for m in self.mods:  # every slot held: the steady state
-            f = rng.normal(size=self.bundle.feature_dim).astype(np.float32)
+            f = self.bundle.sample_features(m, rng)[0]  # a feature whose encoding lies within the latent bounds
             self.belief = self.engine.observe(self.belief, "bench_target", m, f, self._next(), "bench")
 
     def _next(self) -> float:

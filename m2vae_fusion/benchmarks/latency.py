@@ -130,7 +130,7 @@ def run(args) -> int:
             data = conv.LatentData(agent_id="bench_peer", target_id="bench_target", model_id=bundle.model_id,
                                    stamp_ns=stamp, modalities=("lidar",), modality_stamps_ns=(stamp,),
                                    modality_sources=("bench_peer",), contributors=("bench_peer",),
-                                   mean=rng.normal(size=bundle.latent_dim).astype(np.float32),
+                                   mean=bundle.sample_latents(rng)[0],  # within the latent bounds
                                    log_variance=-np.ones(bundle.latent_dim, np.float32), frame_id="map")
             return conv.latent_to_msg(data)
 

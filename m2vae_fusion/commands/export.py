@@ -1,4 +1,5 @@
-"""``m2vae-fusion export``: write an ONNX model bundle, format v2 (docs/formats.md), and check its parity.
+"""``m2vae-fusion export``: write an ONNX model bundle (docs/formats.md: format v3 with latent bounds, v2 without) and
+check its parity.
 
 ``--untrained`` exports randomly initialised networks (for testing the runtime and nodes before training);
 ``--run DIR`` exports the trained networks of a training run (the last stage of ``m2vae-fusion train``);
@@ -6,6 +7,9 @@
 (``<bundle>.torch.pt``); ``--from-bundle DIR`` rebuilds a bundle (format v1 or v2, e.g. the shipped ones, which have
 no checkpoints) from its own ONNX files without torch: the network files are kept byte for byte, the chain graphs,
 probes and manifest are rewritten (``--out`` may be the same directory: that upgrades it in place).
+``--bounds-data DATASET_DIR`` (with any source) records the latent ranges of the data set's train split in the
+manifest (``latent_bounds``, format v3), computed through the bundle's ONNX networks (no torch); without it a
+``--from-bundle`` rebuild keeps the source's bounds (if any) and the other sources write format v2 (no bounds).
 """
 HELP = "export an ONNX model bundle (trained run, checkpoint, --untrained, or rebuilt --from-bundle) with parity check"
 
@@ -21,6 +25,9 @@ def configure(parser):
                      help="rebuild this bundle's chains and manifest from its ONNX files (no torch, no retraining)")
     parser.add_argument("--seed", type=int, help="seed of the random weights and probes (default: 0 for --untrained, "
                         "the run's config seed for --run)")
+    parser.add_argument("--bounds-data", metavar="DATASET_DIR",
+                        help="data set directory whose train split gives the latent bounds (format v3); "
+                             "use the networks' training set")
     parser.add_argument("--feature-dim", type=int, default=10, help="β-VAE latent size D_* (--untrained)")
     parser.add_argument("--latent-dim", type=int, default=10, help="M2VAE latent size D_z (--untrained)")
 
@@ -28,12 +35,18 @@ def configure(parser):
 def run(args) -> int:
     from m2vae_fusion.errors import UserError
 
+    import os
+
+    bounds = args.bounds_data
+    if bounds is not None and not os.path.isfile(os.path.join(bounds, "metadata.json")):
+        raise UserError(f"{os.path.join(bounds, 'metadata.json')}: missing; --bounds-data must be a data set "
+                        "directory (m2vae-fusion dataset --out)")
     if args.from_bundle:
         from m2vae_fusion.training.export import read_manifest, rebuild_bundle
-        out = rebuild_bundle(args.from_bundle, args.out)
+        out = rebuild_bundle(args.from_bundle, args.out, bounds_data=bounds)
     elif args.from_checkpoint:
         from m2vae_fusion.training.export import export_from_checkpoint, read_manifest
-        out = export_from_checkpoint(args.from_checkpoint, args.out)
+        out = export_from_checkpoint(args.from_checkpoint, args.out, bounds_data=bounds)
     elif args.untrained:
         for name in ("feature_dim", "latent_dim"):
             if getattr(args, name) <= 0:
@@ -43,14 +56,29 @@ def run(args) -> int:
         from m2vae_fusion.training.export import export_untrained, read_manifest
         torch.set_num_threads(2)
         out = export_untrained(args.out, seed=args.seed if args.seed is not None else 0,
-                               feature_dim=args.feature_dim, latent_dim=args.latent_dim)
+                               feature_dim=args.feature_dim, latent_dim=args.latent_dim, bounds_data=bounds)
     else:
-        from m2vae_fusion.training.export import read_manifest
+        from m2vae_fusion.training.export import add_latent_bounds, read_manifest
         from m2vae_fusion.training.trainer import export_run
         out = export_run(args.run, args.out, seed=args.seed)
+        if bounds is not None:
+            add_latent_bounds(out, bounds)
     manifest = read_manifest(out)
     n_chains = sum(len(b) for b in manifest["chains"].values())
     print(f"wrote {out}: format_version {manifest['format_version']}, objective {manifest['objective']}, "
           f"model_id {manifest['model_id']}, {len(manifest['files'])} files ({n_chains} chain graphs), "
           f"parity within 1e-4")
+    lb = manifest.get("latent_bounds")
+    if lb is not None:
+        import numpy as np
+
+        lo, hi = np.asarray(lb["mean_min"]), np.asarray(lb["mean_max"])
+        data = lb.get("data", {})
+        print(f"  latent_bounds from {data.get('encodings')} subset encodings of {data.get('samples')} "
+              f"{data.get('split')} samples: mean range width {np.min(hi - lo):.3g}..{np.max(hi - lo):.3g}, "
+              f"|mean| ≤ {np.max(np.abs(np.r_[lo, hi])):.3g}, log_variance_min "
+              f"{min(lb['log_variance_min']):.3g}..{max(lb['log_variance_min']):.3g}, margin "
+              f"{lb['margin_fraction']:g}·range + {lb['margin_absolute']:g}")
+    else:
+        print("  no latent_bounds (format v2: outputs checked for finiteness only; add --bounds-data DATASET_DIR)")
     return 0

@@ -1,10 +1,12 @@
-"""The ONNX model bundle: manifest, sha256 sums and onnxruntime sessions (format v2 in docs/formats.md).
+"""The ONNX model bundle: manifest, sha256 sums, latent bounds and onnxruntime sessions (format v2/v3 in
+docs/formats.md).
 
 A bundle holds, for modalities ``M``: a β-VAE encoder/decoder per modality, the ``2^|M| − 1`` M2VAE subset
 encoders ``q_S(z | x_S)``, the ``|M|`` M2VAE decoders ``p_m(x_m | z)``, an optional class-belief head
 (Korthals et al., FUSION 2019, Fig. 2c and Sec. V-D) and, since format v2, the merged chain graphs of
 :mod:`m2vae_fusion.core.chains` (per subset: decoders side by side; subset encoder → head), which the fusion engine
-runs with onnxruntime IOBinding into pre-allocated buffers. No torch, no ROS.
+runs with onnxruntime IOBinding into pre-allocated buffers; since format v3, the ``latent_bounds`` the fusion engine
+enforces on every latent it accepts or produces (:class:`LatentBounds`). No torch, no ROS.
 """
 from __future__ import annotations
 
@@ -23,8 +25,18 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = "m2vae_fusion.bundle"
-#: the manifest version this runtime reads and writes (docs/formats.md "Model bundle")
-FORMAT_VERSION = 2
+#: the manifest version this runtime writes for a bundle with ``latent_bounds`` (docs/formats.md "Model bundle")
+FORMAT_VERSION = 3
+#: the manifest version written for a bundle without ``latent_bounds`` (still read: outputs checked for finiteness
+#: and normalisation only, no range check of latents, no precision cap)
+FORMAT_VERSION_NO_BOUNDS = 2
+#: the manifest versions this runtime reads
+READ_VERSIONS = (2, 3)
+#: default margin of the latent bounds, as fractions of the per-dimension range and absolute latent units
+#: (docs/formats.md "latent_bounds"): a mean m_d is accepted within
+#: [mean_min_d − (f·r_d + a), mean_max_d + (f·r_d + a)], r_d = mean_max_d − mean_min_d
+MARGIN_FRACTION = 0.5
+MARGIN_ABSOLUTE = 0.5
 #: multimodal-VAE objectives whose bundles this runtime can fuse with (the manifest's ``objective``)
 OBJECTIVES = ("m2vae",)
 REQUIRED_KEYS = ("format", "format_version", "objective", "model_id", "modalities", "inputs", "feature_dim",
@@ -45,10 +57,114 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def compute_model_id(files: Mapping[str, str]) -> str:
-    """``model_id``: first 16 hex digits of the sha256 over the sorted ``"file:sha256\\n"`` lines of ``files``."""
+def canonical_json(value) -> str:
+    """JSON text with sorted keys and no spaces (floats as Python's shortest round-trip repr): hashed by
+    :func:`compute_model_id`."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def compute_model_id(files: Mapping[str, str], latent_bounds: Mapping | None = None) -> str:
+    """``model_id``: first 16 hex digits of the sha256 over the sorted ``"file:sha256\\n"`` lines of ``files``, plus,
+    for a bundle with ``latent_bounds`` (format v3), the line ``"manifest.json#latent_bounds:<sha256 of
+    canonical_json(latent_bounds)>\\n"`` (agents that share a model_id enforce the same bounds)."""
     text = "".join(f"{name}:{files[name]}\n" for name in sorted(files))
+    if latent_bounds is not None:
+        digest = hashlib.sha256(canonical_json(latent_bounds).encode()).hexdigest()
+        text += f"manifest.json#latent_bounds:{digest}\n"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def manifest_model_id(manifest: Mapping) -> str:
+    """The ``model_id`` a manifest's ``files`` (and, in format v3, ``latent_bounds``) give."""
+    bounds = manifest.get("latent_bounds") if manifest.get("format_version") == 3 else None
+    return compute_model_id(manifest["files"], bounds)
+
+
+class LatentBounds:
+    """Per-dimension ranges of the latent space seen in training (manifest ``latent_bounds``, format v3).
+
+    A latent mean is *in range* when every dimension d lies in ``[lower_d, upper_d]`` with
+    ``lower_d = mean_min_d − pad_d``, ``upper_d = mean_max_d + pad_d`` and ``pad_d = margin_fraction · (mean_max_d −
+    mean_min_d) + margin_absolute``. Log-variances are clipped to ``[log_variance_min_d, log_variance_max_d]``: the
+    precision ``1 / exp(log_variance)`` of any latent (a peer's contribution or a belief) is capped at the highest
+    precision a subset encoder gave on the training set, so no single message can claim more certainty than
+    training ever produced.
+
+    Args:
+        block: the manifest's ``latent_bounds`` mapping (``mean_min``, ``mean_max``, ``log_variance_min``,
+            ``log_variance_max``: lists of Dz floats; ``margin_fraction``, ``margin_absolute``: floats ≥ 0).
+        latent_dim: Dz.
+        where: the file named in errors.
+
+    Raises:
+        BundleError: missing keys, wrong lengths, non-finite values, min > max, or a negative margin.
+    """
+
+    KEYS = ("mean_min", "mean_max", "log_variance_min", "log_variance_max")
+
+    def __init__(self, block: Mapping, latent_dim: int, where: str = MANIFEST):
+        if not isinstance(block, Mapping):
+            raise BundleError(f"{where}: latent_bounds must be an object")
+        arrays = {}
+        for key in self.KEYS:
+            try:
+                a = np.asarray(block[key], dtype=np.float64).reshape(-1)
+            except (KeyError, TypeError, ValueError):
+                raise BundleError(f"{where}: latent_bounds.{key} missing or not a list of numbers") from None
+            if a.shape[0] != latent_dim or not np.isfinite(a).all():
+                raise BundleError(f"{where}: latent_bounds.{key} must hold {latent_dim} finite numbers")
+            arrays[key] = a
+        try:
+            self.margin_fraction = float(block.get("margin_fraction", MARGIN_FRACTION))
+            self.margin_absolute = float(block.get("margin_absolute", MARGIN_ABSOLUTE))
+        except (TypeError, ValueError):
+            raise BundleError(f"{where}: latent_bounds margins must be numbers") from None
+        if not (np.isfinite(self.margin_fraction) and np.isfinite(self.margin_absolute)
+                and self.margin_fraction >= 0 and self.margin_absolute >= 0):
+            raise BundleError(f"{where}: latent_bounds margins must be finite and ≥ 0")
+        if (arrays["mean_min"] > arrays["mean_max"]).any() or \
+                (arrays["log_variance_min"] > arrays["log_variance_max"]).any():
+            raise BundleError(f"{where}: latent_bounds has a minimum above its maximum")
+        self.mean_min = arrays["mean_min"]
+        self.mean_max = arrays["mean_max"]
+        self.log_variance_min = arrays["log_variance_min"].astype(np.float32)
+        self.log_variance_max = arrays["log_variance_max"].astype(np.float32)
+        pad = self.margin_fraction * (self.mean_max - self.mean_min) + self.margin_absolute
+        #: float64 (Dz,) accepted range of latent means
+        self.lower = self.mean_min - pad
+        self.upper = self.mean_max + pad
+
+    @property
+    def precision_max(self) -> np.ndarray:
+        """float64 (Dz,) the highest precision ``1 / exp(log_variance_min)`` a latent may hold."""
+        return np.exp(-self.log_variance_min.astype(np.float64))
+
+    def in_range(self, mean: np.ndarray) -> np.ndarray:
+        """bool (N,) (or a scalar bool for one (Dz,) mean): every dimension within ``[lower, upper]`` (NaN: False)."""
+        m = np.asarray(mean, dtype=np.float64)
+        ok = (m >= self.lower) & (m <= self.upper)
+        return ok.all(axis=-1)
+
+    def worst_dimension(self, mean: np.ndarray) -> tuple[int, float]:
+        """(dimension, value) of the one (Dz,) mean's dimension farthest outside its range (in range widths)."""
+        m = np.asarray(mean, dtype=np.float64).reshape(-1)
+        width = np.maximum(self.upper - self.lower, 1e-12)
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = np.maximum(self.lower - m, m - self.upper) / width
+        d = int(np.nanargmax(np.where(np.isnan(out), np.inf, out)))
+        return d, float(m[d])
+
+    def cap_log_variance(self, log_variance: np.ndarray) -> np.ndarray:
+        """Log-variance clipped to ``[log_variance_min, log_variance_max]`` per dimension (a new float32 array):
+        precision capped at the training maximum, uncertainty at the training minimum precision."""
+        return np.clip(np.asarray(log_variance, np.float32), self.log_variance_min, self.log_variance_max)
+
+    def to_manifest(self) -> dict:
+        """The manifest block (lists of Python floats)."""
+        return {"mean_min": [float(v) for v in self.mean_min], "mean_max": [float(v) for v in self.mean_max],
+                "log_variance_min": [float(v) for v in self.log_variance_min],
+                "log_variance_max": [float(v) for v in self.log_variance_max],
+                "margin_fraction": self.margin_fraction, "margin_absolute": self.margin_absolute}
 
 
 def subset_key(modalities: Iterable[str], order: Sequence[str]) -> str:
@@ -65,25 +181,31 @@ def subset_key(modalities: Iterable[str], order: Sequence[str]) -> str:
 
 
 def read_manifest(path: str) -> dict:
-    """Read and schema-check ``<path>/manifest.json`` (format v2).
+    """Read and schema-check ``<path>/manifest.json`` (format v2 or v3).
 
     Raises:
-        BundleError: missing directory or manifest, invalid JSON, wrong format, a ``format_version`` other than
-            :data:`FORMAT_VERSION` (a v1 bundle: the message gives the upgrade command), an objective this runtime
-            cannot fuse with, or missing keys (the message names the file).
+        BundleError: missing directory or manifest, invalid JSON, wrong format, a ``format_version`` not in
+            :data:`READ_VERSIONS` (a v1 bundle: the message gives the upgrade command), an objective this runtime
+            cannot fuse with, missing keys, or (v3) a missing or malformed ``latent_bounds`` (the message names the
+            file).
     """
     manifest = read_manifest_any(path)
     mpath = os.path.join(path, MANIFEST)
     version = manifest.get("format_version")
+    readable = " and ".join(str(v) for v in READ_VERSIONS)
     if version == 1:
         raise BundleError(f"{mpath}: format_version 1 bundle (no chain graphs); this runtime reads format_version "
-                          f"{FORMAT_VERSION}. Upgrade it without retraining: {upgrade_command(path)}")
-    if version != FORMAT_VERSION:
+                          f"{readable}. Upgrade it without retraining: {upgrade_command(path)}")
+    if type(version) is not int or version not in READ_VERSIONS:
         raise BundleError(f"{mpath}: unknown format_version {version!r}; this runtime reads format_version "
-                          f"{FORMAT_VERSION} (a newer m2vae_fusion wrote it?)")
+                          f"{readable} (a newer m2vae_fusion wrote it?)")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if version == 3 and "latent_bounds" not in manifest:
+        missing.append("latent_bounds")
     if missing:
         raise BundleError(f"{mpath}: missing keys {missing}")
+    if version == 3:
+        LatentBounds(manifest["latent_bounds"], int(manifest["latent_dim"]), mpath)
     if manifest["objective"] not in OBJECTIVES:
         raise BundleError(f"{mpath}: objective {manifest['objective']!r} is not supported by this runtime "
                           f"(supported: {list(OBJECTIVES)})")
@@ -128,10 +250,10 @@ def verify_sums(path: str, manifest: Mapping) -> None:
         if got != expected:
             raise BundleError(f"{fpath}: sha256 {got[:12]}… does not match the manifest's {expected[:12]}… "
                               "(file corrupt or changed after export)")
-    mid = compute_model_id(manifest["files"])
+    mid = manifest_model_id(manifest)
     if mid != manifest["model_id"]:
         raise BundleError(f"{os.path.join(path, MANIFEST)}: model_id {manifest['model_id']} does not match the "
-                          f"file sums ({mid})")
+                          f"file sums and latent bounds ({mid})")
 
 
 class _BoundRun:
@@ -164,7 +286,8 @@ class Bundle:
         path: bundle directory.
         manifest: the parsed ``manifest.json``.
         model_id: str, identifies the latent space; agents refuse latents of another ``model_id``.
-        format_version: int, the manifest's format version (:data:`FORMAT_VERSION`).
+        format_version: int, the manifest's format version (2: no bounds; 3: with ``latent_bounds``).
+        latent_bounds: :class:`LatentBounds` of a format-v3 bundle, None for format v2 (no range checks).
         objective: str, the multimodal-VAE objective the networks were trained with (``"m2vae"``).
         modalities: tuple of modality names, in the canonical order.
         feature_dim: D*, β-VAE latent size (M2VAE input per modality).
@@ -184,6 +307,9 @@ class Bundle:
         self.manifest = manifest
         self.model_id = str(manifest["model_id"])
         self.format_version = int(manifest["format_version"])
+        self.latent_bounds = (LatentBounds(manifest["latent_bounds"], int(manifest["latent_dim"]),
+                                           os.path.join(path, MANIFEST))
+                              if self.format_version == 3 else None)
         self.objective = str(manifest["objective"])
         self.modalities = tuple(manifest["modalities"])
         self.feature_dim = int(manifest["feature_dim"])
@@ -380,6 +506,20 @@ class Bundle:
         names = [name for name, _ in out_meta]
         out = self._session(key).run(names, {k: np.ascontiguousarray(v) for k, v in arrays.items()})
         return dict(zip(names, out))
+
+    # -- synthetic inputs (benchmarks, tests) -------------------------------------------------------------------
+    def sample_latents(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """Synthetic latent means float32 (n, Dz) the fusion engine accepts: uniform within the training range
+        ``[mean_min, mean_max]`` of a format-v3 bundle, N(0, I) (the prior) for a format-v2 bundle."""
+        b = self.latent_bounds
+        if b is None:
+            return rng.normal(0.0, 1.0, (n, self.latent_dim)).astype(np.float32)
+        return rng.uniform(b.mean_min, b.mean_max, (n, self.latent_dim)).astype(np.float32)
+
+    def sample_features(self, modality: str, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """Synthetic β-VAE features float32 (n, D*) of ``modality``: the M2VAE decoder means of
+        :meth:`sample_latents` (features like those of real observations, whose encodings stay in range)."""
+        return self.decode(modality, self.sample_latents(rng, n))
 
     # -- probes -----------------------------------------------------------------------------------------------
     def probe_differences(self) -> dict[str, float]:

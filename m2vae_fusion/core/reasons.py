@@ -32,4 +32,8 @@ class DropReason(StrEnum):
     SPOOFED = "spoofed"                  # claims evidence of this agent that it never produced
     REDUNDANT = "redundant"              # adds no evidence to the belief held
     FUSION = "fusion"                    # the fusion engine refused the input
+    OUT_OF_RANGE = "out_of_range"        # a peer latent mean beyond the bundle's latent_bounds (+ margin)
+    ENCODING_OUT_OF_RANGE = "encoding_out_of_range"  # the engine's own encoding (observe/merge/re-encode) beyond them
+    INVALID_OUTPUT = "invalid_output"    # a finite but invalid engine output (probabilities outside [0, 1] or not
+    #                                      summing to 1); non-finite outputs are NON_FINITE
     INTERNAL_ERROR = "internal_error"    # a bug: an unexpected exception (counted, never crashes the node)

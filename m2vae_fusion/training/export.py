@@ -1,14 +1,16 @@
-"""ONNX model bundle, format v2: export (torch → one ONNX file per network + the merged chain graphs + ``probes.npz``
+"""ONNX model bundle, format v2/v3: export (torch → one ONNX file per network + the merged chain graphs + ``probes.npz``
 + ``manifest.json``), rebuild without torch, and verification.
 
 The layout is the contract in ``docs/formats.md`` ("Model bundle"). Every export stores probe inputs and the torch
 outputs for them, runs the written ONNX files with onnxruntime on the same inputs and fails when any output differs
 by more than :data:`PARITY_TOL` (max abs). The chain graphs (:mod:`m2vae_fusion.core.chains`) are composed from the
 written network files; their probes hold the per-network path's outputs. :func:`rebuild_bundle` rewrites any bundle
-(format v1 or v2, e.g. the shipped ones, which have no torch checkpoints) from its own ONNX files without torch;
+(format v1, v2 or v3, e.g. the shipped ones, which have no torch checkpoints) from its own ONNX files without torch;
 :func:`export_from_checkpoint` re-exports from the torch checkpoint an export saved beside its bundle.
 :func:`verify_bundle` repeats the checks later (sha256 of every file, the model id, probe parity, and parity of every
-chain with the per-network path) without torch.
+chain with the per-network path) without torch. :func:`compute_latent_bounds` records the latent ranges of a
+training set (manifest ``latent_bounds``, format v3) through the bundle's own ONNX networks, so both the torch export
+(``bounds_data``) and the torch-free rebuild (``export --from-bundle SRC --bounds-data DIR``) write them.
 """
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ import numpy as np
 
 from m2vae_fusion import __version__
 from m2vae_fusion.core import chains as chainmod
-from m2vae_fusion.core.bundle import (FORMAT, FORMAT_VERSION, compute_model_id, read_manifest_any,  # one definition,
-                                      sha256_file, upgrade_command)  # shared with the runtime
+from m2vae_fusion.core.bundle import (FORMAT, FORMAT_VERSION, FORMAT_VERSION_NO_BOUNDS,  # one definition,
+                                      MARGIN_ABSOLUTE, MARGIN_FRACTION, READ_VERSIONS,  # shared with the runtime
+                                      LatentBounds, compute_model_id, read_manifest_any, sha256_file,
+                                      upgrade_command)
 from m2vae_fusion.errors import BundleError
 
 PARITY_TOL = 1e-4
@@ -318,7 +322,8 @@ def chain_parity(bundle_dir: str, manifest: Mapping, samples: int = 16, seed: in
 
 def _finish_manifest(manifest: Dict, files: Mapping[str, str]) -> Dict:
     manifest["files"] = dict(sorted(files.items()))
-    manifest["model_id"] = compute_model_id(manifest["files"])
+    bounds = manifest.get("latent_bounds") if manifest.get("format_version") == FORMAT_VERSION else None
+    manifest["model_id"] = compute_model_id(manifest["files"], bounds)
     return manifest
 
 
@@ -328,13 +333,149 @@ def _write_manifest(dir_: str, manifest: Mapping) -> None:
         f.write("\n")
 
 
+# ---------------------------------------------------------------------------------------------------- latent bounds
+
+def _bounds_arrays(bundle_dir: str, manifest: Mapping, data, split: str):
+    """(preprocessed :class:`~m2vae_fusion.training.data.Split`, data set description) of ``data`` (a data set
+    directory, read with :func:`m2vae_fusion.data.shards.load_split`, or a dict of raw shard arrays)."""
+    from m2vae_fusion.core.preprocess import MODALITIES
+    from m2vae_fusion.data import shards
+    from m2vae_fusion.training.data import preprocess_split
+
+    mods = list(manifest["modalities"])
+    sensors = {m: dict(manifest["inputs"][m]["preprocessing"]) for m in mods}
+    if isinstance(data, (str, os.PathLike)):
+        meta = shards.read_metadata(str(data))
+        arrays = shards.load_split(str(data), split)
+        all_mods = list(meta.get("modalities") or MODALITIES)
+        missing = [m for m in mods if m not in all_mods]
+        if missing:
+            raise BundleError(f"{os.path.join(str(data), 'metadata.json')}: data set has no modality {missing}")
+        info = {"dir": os.path.basename(os.path.normpath(str(data))), "seed": meta.get("seed"),
+                "source": meta.get("source"), "samples": int(sum((meta.get("splits") or {}).values()))}
+        where = f"{data} ({split})"
+    else:
+        arrays, all_mods, info, where = dict(data), list(MODALITIES), {"dir": None}, "bounds data"
+    split_data = preprocess_split(arrays, sensors, mods, all_mods, where=where)
+    if len(split_data) == 0:
+        raise BundleError(f"{where}: no samples to compute latent bounds from")
+    return split_data, info
+
+
+def compute_latent_bounds(bundle_dir: str, manifest: Mapping, data, *, split: str = "train", batch: int = 512,
+                          margin_fraction: float = MARGIN_FRACTION, margin_absolute: float = MARGIN_ABSOLUTE) -> Dict:
+    """The manifest's ``latent_bounds`` block (docs/formats.md, format v3) from a data set, without torch.
+
+    Every sample of ``split`` is preprocessed with the bundle's configs and encoded by the bundle's β-VAE encoders
+    (ONNX, feature = encoder mean); then, for every subset S of the modalities the sample holds, by the subset
+    encoder q_S (FUSION 2019, Fig. 2c). Per latent dimension, the minimum and maximum of the means and of the
+    log-variances over all these subset encodings are recorded (``log_variance_min`` is the training maximum
+    precision ``1 / exp(log_variance_min)``), with the margins the runtime adds to the mean range.
+
+    Args:
+        bundle_dir: a directory holding the bundle's network files (``manifest["networks"]``).
+        manifest: the bundle's manifest (modalities, inputs, subsets, networks, latent_dim).
+        data: a data set directory (``m2vae-fusion dataset --out``) or a dict of raw shard arrays (``load_split``
+            layout; modality columns of ``present`` in the canonical order).
+        split: which split of a data set directory (``"train"``: the networks' training split).
+        batch: rows per onnxruntime run.
+
+    Returns:
+        ``{"mean_min", "mean_max", "log_variance_min", "log_variance_max": [Dz floats], "margin_fraction",
+        "margin_absolute", "data": {"split", "samples", "encodings", "dataset": {...}}}``.
+
+    Raises:
+        UserError/BundleError: unreadable data set (names the file), no samples, or non-finite encodings.
+    """
+    split_data, info = _bounds_arrays(bundle_dir, manifest, data, split)
+    mods = list(manifest["modalities"])
+    nets = manifest["networks"]
+    n = len(split_data)
+    feats = {}
+    for m in mods:
+        sess = _session(os.path.join(bundle_dir, nets["betavae_encoder"][m]))
+        x = split_data.inputs[m]
+        feats[m] = np.concatenate([sess.run(["mean"], {"x": np.ascontiguousarray(x[a:a + batch])})[0]
+                                   for a in range(0, n, batch)])
+    dz = int(manifest["latent_dim"])
+    lo, hi = np.full(dz, np.inf), np.full(dz, -np.inf)
+    lv_lo, lv_hi = np.full(dz, np.inf), np.full(dz, -np.inf)
+    encodings = 0
+    for key in _subset_keys(manifest):
+        sub = key.split("+")
+        rows = np.flatnonzero(split_data.present[:, [mods.index(m) for m in sub]].all(axis=1))
+        if rows.size == 0:
+            continue
+        sess = _session(os.path.join(bundle_dir, nets["subset_encoder"][key]))
+        for a in range(0, rows.size, batch):
+            idx = rows[a:a + batch]
+            mean, logvar = sess.run(["mean", "log_variance"], {m: np.ascontiguousarray(feats[m][idx]) for m in sub})
+            if not (np.isfinite(mean).all() and np.isfinite(logvar).all()):
+                raise BundleError(f"{os.path.join(bundle_dir, nets['subset_encoder'][key])}: non-finite encodings "
+                                  "of the bounds data")
+            lo, hi = np.minimum(lo, mean.min(0)), np.maximum(hi, mean.max(0))
+            lv_lo, lv_hi = np.minimum(lv_lo, logvar.min(0)), np.maximum(lv_hi, logvar.max(0))
+            encodings += idx.size
+    if encodings == 0:
+        raise BundleError("bounds data: no sample holds any modality of the bundle")
+    block = {"mean_min": [float(v) for v in lo.astype(np.float32)],
+             "mean_max": [float(v) for v in hi.astype(np.float32)],
+             "log_variance_min": [float(v) for v in lv_lo.astype(np.float32)],
+             "log_variance_max": [float(v) for v in lv_hi.astype(np.float32)],
+             "margin_fraction": float(margin_fraction), "margin_absolute": float(margin_absolute),
+             "data": {"split": split, "samples": n, "encodings": int(encodings), "dataset": info}}
+    LatentBounds(block, dz, "computed latent_bounds")  # same checks as the loader
+    return block
+
+
+def _set_bounds(manifest: Dict, block: Optional[Mapping]) -> Dict:
+    """Set (or drop, for None) ``latent_bounds`` and the format version it implies (3 with bounds, 2 without)."""
+    if block is None:
+        manifest.pop("latent_bounds", None)
+        manifest["format_version"] = FORMAT_VERSION_NO_BOUNDS
+    else:
+        manifest["latent_bounds"] = dict(block)
+        manifest["format_version"] = FORMAT_VERSION
+    return manifest
+
+
+def add_latent_bounds(bundle_dir: str, data, split: str = "train") -> Dict:
+    """Compute ``latent_bounds`` for the bundle in ``bundle_dir`` from ``data`` (see :func:`compute_latent_bounds`)
+    and rewrite its manifest as format v3 (new ``model_id``; every file is kept byte for byte). No torch.
+
+    Returns:
+        the new manifest.
+
+    Raises:
+        BundleError: not a readable bundle, changed files (sums), or bad bounds data.
+    """
+    from m2vae_fusion.core.bundle import read_manifest as _read, verify_sums
+
+    manifest = _read(bundle_dir)
+    verify_sums(bundle_dir, manifest)
+    _set_bounds(manifest, compute_latent_bounds(bundle_dir, manifest, data, split=split))
+    manifest = _order_manifest(_finish_manifest(manifest, manifest["files"]))
+    tmp = os.path.join(bundle_dir, ".manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, os.path.join(bundle_dir, "manifest.json"))
+    return manifest
+
+
 # --------------------------------------------------------------------------------------------------------- rebuild
 
-def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None) -> str:
-    """Rewrite the bundle in ``src_dir`` (format v1 or v2) as a format-v2 bundle in ``out_dir`` (may be the same
-    directory) from its own ONNX files, without torch and without retraining: the network files are copied byte for
-    byte (same latent space, same outputs), the chain graphs and their probes are rebuilt, the manifest is rewritten
-    (``model_id`` changes when the chain files or the probes do).
+def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, bounds_data=None,
+                   bounds_split: str = "train") -> str:
+    """Rewrite the bundle in ``src_dir`` (format v1, v2 or v3) in ``out_dir`` (may be the same directory) from its own
+    ONNX files, without torch and without retraining: the network files are copied byte for byte (same latent space,
+    same outputs), the chain graphs and their probes are rebuilt, the manifest is rewritten (``model_id`` changes
+    when the chain files, the probes or the latent bounds do).
+
+    Args:
+        bounds_data: a data set directory (or raw shard arrays) to compute ``latent_bounds`` from
+            (:func:`compute_latent_bounds`, split ``bounds_split``); the result is format v3. None: a v3 source's
+            bounds are kept (format v3), a v1/v2 source gives format v2 (no bounds).
 
     Raises:
         BundleError: not a bundle, or a network file missing or not matching its sha256 (names the file).
@@ -344,8 +485,13 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None) -> s
     src = read_manifest_any(src_dir)
     mpath = os.path.join(src_dir, "manifest.json")
     version = src.get("format_version")
-    if version not in (1, FORMAT_VERSION):
-        raise BundleError(f"{mpath}: unknown format_version {version!r}; can rebuild 1 and {FORMAT_VERSION}")
+    if type(version) is not int or version not in (1, *READ_VERSIONS):
+        raise BundleError(f"{mpath}: unknown format_version {version!r}; can rebuild 1, "
+                          f"{', '.join(map(str, READ_VERSIONS))}")
+    if version == FORMAT_VERSION:
+        if "latent_bounds" not in src:
+            raise BundleError(f"{mpath}: format_version {version} without latent_bounds")
+        LatentBounds(src["latent_bounds"], int(src.get("latent_dim", 0)), mpath)
     for key in ("modalities", "inputs", "feature_dim", "latent_dim", "subsets", "networks", "files"):
         if key not in src:
             raise BundleError(f"{mpath}: key {key!r} missing")
@@ -370,9 +516,10 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None) -> s
         old = dict(np.load(os.path.join(src_dir, probes_name)))
         # keep the networks' probes (the torch outputs of the original export); chain probes are rebuilt
         probes = {k: v for k, v in old.items() if k.split(":", 1)[0] in network_names}
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "objective": OBJECTIVE}
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION_NO_BOUNDS, "objective": OBJECTIVE}
         manifest.update({k: v for k, v in src.items() if k not in ("format", "format_version", "objective",
-                                                                    "model_id", "files", "chains", "probes")})
+                                                                    "model_id", "files", "chains", "probes",
+                                                                    "latent_bounds")})
         manifest["probes"] = "probes.npz"
         ck = src.get("checkpoint")
         if isinstance(ck, dict) and ck.get("file"):  # keep pointing at the same checkpoint file from out_dir
@@ -385,6 +532,10 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None) -> s
                                "at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         add_chains(tmp, manifest, probes)
         np.savez(os.path.join(tmp, "probes.npz"), **probes)
+        if bounds_data is not None:
+            _set_bounds(manifest, compute_latent_bounds(tmp, manifest, bounds_data, split=bounds_split))
+        elif version == FORMAT_VERSION:
+            _set_bounds(manifest, src["latent_bounds"])
         manifest = _order_manifest(_finish_manifest(manifest, {n: sha256_file(os.path.join(tmp, n))
                                                                for n in sorted(os.listdir(tmp))}))
         check_probe_parity(tmp, manifest, dict(np.load(os.path.join(tmp, "probes.npz"))), tol=tol)
@@ -402,7 +553,7 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None) -> s
 
 _KEY_ORDER = ("format", "format_version", "objective", "model_id", "package_version", "created", "modalities",
               "inputs", "feature_dim", "latent_dim", "subsets", "class_names", "networks", "chains", "files", "probes",
-              "checkpoint", "rebuilt", "training")
+              "latent_bounds", "checkpoint", "rebuilt", "training")
 
 
 def _order_manifest(manifest: Mapping) -> Dict:
@@ -416,8 +567,10 @@ def _order_manifest(manifest: Mapping) -> Dict:
 
 def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors: Mapping,
                   class_names: Optional[Sequence[str]] = None, training: Optional[Mapping] = None,
-                  probe_data: Optional[Mapping] = None, seed: int = 0, checkpoint: Optional[str] = "beside") -> str:
-    """Write a format-v2 model bundle (docs/formats.md) to ``out_dir`` and check ONNX/torch and chain parity.
+                  probe_data: Optional[Mapping] = None, seed: int = 0, checkpoint: Optional[str] = "beside",
+                  bounds_data=None) -> str:
+    """Write a model bundle (docs/formats.md; format v3 with ``bounds_data``, else v2) to ``out_dir`` and check
+    ONNX/torch and chain parity.
 
     Args:
         out_dir: bundle directory (created; bundle files of an earlier export there are replaced).
@@ -432,6 +585,9 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
         checkpoint: where to save the torch networks so :func:`export_from_checkpoint` can re-export the bundle
             without retraining: ``"beside"`` (default) → ``<out_dir>`` + :data:`CHECKPOINT_SUFFIX` next to the bundle
             directory (outside it, so the bundle a robot installs stays small), a file path, or None (not saved).
+        bounds_data: the training data set directory (or its raw train-split arrays) to compute the manifest's
+            ``latent_bounds`` from (:func:`compute_latent_bounds` on the written networks; format v3). None: no
+            bounds (format v2).
 
     Returns:
         ``out_dir``.
@@ -472,7 +628,7 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
                 _export_onnx(module, tensors, os.path.join(tmp, fname), in_names, out_names)
         subsets = [list(s) for s in m2vae.subsets]
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "objective": OBJECTIVE,
+            "format": FORMAT, "format_version": FORMAT_VERSION_NO_BOUNDS, "objective": OBJECTIVE,
             "model_id": None,
             "package_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -492,9 +648,11 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
         }
         add_chains(tmp, manifest, probes, seed=seed)
         np.savez(os.path.join(tmp, "probes.npz"), **probes)
+        if bounds_data is not None:
+            _set_bounds(manifest, compute_latent_bounds(tmp, manifest, bounds_data))
         for fname in sorted(os.listdir(tmp)):
             files[fname] = sha256_file(os.path.join(tmp, fname))
-        _finish_manifest(manifest, files)
+        manifest = _order_manifest(_finish_manifest(manifest, files))
         # parity before anything replaces an existing bundle
         check_probe_parity(tmp, manifest, dict(np.load(os.path.join(tmp, "probes.npz"))), tol=PARITY_TOL)
         worst = chain_parity(tmp, manifest)
@@ -521,7 +679,7 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
     return out_dir
 
 
-def export_from_checkpoint(checkpoint: str, out_dir: str) -> str:
+def export_from_checkpoint(checkpoint: str, out_dir: str, bounds_data=None) -> str:
     """Re-export a bundle from the torch checkpoint an earlier :func:`export_bundle` saved (no retraining): the same
     networks, probes and training record, written in the current format; the checkpoint is saved again beside
     ``out_dir``.
@@ -543,7 +701,7 @@ def export_from_checkpoint(checkpoint: str, out_dir: str) -> str:
         raise BundleError(f"{checkpoint}: objective {ck.get('objective')!r}; this exporter writes {OBJECTIVE!r}")
     return export_bundle(out_dir, ck["betavaes"], ck["m2vae"], ck["head"], sensors=ck["sensors"],
                          class_names=ck["class_names"], training=ck["training"], probe_data=ck["probe_data"],
-                         seed=int(ck["seed"]), checkpoint="beside")
+                         seed=int(ck["seed"]), checkpoint="beside", bounds_data=bounds_data)
 
 
 def _replace_bundle(src: str, out_dir: str) -> None:
@@ -563,7 +721,7 @@ def _replace_bundle(src: str, out_dir: str) -> None:
 
 def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_dim: int = 10,
                      sensors: Optional[Mapping] = None, modalities: Optional[Sequence[str]] = None,
-                     checkpoint: Optional[str] = None) -> str:
+                     checkpoint: Optional[str] = None, bounds_data=None) -> str:
     """Export randomly initialised networks (β-VAEs for camera/lidar/reflectance, the M2VAE and a class-belief head
     over the 8 class names) as a complete bundle, e.g. for testing the runtime and the ROS nodes before training.
 
@@ -576,6 +734,7 @@ def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_
             :data:`m2vae_fusion.core.preprocess.DEFAULT_CONFIGS`.
         modalities: subset of the modalities (default all three, in bundle order).
         checkpoint: as in :func:`export_bundle`; default None (not saved: the seed reproduces the weights).
+        bounds_data: as in :func:`export_bundle` (None: format v2 without bounds).
 
     Returns:
         ``out_dir``.
@@ -597,14 +756,14 @@ def export_untrained(out_dir: str, seed: int = 0, feature_dim: int = 10, latent_
     training = {"config": {"untrained": True, "seed": seed, "feature_dim": feature_dim, "latent_dim": latent_dim},
                 "metrics": {}, "dataset": None}
     return export_bundle(out_dir, betavaes, m2vae, head, sensors=cfg, class_names=names, training=training,
-                         seed=seed, checkpoint=checkpoint)
+                         seed=seed, checkpoint=checkpoint, bounds_data=bounds_data)
 
 
 # ---------------------------------------------------------------------------------------------------------- verify
 
 def read_manifest(bundle_dir: str) -> Dict:
-    """Load and schema-check ``bundle_dir/manifest.json`` (format v2, as the runtime reads it; a v1 bundle is refused
-    with the upgrade command); raises :class:`BundleError` naming the file."""
+    """Load and schema-check ``bundle_dir/manifest.json`` (format v2 or v3, as the runtime reads it; a v1 bundle is
+    refused with the upgrade command); raises :class:`BundleError` naming the file."""
     from m2vae_fusion.core.bundle import read_manifest as _read
 
     manifest = _read(bundle_dir)
@@ -650,7 +809,8 @@ def verify_bundle(bundle_dir: str, tol: Optional[float] = None) -> Dict:
     for name in listed + [manifest["probes"]]:
         if name not in files:
             raise ChecksumError(f"{os.path.join(bundle_dir, name)}: network file not listed in manifest.json files")
-    expect = compute_model_id(files)
+    bounds = manifest.get("latent_bounds") if manifest["format_version"] == FORMAT_VERSION else None
+    expect = compute_model_id(files, bounds)
     if manifest["model_id"] != expect:
         raise ChecksumError(f"{os.path.join(bundle_dir, 'manifest.json')}: model_id {manifest['model_id']!r} does "
                             f"not match the files ({expect!r})")
@@ -666,4 +826,5 @@ def verify_bundle(bundle_dir: str, tol: Optional[float] = None) -> Dict:
             raise ParityError(f"{os.path.join(bundle_dir, fname)}: chain differs from the per-network path by "
                               f"{d:.3g} (tolerance {tol_:g})")
     return {"model_id": manifest["model_id"], "format_version": manifest["format_version"],
-            "objective": manifest["objective"], "files": len(files), "max_abs_diff": diffs, "chain_vs_networks": chain}
+            "objective": manifest["objective"], "files": len(files), "max_abs_diff": diffs, "chain_vs_networks": chain,
+            "latent_bounds": bounds}
