@@ -187,12 +187,14 @@ def crop_camera(image: np.ndarray, cfg: Mapping, target_position=None, camera_k=
 def lidar_window(ranges: np.ndarray, cfg: Mapping, target_position=None) -> np.ndarray:
     """Target-centred LiDAR window: float (B,) or (N, B) scans → float32 (N, points) in [0, 1].
 
-    For ``points`` lateral offsets ``u`` spread evenly over ``crop.window_m`` (m) across the line of sight to the
-    target's centre (base frame position; the LiDAR is at the base origin), the beam nearest to the direction of
-    ``(x_t, u)`` gives the depth ``r cos(angle to the line of sight) - x_t`` (m, relative to the target's centre
-    range ``x_t``), clipped to ±``crop.depth_m`` and mapped to [0, 1] (0.5 = the target centre's depth).
-    Fallback without a position: the nearest return within ±40° of straight ahead, its range + 0.03 m as ``x_t``.
-    Special values are cleaned as in :func:`clean_ranges`.
+    The window spans ``crop.window_m`` (m) across the line of sight to the target's centre (base frame position; the
+    LiDAR is at the base origin) at the target's range ``x_t``, cut into ``points`` equal lateral bins. Each beam
+    pointing into bin ``j`` (direction ``(x_t, u)`` with ``u`` in the bin) contributes its depth
+    ``r cos(angle to the line of sight) - x_t`` (m, relative to the target centre's range) clipped to
+    ±``crop.depth_m``; a bin holds the mean over its beams (the nearest beam when none points into it), mapped to
+    [0, 1] (0.5 = the target centre's depth, 0 = ``depth_m`` in front of it). Fallback without a position: the
+    nearest return within ±40° of straight ahead, its range + 0.03 m as ``x_t``. Special values are cleaned as in
+    :func:`clean_ranges`.
     """
     r = np.asarray(ranges)
     if r.ndim == 1:
@@ -212,12 +214,24 @@ def lidar_window(ranges: np.ndarray, cfg: Mapping, target_position=None) -> np.n
         near = np.argmin(np.where(front[None, :], r, np.inf), axis=1)
         bearing = np.where(ok, bearing, theta[near])
         xt = np.where(ok, xt, r[np.arange(n), near] + 0.03)
-    u = np.linspace(-win / 2, win / 2, pts)
-    off = np.arctan2(u[None, :], np.maximum(xt, 1e-3)[:, None])          # (N, P)
-    idx = np.clip(np.rint((bearing[:, None] + off - a0) / inc), 0, b - 1).astype(np.int64)
-    rr = np.take_along_axis(r, idx, axis=1)
-    depth = rr * np.cos(theta[idx] - bearing[:, None]) - xt[:, None]
-    return ((np.clip(depth / dmax, -1.0, 1.0) + 1.0) / 2.0).astype(np.float32)
+    xt = np.maximum(xt, 1e-3)
+    rel = theta[None, :] - bearing[:, None]                               # (N, B) angle to the line of sight
+    depth = np.clip(r * np.cos(rel) - xt[:, None], -dmax, dmax)
+    du = win / pts
+    with np.errstate(invalid="ignore"):
+        lateral = xt[:, None] * np.tan(np.clip(rel, -1.5, 1.5))
+    j = np.floor((lateral + win / 2) / du).astype(np.int64)
+    inside = (j >= 0) & (j < pts) & (np.abs(rel) < 1.5)
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, b))
+    flat = rows[inside] * pts + j[inside]
+    sums = np.bincount(flat, weights=depth[inside], minlength=n * pts).reshape(n, pts)
+    counts = np.bincount(flat, minlength=n * pts).reshape(n, pts)
+    # bins no beam points into (far targets, narrow bins): the beam nearest to the bin centre
+    u = -win / 2 + du * (np.arange(pts) + 0.5)
+    idx = np.clip(np.rint((bearing[:, None] + np.arctan2(u[None, :], xt[:, None]) - a0) / inc), 0, b - 1)
+    nearest = np.take_along_axis(depth, idx.astype(np.int64), axis=1)
+    prof = np.where(counts > 0, sums / np.maximum(counts, 1), nearest)
+    return ((prof / dmax + 1.0) / 2.0).astype(np.float32)
 
 
 def preprocess_camera(image: np.ndarray, cfg: Mapping, target_position=None, camera_k=None) -> np.ndarray:

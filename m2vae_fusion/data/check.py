@@ -113,7 +113,8 @@ def target_features(arrays: Dict[str, np.ndarray], sensors: dict) -> Dict[str, n
 
     - camera: the crop around the target's projection (0.2 m window) at 16x16x3, in [0, 1] (768 values);
     - lidar: the window across the line of sight to the target (0.24 m, 64 points), plus the target's range;
-    - reflectance: the (K, 2) scan flattened (``+inf`` → ``range_max``) plus the target's position (x, y).
+    - reflectance: the (K, 2) ring starting at the beam facing the target, flattened (``+inf`` → ``range_max``),
+      plus the target's position (x, y).
     """
     from m2vae_fusion.core.preprocess import crop_camera, lidar_window
 
@@ -125,7 +126,14 @@ def target_features(arrays: Dict[str, np.ndarray], sensors: dict) -> Dict[str, n
     cam = crop_camera(arrays["camera"], cam_cfg, pos).reshape(len(pos), -1).astype(np.float32) / 255.0
     lid = np.concatenate([lidar_window(arrays["lidar"], lid_cfg, pos),
                           np.hypot(pos[:, 0], pos[:, 1])[:, None]], axis=1).astype(np.float32)
-    ref = np.concatenate([reflectance_features(arrays["reflectance"], sensors["reflectance"]["range_max"]),
+    refl = arrays["reflectance"]
+    k = refl.shape[1]
+    angles = np.asarray(sensors["reflectance"].get("angles", 2 * np.pi * np.arange(k) / k))
+    bearing = np.arctan2(pos[:, 1], pos[:, 0])
+    first = np.argmin(np.abs(np.angle(np.exp(1j * (angles[None, :] - bearing[:, None])))), axis=1)
+    order = (first[:, None] + np.arange(k)[None, :]) % k                   # the ring from the beam facing the target
+    rolled = np.take_along_axis(refl, order[:, :, None], axis=1)
+    ref = np.concatenate([reflectance_features(rolled, sensors["reflectance"]["range_max"]),
                           pos[:, :2]], axis=1).astype(np.float32)
     return {"camera": cam, "lidar": lid, "reflectance": ref}
 

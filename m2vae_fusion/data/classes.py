@@ -89,7 +89,7 @@ class ClassSet:
 
 WORLDS: Dict[str, ClassSet] = {
     "easy": ClassSet(("red", "green"), ("cylinder", "cube"), ("matte", "shiny")),
-    "hard": ClassSet(("red", "orange", "yellow"), ("cylinder", "octagonal_prism", "rounded_box"),
+    "hard": ClassSet(("red", "orange", "yellow"), ("cylinder", "hexagonal_prism", "rounded_box"),
                      ("matte", "satin", "shiny")),
 }
 #: The world of a data set whose metadata names none (data sets written before the hard world existed).

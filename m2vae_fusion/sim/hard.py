@@ -1,6 +1,6 @@
 """The hard simulated world: 27 classes with close neighbours, ambiguous single observations.
 
-3 colours (red / orange / yellow) × 3 shapes (cylinder / octagonal prism / rounded box) × 3 IR materials (matte /
+3 colours (red / orange / yellow) × 3 shapes (cylinder / hexagonal prism / rounded box) × 3 IR materials (matte /
 satin / shiny), class id ``9*colour + 3*shape + material`` (``m2vae_fusion.data.classes.WORLDS["hard"]``).
 
 Where the ambiguity comes from (it belongs to the observation, not to the object):
@@ -14,7 +14,8 @@ Where the ambiguity comes from (it belongs to the observation, not to the object
   yaw, light intensity and colour temperature (no white balance: warm light pushes orange towards red and yellow
   towards orange), camera gain noise (dark scenes are noisy), blur, distractor objects of all colours and neutral
   clutter, partial occlusion of the target by a distractor in front of it (camera, LiDAR and IR see the occluder),
-  LiDAR range noise of 1 cm (Hokuyo URG-04LX accuracy), IR intensity noise.
+  LiDAR range noise of 1 cm (Hokuyo URG-04LX accuracy), IR intensity noise and, in some views, IR interference
+  (an intensity offset on every beam, as from sunlight or another robot's emitters).
 
 Per-sensor honesty by design: the camera sits below the objects' tops under flat (ambient) light, so the three
 shapes show upright silhouettes of matching mean width; every object has the same visible gloss (the IR material
@@ -49,46 +50,56 @@ IR_NOMINAL = {
 SCENE = {
     "world": "hard",
     # object (per instance)
-    "hue_centre": {"red": 0.985, "orange": 0.055, "yellow": 0.125},
-    "hue_halfwidth": 0.012,
+    "hue_centre": {"red": 0.995, "orange": 0.04, "yellow": 0.085},
+    "hue_halfwidth": 0.008,
     "saturation": (0.65, 0.92),
     "value": (0.6, 0.9),
     "object_height": (0.055, 0.09),
-    "apparent_width": (0.06, 0.095),
-    "width_factor": {"cylinder": 1.0, "octagonal_prism": 1.055, "rounded_box": 1.137},
-    "rounded_box_corner": (0.2, 0.3),
-    "ir_normal_reflectance": {"matte": (0.18, 0.3), "satin": (0.36, 0.5), "shiny": (0.58, 0.8)},
-    "ir_specular_share": {"matte": (0.0, 0.0), "satin": (0.35, 0.55), "shiny": (0.65, 0.8)},
-    "ir_exponent": {"matte": 1.0, "satin": 4.0, "shiny": 16.0},
+    "apparent_width": (0.13, 0.16),
+    "width_factor": {"cylinder": 1.0, "hexagonal_prism": 1.103, "rounded_box": 1.137},
+    "rounded_box_corner": (0.12, 0.2),
+    "ir_normal_reflectance": {"matte": (0.14, 0.22), "satin": (0.32, 0.44), "shiny": (0.64, 0.9)},
+    "ir_specular_share": {"matte": (0.0, 0.0), "satin": (0.2, 0.3), "shiny": (0.35, 0.5)},
+    "ir_exponent": {"matte": 1.0, "satin": 2.0, "shiny": 4.0},
     # observation (per view)
-    "distance_from_rim": (0.08, 0.45),
-    "heading_offset": (-0.35, 0.35),
-    "light_intensity": (0.2, 1.0),
-    "colour_temperature_k": (2700.0, 6500.0),
+    "distance_from_rim": (0.04, 0.16),
+    # some views are taken from further away (passing by, an obstacle in the way)
+    "far_view_probability": 0.12,
+    "far_distance_from_rim": (0.28, 0.45),
+    "heading_offset": (-0.25, 0.25),
+    "light_intensity": (0.12, 1.0),
+    # indoor light: daylight / cool-white (4500-6500 K) or, in a quarter of the views, warm tungsten-like light
+    # (1800-2400 K) that pushes yellow towards orange and orange towards red
+    "colour_temperature_k": (4500.0, 6500.0),
+    "warm_light_probability": 0.3,
+    "warm_colour_temperature_k": (1800.0, 2400.0),
     "camera_gain_noise_dn": 2.5,
     "camera_blur_sigma_px": (0.0, 1.0),
     "distractors": (1, 4),
-    "occlusion_probability": 0.3,
-    "occluded_fraction": (0.15, 0.6),
+    "occlusion_probability": 0.12,
+    "occluded_fraction": (0.35, 0.8),
+    # IR interference (sunlight, other robots' emitters) in some views: an offset on every beam's intensity
+    "ir_interference_probability": 0.12,
+    "ir_interference": (0.2, 0.5),
     "arena_size": (1.5, 3.0),
     "walls_probability": 0.7,
 }
 
 TRAIN_SIZE = (64, 64)
 
-#: Target-centred preprocessing of the hard world (``m2vae_fusion.core.preprocess``): a 0.2 m window around the
-#: target resampled to 32x32; a LiDAR window 0.24 m across the line of sight, 64 points, depths within ±0.15 m.
-CAMERA_CROP = {"enabled": True, "size": 32, "window_m": 0.2}
-LIDAR_CROP = {"enabled": True, "window_m": 0.24, "points": 64, "depth_m": 0.15}
+#: Target-centred preprocessing of the hard world (``m2vae_fusion.core.preprocess``): a 0.25 m window around the
+#: target resampled to 32x32; a LiDAR window 0.3 m across the line of sight, 64 points, depths within ±0.15 m.
+CAMERA_CROP = {"enabled": True, "size": 32, "window_m": 0.25}
+LIDAR_CROP = {"enabled": True, "window_m": 0.3, "points": 64, "depth_m": 0.15}
 
 #: Sensor configurations of the hard world: 1 cm LiDAR noise, noisier IR.
 HARD_LIDAR = dict(noise_std=0.01)
-HARD_REFLECTANCE = dict(intensity_noise=(0.06, 0.004))
+HARD_REFLECTANCE = dict(intensity_noise=(0.04, 0.004))
 
 
 def make_world(seed: int = 0, num_agents: int = 1):
     """The hard world's :class:`~m2vae_fusion.sim.world.World`: walls, no neutral box pool (distractors are added
-    per object), 1 cm LiDAR noise, IR noise (6 % relative, 0.004 absolute)."""
+    per object), 1 cm LiDAR noise, IR noise (4 % relative, 0.004 absolute)."""
     from m2vae_fusion.sim.world import World
 
     return World(num_agents=num_agents, camera=CameraConfig(), lidar=LidarConfig(**HARD_LIDAR),
@@ -158,6 +169,14 @@ def draw_object(rng: np.random.Generator, label: Optional[int] = None) -> dict:
             "hue": float(hue)}
 
 
+def _surface_rgb(rng):
+    """Walls and floor: off-white, beige, wood-like or bluish-grey tints (no reliable white reference)."""
+    kind = int(rng.integers(4))
+    v = rng.uniform(0.5, 0.95)
+    hue, sat = [(0.1, (0.0, 0.08)), (0.11, (0.12, 0.3)), (0.07, (0.3, 0.5)), (0.6, (0.05, 0.25))][kind]
+    return colorsys.hsv_to_rgb(hue + rng.uniform(-0.02, 0.02), rng.uniform(*sat), v)
+
+
 def _distractor_rgb(rng):
     """Distractor colours: half of them from the classes' hue range (red-yellow), half anything else."""
     if rng.uniform() < 0.5:
@@ -210,7 +229,7 @@ class HardScene:
 
     def _radius(self, oid) -> float:
         spec = self.world.objects[oid]
-        return spec.width / 2 * {"cylinder": 1.0, "octagonal_prism": 1.0 / math.cos(math.pi / 8),
+        return spec.width / 2 * {"cylinder": 1.0, "hexagonal_prism": 1.0 / math.cos(math.pi / 6),
                                  "rounded_box": math.sqrt(2)}[spec.shape]
 
     def observe(self, rng: np.random.Generator) -> dict:
@@ -226,7 +245,8 @@ class HardScene:
         oyaw = float(rng.uniform(0, 2 * math.pi))
         w.set_object_pose(self.target, 0.0, 0.0, oyaw)
         r_t = self._radius(self.target)
-        dist = AMIRO_RADIUS + _u(rng, SCENE["distance_from_rim"]) + r_t * 0.5
+        far = rng.uniform() < SCENE["far_view_probability"]
+        dist = AMIRO_RADIUS + _u(rng, SCENE["far_distance_from_rim" if far else "distance_from_rim"]) + r_t * 0.5
         bearing = float(rng.uniform(-math.pi, math.pi))
         offset = _u(rng, SCENE["heading_offset"])
         ax, ay, ayaw = w.inspect(0, self.target, dist, offset, bearing)
@@ -236,15 +256,11 @@ class HardScene:
         need = 2 * (max(abs(ax - cx), abs(ay - cy)) + 0.35)
         arena = max(_u(rng, SCENE["arena_size"]), need)
         walls = bool(rng.uniform() < SCENE["walls_probability"])
-        wall_rgb = []
-        for _ in range(4):
-            v = rng.uniform(0.45, 0.95)
-            wall_rgb.append((v, v * rng.uniform(0.95, 1.02), v * rng.uniform(0.9, 1.02)))
+        wall_rgb = [_surface_rgb(rng) for _ in range(4)]
         w.set_arena(arena, (cx, cy), wall_rgb=wall_rgb,
                     wall_ir=[IRMaterial(float(rng.uniform(0.2, 0.6)), 0.0, 1.0) for _ in range(4)], visible=walls)
-        g = rng.uniform(0.35, 0.7)
-        pb.changeVisualShape(w.floor, -1, rgbaColor=(g, g, g * rng.uniform(0.95, 1.05), 1.0),
-                             physicsClientId=w.client)
+        fl = np.asarray(_surface_rgb(rng)) * rng.uniform(0.5, 0.8)
+        pb.changeVisualShape(w.floor, -1, rgbaColor=(*fl, 1.0), physicsClientId=w.client)
 
         # distractors: maybe one occluding the target, the others around it (never between robot and target)
         placed = []
@@ -290,13 +306,22 @@ class HardScene:
 
         # light: flat (ambient) rendering of the albedo, then the illuminant applied per pixel
         w.set_lighting(direction=(0.0, 0.0, 1.0), colour=(1.0, 1.0, 1.0), ambient=1.0, diffuse=0.0, specular=0.0)
-        kelvin = _u(rng, SCENE["colour_temperature_k"])
+        warm = rng.uniform() < SCENE["warm_light_probability"]
+        kelvin = _u(rng, SCENE["warm_colour_temperature_k" if warm else "colour_temperature_k"])
         inten = float(math.exp(rng.uniform(math.log(SCENE["light_intensity"][0]),
                                            math.log(SCENE["light_intensity"][1]))))
         albedo = w.render_camera(0, *TRAIN_SIZE, rng=rng, noise=False).astype(np.float32)
         cam = camera_response(albedo, kelvin, inten, _u(rng, SCENE["camera_blur_sigma_px"]), rng)
         lidar = w.lidar_scan(0, rng=rng)
         refl = w.reflectance_scan(0, rng=rng)
+        interference = 0.0
+        if rng.uniform() < SCENE["ir_interference_probability"]:
+            interference = _u(rng, SCENE["ir_interference"])
+            gain = 1.0 + 0.3 * rng.uniform(-1, 1, size=len(refl))
+            refl = refl.copy()
+            refl[:, 1] = refl[:, 1] + np.float32(interference) * gain.astype(np.float32)
+            seen = ~np.isfinite(refl[:, 0])  # interference makes empty beams report a (false) return
+            refl[seen, 0] = np.float32(w.reflectance.range_max) * rng.uniform(0.5, 1.0, size=int(seen.sum()))
         # target centre in the base frame (x forward, y left, z up)
         dx, dy = -ax, -ay
         c, s = math.cos(ayaw), math.sin(ayaw)
@@ -304,6 +329,7 @@ class HardScene:
         return {"camera": cam, "lidar": lidar, "reflectance": refl, "target_position": pos,
                 "scene": {"distance": dist, "heading_offset": offset, "object_yaw": oyaw, "kelvin": kelvin,
                           "light_intensity": inten, "occluded_fraction": occluded, "walls": walls,
+                          "ir_interference": interference,
                           "distractors": len(placed)}}
 
 

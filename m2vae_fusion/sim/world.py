@@ -101,12 +101,12 @@ def _extrude(ring: np.ndarray, height: float):
 
 def shape_mesh(shape: str, width: float, height: float, corner: float = 0.25):
     """``(vertices, indices)`` of a hard-world shape: ``"cylinder"`` (48-gon, diameter ``width``),
-    ``"octagonal_prism"`` (across-flats ``width``), ``"rounded_box"`` (side ``width``, corner radius
+    ``"hexagonal_prism"`` (across-flats ``width``), ``"rounded_box"`` (side ``width``, corner radius
     ``corner * width``), ``"cube"`` (side ``width``, the easy world's). Raises ValueError for another shape."""
     if shape == "cylinder":
         return _cylinder_mesh(width / 2, height)
-    if shape == "octagonal_prism":
-        return _prism_mesh(width / 2 / math.cos(math.pi / 8), height, 8, math.pi / 8)
+    if shape == "hexagonal_prism":
+        return _prism_mesh(width / 2 / math.cos(math.pi / 6), height, 6, math.pi / 6)
     if shape == "rounded_box":
         return _rounded_box_mesh(width, corner * width, height)
     if shape == "cube":
@@ -136,7 +136,7 @@ class ObjectSpec:
     Args:
         colour: easy world ``"red"`` or ``"green"``; hard world ``"red"``, ``"orange"`` or ``"yellow"``.
         shape: easy ``"cylinder"`` or ``"cube"`` (square footprint; ``width`` is the side); hard ``"cylinder"``,
-            ``"octagonal_prism"`` (``width`` across flats) or ``"rounded_box"`` (side ``width``, vertical edges
+            ``"hexagonal_prism"`` (``width`` across flats) or ``"rounded_box"`` (side ``width``, vertical edges
             rounded with radius ``corner * width``).
         material: easy ``"matte"`` or ``"shiny"``; hard ``"matte"``, ``"satin"`` or ``"shiny"`` (infrared
             reflectance, see :data:`IR_MATERIALS` and :data:`m2vae_fusion.sim.hard.IR_NOMINAL`).
