@@ -103,6 +103,8 @@ def _sim_source(args):
     views = getattr(args, "views", None)
     if world == "easy" and views not in (None, 1):
         raise UserError("--views applies to the hard world only (the easy world observes each object once)")
+    if views is not None and not 1 <= views <= 250:
+        raise UserError(f"--views must be 1..250 (got {views})")
     views = DEFAULT_VIEWS if views is None and world == "hard" else (views or 1)
     if views < 1 or views > 250:
         raise UserError(f"--views must be 1..250 (got {views})")
