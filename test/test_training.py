@@ -118,7 +118,40 @@ def test_eval_end_to_end(trained, tmp_path, capsys):
     z = res["z_diff"]["camera+lidar"]
     assert z["after_1"]["median"] >= 0 and z["after_3"]["p95"] >= z["after_3"]["median"]
     assert all(np.isfinite(v) and v < 0 for v in res["elbo"].values())
-    assert "in-place" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "in-place" in out and "[v2]" in out
+    # protocol v2 beside it: chains per mode and K, sampled and with means; information measures per subset
+    v2 = res["v2"]
+    for key in ("bundle", "ablation"):
+        r = v2[key]
+        for name in ("chains", "chains_mean"):
+            for mode in ("random", "one_keeps"):
+                assert set(r[name][mode]) == {"3", "10", "50"}
+                for c in r[name][mode].values():
+                    assert 0 <= c["in_place"] <= 1 and 0 <= c["direct"] <= 1
+                    assert c["gap"] == pytest.approx(c["in_place"] - c["direct"])  # every chain saw every sensor
+        assert len(r["chains"]["random"]["50"]["z_step_median"]) == 49
+        info = r["information"]["per_subset"]
+        assert set(info) == set(res["subset_accuracy"])
+        assert all(0 <= v["within_class_share"] <= 1.0001 and set(v["r2"]) == {"camera", "lidar", "reflectance"}
+                   for v in info.values())
+    # means, no sampling: a chain of 3 in one order per object equals the paper protocol's in-place fusion
+    assert v2["bundle"]["chains_mean"]["random"]["3"]["objects"] == res["test_samples"]
+
+
+def test_eval_v2_chain_schedules_and_plots(trained, tmp_path):
+    from m2vae_fusion.training.evaluate import chain_schedule, object_groups, plot_v2
+
+    rng = np.random.default_rng(0)
+    mods = ["camera", "lidar", "reflectance"]
+    s = chain_schedule(10, mods, "random", rng)
+    assert sorted(s[:3]) == sorted(mods) and sorted(s[3:6]) == sorted(mods) and len(s) == 10
+    k = chain_schedule(50, mods, "one_keeps", rng)
+    assert sorted(k[:3]) == sorted(mods) and len(set(k[3:])) == 1 and len(k) == 50
+    groups = object_groups(np.array([5, 5, 7, -1, 7, 5]))
+    assert sorted(map(list, groups)) == [[0, 1, 5], [2, 4], [3]]
+    paths = plot_v2(trained["out"], trained["data"], str(tmp_path / "fig"), steps=3)
+    assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
 def test_train_ablation_reuses_betavae(trained, tmp_path):
