@@ -57,6 +57,7 @@ BENCHMARKS = {
     "mog": (MOG_HELP, _mog_configure, _mog_run),
     "runtime": "m2vae_fusion.benchmarks.runtime",
     "training": "m2vae_fusion.benchmarks.training",
+    "alpha": "m2vae_fusion.benchmarks.alpha",
 }
 
 

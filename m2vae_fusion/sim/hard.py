@@ -71,7 +71,7 @@ SCENE = {
     # indoor light: daylight / cool-white (4500-6500 K) or, in a quarter of the views, warm tungsten-like light
     # (1800-2400 K) that pushes yellow towards orange and orange towards red
     "colour_temperature_k": (4500.0, 6500.0),
-    "warm_light_probability": 0.3,
+    "warm_light_probability": 0.36,
     "warm_colour_temperature_k": (1800.0, 2400.0),
     "camera_gain_noise_dn": 2.5,
     "camera_blur_sigma_px": (0.0, 1.0),
@@ -79,7 +79,7 @@ SCENE = {
     "occlusion_probability": 0.12,
     "occluded_fraction": (0.35, 0.8),
     # IR interference (sunlight, other robots' emitters) in some views: an offset on every beam's intensity
-    "ir_interference_probability": 0.12,
+    "ir_interference_probability": 0.16,
     "ir_interference": (0.2, 0.5),
     "arena_size": (1.5, 3.0),
     "walls_probability": 0.7,
