@@ -1,5 +1,6 @@
 """Training pipeline end to end on a tiny synthetic data set (seconds), config validation, bad input."""
 import json
+import math
 import os
 import shutil
 
@@ -274,3 +275,26 @@ def test_lidar_object_trunk_is_object_centred():
         torch.testing.assert_close(vae.trunk(scan(15)), h0, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(vae.trunk(scan(-20)), h0, atol=1e-5, rtol=1e-5)
         assert (vae.trunk(scan(0, "flat")) - h0).abs().max() > 1e-3
+
+
+def test_bench_alpha_sweep_small(trained, tmp_path, capsys):
+    """The α_reenc sweep end to end on the tiny synthetic set: β-VAEs reused from an existing run, two α, one
+    seed, K=3; per-α means (intervals need two seeds: NaN here) and the trade-off plot."""
+    from m2vae_fusion.benchmarks.alpha import interval
+
+    js, png = tmp_path / "alpha.json", tmp_path / "alpha.png"
+    rc = main(["bench", "alpha", "--data", trained["data"], "--alphas", "0,1", "--seeds", "0", "--k", "3",
+               "--runs", str(tmp_path / "runs"), "--config", trained["cfg"], "--init-betavae", trained["runs"],
+               "--json", str(js), "--plot", str(png)])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    assert [r["alpha_reenc"] for r in res["per_alpha"]] == [0.0, 1.0] and len(res["runs"]) == 2
+    for row in res["per_alpha"]:
+        assert row["in_place_k_random"]["n"] == 1 and 0 <= row["in_place_k_random"]["mean"] <= 1
+        assert math.isnan(row["within_class_share"]["ci95"])
+    with open(os.path.join(res["runs"][1]["bundle"], "manifest.json")) as f:
+        assert json.load(f)["training"]["config"]["m2vae"]["alpha_reenc"] == 1.0
+    assert png.stat().st_size > 1000 and "alpha_reenc sweep" in capsys.readouterr().out
+    iv = interval([0.5, 0.7])
+    assert iv["mean"] == pytest.approx(0.6) and iv["ci95"] == pytest.approx(12.706 * 0.1414214 / 1.4142136, rel=1e-4)
+    assert main(["bench", "alpha", "--data", trained["data"], "--alphas", "-1"]) == 2

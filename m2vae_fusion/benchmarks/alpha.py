@@ -38,6 +38,7 @@ def configure(parser):
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
     parser.add_argument("--k", type=int, default=50, help="chain length K scored (default 50)")
     parser.add_argument("--runs", default=os.path.join("runs", "alpha"), help="run directory (default runs/alpha)")
+    parser.add_argument("--config", help="training config YAML for every run (default: the built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="training config override for every run (repeatable), e.g. m2vae.epochs=10")
     parser.add_argument("--init-betavae", metavar="RUN_DIR", help="reuse these β-VAEs (default: train them once)")
@@ -112,6 +113,8 @@ def run(args) -> int:
             bundle = os.path.join(args.runs, "bundles", name)
             argv = ["train", "--data", args.data, "--out", bundle, "--runs", run_dir, "--seed", str(s),
                     "--set", f"m2vae.alpha_reenc={a}"]
+            if args.config:
+                argv += ["--config", args.config]
             for o in args.set:
                 argv += ["--set", o]
             if init:
