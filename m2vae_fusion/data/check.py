@@ -2,13 +2,18 @@
 holds when each sensor alone determines its own attribute (camera → colour, LiDAR → shape, reflectance → material)
 and all three together determine the class.
 
+Easy world: own attribute ≥ 0.98, others ≤ 0.70, all three → class ≥ 0.98. Hard world (issue 10; the world's
+ceilings): own attribute 0.82-0.93 from one observation, others ≤ 0.70, and > 0.97 from two observations of the
+same object (every pair of views of each test object, posteriors multiplied: :func:`pair_accuracy`); its inputs are
+the target-centred crops of :func:`target_features`.
+
 One classifier family throughout: scikit-learn's ``ExtraTreesClassifier`` (500 trees, bootstrap, fixed
 ``random_state``), one model per (sensor, attribute) pair, trained on the train split and scored (accuracy) on the
 test split. All sensors together: stacking — second-level models of the same family map the three sensors'
 out-of-bag attribute posteriors (9 numbers) to colour, shape and material, class = 4c + 2s + m; nothing tells them
 which sensor knows which attribute. (A single tree ensemble on the concatenated inputs
 needs far more than a few thousand samples to learn the 8-class conjunction when 768 of ~830 inputs are pixels.)
-The inputs are the raw arrays, lightly
+The easy world's inputs are the raw arrays, lightly
 summarised the same way whatever the attribute:
 
 - camera: the 64x64 image area-averaged to 16x16x3, in [0, 1] (768 values);
