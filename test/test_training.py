@@ -132,6 +132,8 @@ def test_eval_end_to_end(trained, tmp_path, capsys):
                     assert 0 <= c["in_place"] <= 1 and 0 <= c["direct"] <= 1
                     assert c["gap"] == pytest.approx(c["in_place"] - c["direct"])  # every chain saw every sensor
         assert len(r["chains"]["random"]["50"]["z_step_median"]) == 49
+        assert all(0 <= acc <= 1 for row in r["per_sensor_extratrees"].values() for acc in row.values())
+        assert set(r["per_sensor_extratrees"]["camera"]) == {"colour", "shape", "material"}
         info = r["information"]["per_subset"]
         assert set(info) == set(res["subset_accuracy"])
         assert all(0 <= v["within_class_share"] <= 1.0001 and set(v["r2"]) == {"camera", "lidar", "reflectance"}

@@ -372,6 +372,23 @@ def information_measures(bundle, ftr: Mapping[str, np.ndarray], ytr: np.ndarray,
     return {"per_subset": out, "r2_class_mean": r2_cm}
 
 
+def per_sensor_attributes(ftr: Mapping[str, np.ndarray], atr: Mapping[str, np.ndarray],
+                          fte: Mapping[str, np.ndarray], ate: Mapping[str, np.ndarray], seed: int = 0) -> Dict:
+    """scikit-learn ExtraTrees (default settings, ``random_state=seed``) on each modality's β-VAE latent means, one
+    per attribute: test accuracy ``{modality: {attribute: acc}}`` (compare with ``dataset --check``'s ceilings)."""
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    out = {}
+    for m in ftr:
+        out[m] = {}
+        for a in ("colour", "shape", "material"):
+            if a not in atr or a not in ate:
+                continue
+            clf = ExtraTreesClassifier(random_state=seed, n_jobs=2).fit(ftr[m], atr[a])
+            out[m][a] = float(clf.score(fte[m], ate[a]))
+    return out
+
+
 def evaluate_v2(bundle_dir: str, data_dir: str, ablation_dir: Optional[str] = None, seed: int = 0,
                 chain_lengths: Sequence[int] = CHAIN_LENGTHS, max_objects: int = 2000, log=print) -> Dict:
     """Protocol v2 (issue 10) for ``bundle_dir`` (and an ablation bundle) on the test split of ``data_dir``:
@@ -413,6 +430,9 @@ def evaluate_v2(bundle_dir: str, data_dir: str, ablation_dir: Optional[str] = No
                                  for k in chain_lengths}
         log(f"{key}: chains done ({time.time() - t0:.0f} s)")
         r["information"] = information_measures(bundle, ftr, ytr, fte, yte)
+        r["per_sensor_extratrees"] = per_sensor_attributes(
+            ftr, {a: v[ktr] for a, v in tr.attributes.items()}, fte, {a: v[kte] for a, v in te.attributes.items()},
+            seed)
         r["z_diff"] = z_diff_stats(bundle, fte, (1, 50))
         r["elbo"] = elbo_per_subset(bundle, fte, 5, seed)
         res[key] = r
@@ -434,6 +454,10 @@ def format_table_v2(res: Mapping) -> str:
                 cells = "  ".join(f"K={k}: {v['in_place']:.3f} (direct {v['direct']:.3f}, gap {v['gap']:+.3f})"
                                   for k, v in r[name][mode].items())
                 L.append(f"  in-place {label:<7} {mode:<9} {cells}")
+        pst = r.get("per_sensor_extratrees") or {}
+        if pst:
+            L.append("  ExtraTrees on β-VAE latent means: " + "; ".join(
+                f"{m} " + ", ".join(f"{a} {v:.3f}" for a, v in row.items()) for m, row in pst.items()))
         info = r["information"]
         cm = info["r2_class_mean"]
         L.append("  class-mean baseline R²: " + ", ".join(f"{m} {v:.3f}" for m, v in cm.items()))
