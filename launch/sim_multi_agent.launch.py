@@ -3,7 +3,7 @@
     ros2 launch m2vae_fusion sim_multi_agent.launch.py num_agents:=3 rigs:=all,camera,lidar
 
 Arguments: num_agents, rigs (comma-separated sensor rig per agent: all, camera, lidar, reflectance or e.g.
-lidar+reflectance; the last one repeats), model_dir (empty: the installed models/amiro), sim_params_file (default
+lidar+reflectance; the last one repeats), world (easy | hard; empty: the parameter file's, easy), model_dir (empty: the installed models/amiro), sim_params_file (default
 config/sim_world.yaml), fusion_params_file (default config/fusion.yaml), fastdds_profile, use_sim_time.
 The simulator publishes the ground truth on /sim/ground_truth (evaluation only).
 """
@@ -39,10 +39,14 @@ def _nodes(context):
     model_dir = LaunchConfiguration("model_dir").perform(context)
     sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() == "true"
     prefix = "agent"
+    sim_overrides = {"num_agents": num, "agent_prefix": prefix, "sensors": rigs, "use_sim_time": sim_time}
+    world = LaunchConfiguration("world").perform(context).strip()
+    if world:
+        if world not in ("easy", "hard"):
+            raise ValueError(f"world must be easy or hard, got {world!r}")
+        sim_overrides["world"] = world
     actions = [Node(package=PACKAGE, executable="sim_world", name="sim_world", output="screen", emulate_tty=True,
-                    parameters=[LaunchConfiguration("sim_params_file").perform(context),
-                                {"num_agents": num, "agent_prefix": prefix, "sensors": rigs,
-                                 "use_sim_time": sim_time}])]
+                    parameters=[LaunchConfiguration("sim_params_file").perform(context), sim_overrides])]
     for i, rig in enumerate(rigs):
         overrides = {"agent_id": f"{prefix}{i}", "modalities": _rig(rig), "use_sim_time": sim_time}
         if model_dir:
@@ -59,6 +63,8 @@ def generate_launch_description():
         DeclareLaunchArgument("num_agents", default_value="3", description="Number of agents"),
         DeclareLaunchArgument("rigs", default_value="all,camera,lidar",
                               description="Comma-separated sensor rig per agent; the last one repeats"),
+        DeclareLaunchArgument("world", default_value="",
+                              description="Simulated world: easy or hard (empty: the parameter file's)"),
         DeclareLaunchArgument("model_dir", default_value="",
                               description="Model bundle directory; empty: share/m2vae_fusion/models/amiro"),
         DeclareLaunchArgument("sim_params_file", default_value=os.path.join(share, "config", "sim_world.yaml"),

@@ -68,3 +68,93 @@ def test_dispatch_and_input_shapes():
         assert preprocess(m, raw, DEFAULT_CONFIGS[m]).shape[1:] == input_shape(m, DEFAULT_CONFIGS[m])
     with pytest.raises(PreprocessError, match="unknown modality"):
         preprocess("sonar", np.ones(3), {})
+
+
+# ------------------------------------------------------------------------------------- target-centred crops
+from m2vae_fusion.core.preprocess import (PreprocessError as _PE, camera_intrinsics, crop_camera,  # noqa: E402
+                                          input_shape as _shape, lidar_window, preprocess as _pre,
+                                          project_to_image, salient_blob)
+
+CROP_CAM = {"width": 64, "height": 64, "fov_deg": 45.0, "aspect": 4 / 3, "mount_forward": 0.0495, "mount_height": 0.045,
+       "crop": {"enabled": True, "size": 32, "window_m": 0.25}}
+CROP_LID = {"beams": 667, "angle_min": -2.0943951023931953, "angle_increment": 0.006289474781961547, "range_min": 0.02,
+       "range_max": 5.6, "crop": {"enabled": True, "window_m": 0.3, "points": 64, "depth_m": 0.15}}
+
+
+def test_projection_through_k_and_the_camera_to_base_transform():
+    k = camera_intrinsics(CROP_CAM, 64, 64)
+    assert k[0, 2] == 32 and k[1, 2] == 32 and k[1, 1] == pytest.approx(32 / np.tan(np.radians(22.5)))
+    assert k[0, 0] == pytest.approx(k[1, 1] / (4 / 3))
+    u, v, d = project_to_image([[1.0, 0.0, 0.045], [1.0, 0.1, 0.045], [1.0, 0.0, 0.1]], CROP_CAM, 64, 64)
+    assert (u[0], v[0]) == (pytest.approx(32), pytest.approx(32)) and d[0] == pytest.approx(1 - 0.0495)
+    assert u[1] < 32 and v[2] < 32                     # left of the robot → left in the image; higher → up
+    # an explicit K (CameraInfo.k of a 320x240 image) wins over the config's
+    k2 = camera_intrinsics(CROP_CAM, 320, 240, camera_k=[200, 0, 160, 0, 200, 120, 0, 0, 1])
+    assert k2[0, 0] == 200 and k2[1, 2] == 120
+    # the config's K (of the training size) is scaled to another image size
+    k3 = camera_intrinsics(dict(CROP_CAM, K=list(k.reshape(-1))), 320, 240)
+    assert k3[0, 2] == pytest.approx(160) and k3[1, 1] == pytest.approx(k[1, 1] * 240 / 64)
+    with pytest.raises(_PE):
+        camera_intrinsics(CROP_CAM, 64, 64, camera_k=[0, 0, 0])
+
+
+def _scene(u0, v0, rgb=(200, 30, 30)):
+    img = np.full((64, 64, 3), 110, np.uint8)
+    img[v0 - 4:v0 + 4, u0 - 4:u0 + 4] = rgb
+    return img
+
+
+def test_camera_crop_centres_the_target_and_falls_back_to_the_salient_blob():
+    target = np.array([0.6, 0.08, 0.045])
+    u, v, _ = project_to_image(target[None], CROP_CAM, 64, 64)
+    img = _scene(int(u[0]), int(v[0]))
+    img[40:48, 4:12] = (30, 30, 200)                    # a smaller salient distractor (an L of 48 pixels)
+    img[40:44, 4:8] = 110
+    crop = crop_camera(img, CROP_CAM, target)
+    assert crop.shape == (1, 32, 32, 3) and tuple(crop[0, 16, 16]) == (200, 30, 30)
+    assert tuple(crop[0, 0, 0]) == (110, 110, 110)
+    # no position: the largest saturated blob (the 8x8 red square, not the 48-pixel blue L)
+    blob = salient_blob(img)
+    assert blob is not None and abs(blob[0] - int(u[0])) <= 1 and blob[2] == 8
+    nan = crop_camera(img, CROP_CAM, np.full(3, np.nan))
+    assert tuple(nan[0, 16, 16]) == (200, 30, 30)
+    assert np.array_equal(crop_camera(img, CROP_CAM, None), nan)
+    # nothing salient: the whole image
+    grey = np.full((64, 64, 3), 90, np.uint8)
+    assert salient_blob(grey) is None and np.all(crop_camera(grey, CROP_CAM, None) == 90)
+    x = _pre("camera", np.stack([img, img]), CROP_CAM, target_position=np.stack([target, target]))
+    assert x.shape == (2, 3, 32, 32) and x.dtype == np.float32 and _shape("camera", CROP_CAM) == (3, 32, 32)
+    assert x[0, 0, 16, 16] == pytest.approx(200 / 255)
+    with pytest.raises(_PE, match="target_position"):
+        _pre("camera", img, CROP_CAM, target_position=np.zeros((2, 3)))
+
+
+def _flat_face(x_face=0.5, half=0.05):
+    th = CROP_LID["angle_min"] + CROP_LID["angle_increment"] * np.arange(667)
+    r = np.full(667, np.inf, np.float32)
+    y = x_face * np.tan(th)
+    on = (np.abs(th) < 1.2) & (np.abs(y) <= half)
+    r[on] = x_face / np.cos(th[on])
+    return r
+
+
+def test_lidar_window_on_the_target_and_the_nearest_return_fallback():
+    scan = _flat_face()
+    w = lidar_window(scan, CROP_LID, np.array([0.52, 0.0, 0.03]))
+    assert w.shape == (1, 64) and w.dtype == np.float32
+    centre = w[0, 24:40]                                 # |u| < 0.0375 m: the face, 2 cm in front of the centre
+    assert np.allclose(centre, (-0.02 / 0.15 + 1) / 2, atol=2e-3)
+    assert np.all(w[0, :5] == 1.0) and np.all(w[0, -5:] == 1.0)  # background clipped at +depth_m
+    fb = lidar_window(scan, CROP_LID, None)                   # nearest return + 0.03 m
+    assert np.allclose(fb[0, 24:40], (-0.03 / 0.15 + 1) / 2, atol=2e-3)
+    # a clutter object nearer than the target, off to the side, does not move the window
+    clutter = scan.copy()
+    th = CROP_LID["angle_min"] + CROP_LID["angle_increment"] * np.arange(667)
+    clutter[np.abs(th - 0.6) < 0.05] = 0.2
+    assert np.allclose(lidar_window(clutter, CROP_LID, np.array([0.52, 0.0, 0.03])), w)
+    assert not np.allclose(lidar_window(clutter, CROP_LID, None), fb)  # the fallback is captured by the clutter
+    x = _pre("lidar", np.stack([scan, scan]), CROP_LID, target_position=np.array([0.52, 0.0, 0.03]))
+    assert x.shape == (2, 1, 64) and _shape("lidar", CROP_LID) == (1, 64)
+    # crop disabled: the whole scan as before
+    off = dict(CROP_LID, crop={"enabled": False})
+    assert _pre("lidar", scan, off).shape == (1, 1, 667) and _shape("lidar", off) == (1, 667)

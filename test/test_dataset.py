@@ -32,8 +32,8 @@ def _error_line(err):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("ds") / "small")
-    assert main(["dataset", "--out", d, "--samples", "60", "--seed", "3", "--shard-size", "25", "--workers", "1",
-                 "--no-progress"]) == 0
+    assert main(["dataset", "--world", "easy", "--out", d, "--samples", "60", "--seed", "3", "--shard-size", "25",
+                 "--workers", "1", "--no-progress"]) == 0
     return d
 
 
@@ -75,12 +75,13 @@ def test_preprocessing_accepts_the_data(small):
 
 def test_same_seed_same_bytes_whatever_the_workers(small, tmp_path, capsys):
     other = str(tmp_path / "again")
-    code, out, _ = _cli(capsys, "--out", other, "--samples", "60", "--seed", "3", "--shard-size", "25",
-                        "--workers", "2")
+    code, out, _ = _cli(capsys, "--world", "easy", "--out", other, "--samples", "60", "--seed", "3",
+                        "--shard-size", "25", "--workers", "2")
     assert code == 0 and "samples/s" in out
     assert _files(other) == _files(small)
     diff = str(tmp_path / "seed4")
-    assert _cli(capsys, "--out", diff, "--samples", "60", "--seed", "4", "--shard-size", "25", "--workers", "1")[0] == 0
+    assert _cli(capsys, "--world", "easy", "--out", diff, "--samples", "60", "--seed", "4", "--shard-size", "25",
+                "--workers", "1")[0] == 0
     assert _files(diff)["train-00000.npz"] != _files(small)["train-00000.npz"]
 
 
@@ -106,7 +107,8 @@ def test_out_must_be_empty_or_overwritten_and_writable(small, tmp_path, capsys):
     target = tmp_path / "over"
     target.mkdir()
     (target / "train-00007.npz").write_bytes(b"stale")
-    code, _, _ = _cli(capsys, "--out", str(target), "--samples", "5", "--seed", "1", "--overwrite")
+    code, _, _ = _cli(capsys, "--world", "easy", "--out", str(target), "--samples", "5", "--seed", "1",
+                      "--overwrite")
     assert code == 0 and not (target / "train-00007.npz").exists()
     assert sum(shards.read_metadata(str(target))["splits"].values()) == 5
 
@@ -162,7 +164,7 @@ def test_interrupted_run_leaves_nothing_readable(tmp_path):
 def test_separability_thresholds_on_a_small_data_set(tmp_path, capsys):
     """The paper's single-sensor setup on 1000 samples: own attribute >= 98 %, others <= 70 %, all three >= 98 %."""
     d = str(tmp_path / "sep")
-    assert _cli(capsys, "--out", d, "--samples", "1000", "--seed", "11", "--test-fraction", "0.2",
+    assert _cli(capsys, "--world", "easy", "--out", d, "--samples", "1000", "--seed", "11", "--test-fraction", "0.2",
                 "--val-fraction", "0.0")[0] == 0
     js = str(tmp_path / "check.json")
     code, out, _ = _cli(capsys, "--check", d, "--json", js)
@@ -202,3 +204,87 @@ def test_terminated_cli_run_leaves_no_valid_data_set(tmp_path, capsys):
     assert len(left) < 36
     code, _, err = _cli(capsys, "--check", str(out))
     assert code == 2 and "metadata.json is missing" in _error_line(err)
+
+
+#: sha256 of the shards of ``dataset --out D --samples 20 --seed 5 --shard-size 10 --workers 1`` written by the code
+#: before the hard world existed (commit 60f0506): the easy world must stay byte-identical.
+EASY_SHARDS_BEFORE_HARD_WORLD = {
+    "test-00000.npz": "5a0504f5b09cbeea46cf446e7f26f2d6f749f42f841ed3c07b422bf30051fd65",
+    "train-00000.npz": "ffddc958ed6b88f786ad288c5e091d34d8bbc75fae9e4d2c8e411e4259bac7e6",
+    "train-00001.npz": "05ff393a094f92a129b43bc7bdbb14dad12148c71edf69a117e29dfed2432b44",
+    "val-00000.npz": "774ec2b9882d84a3928083e0bdfbd787d1ca1fa310203526daaa3922d6c17373",
+}
+
+
+def test_easy_world_is_byte_identical_to_before(tmp_path, capsys):
+    d = str(tmp_path / "easy")
+    assert _cli(capsys, "--world", "easy", "--out", d, "--samples", "20", "--seed", "5", "--shard-size", "10",
+                "--workers", "1")[0] == 0
+    files = _files(d)
+    assert {k: v for k, v in files.items() if k.endswith(".npz")} == EASY_SHARDS_BEFORE_HARD_WORLD
+    meta = json.load(open(os.path.join(d, "metadata.json")))
+    assert "world" not in meta and shards.world_of(meta) == "easy" and len(meta["class_names"]) == 8
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("ds") / "hard")
+    assert main(["dataset", "--out", d, "--samples", "150", "--seed", "4", "--views", "3", "--shard-size", "60",
+                 "--test-fraction", "0.4", "--val-fraction", "0", "--workers", "2", "--no-progress"]) == 0
+    return d
+
+
+def test_hard_world_is_the_default_with_views_and_target_positions(hard):
+    from m2vae_fusion.data.classes import WORLDS
+
+    meta = shards.read_metadata(hard)
+    assert meta["world"] == "hard" and meta["views"] == 3
+    cs = WORLDS["hard"]
+    assert meta["class_names"] == cs.class_names and len(meta["class_names"]) == 27
+    assert meta["attributes"]["shape"] == ["cylinder", "hexagonal_prism", "rounded_box"]
+    assert [c["id"] for c in meta["classes"]] == list(range(27))
+    assert all(meta["class_names"][c["id"]] == "_".join([meta["attributes"]["colour"][c["colour"]],
+                                                         meta["attributes"]["shape"][c["shape"]],
+                                                         meta["attributes"]["material"][c["material"]]])
+               for c in meta["classes"])
+    cam = meta["sensors"]["camera"]
+    assert len(cam["K"]) == 9 and cam["crop"]["enabled"] and meta["sensors"]["lidar"]["crop"]["enabled"]
+    tr = shards.load_split(hard, "train")
+    n = len(tr["label"])
+    assert tr["camera"].shape == (n, 64, 64, 3) and tr["target_position"].shape == (n, 3)
+    assert tr["target_position"].dtype == np.float32 and np.all(np.isfinite(tr["target_position"]))
+    assert np.all(tr["target_position"][:, 0] > 0.05)  # in front of the robot
+    assert np.array_equal(tr["label"], (tr["colour"] * 3 + tr["shape"]) * 3 + tr["material"])
+    ids, counts = np.unique(tr["object_id"], return_counts=True)
+    assert counts.max() == 3 and len(ids) >= n // 3
+    for i in ids:  # all views of an object share its class
+        assert len(set(tr["label"][tr["object_id"] == i])) == 1
+    te = shards.load_split(hard, "test")
+    assert not set(te["object_id"]) & set(tr["object_id"])  # no object in two splits
+
+
+def test_hard_world_same_seed_same_bytes(hard, tmp_path, capsys):
+    d = str(tmp_path / "again")
+    assert _cli(capsys, "--out", d, "--samples", "150", "--seed", "4", "--views", "3", "--shard-size", "60",
+                "--test-fraction", "0.4", "--val-fraction", "0", "--workers", "1")[0] == 0
+    assert _files(d) == _files(hard)
+
+
+def test_views_only_for_the_hard_world(tmp_path, capsys):
+    code, _, err = _cli(capsys, "--world", "easy", "--views", "2", "--out", str(tmp_path / "x"), "--samples", "10")
+    assert code == 2 and "--views" in _error_line(err)
+    code, _, err = _cli(capsys, "--views", "0", "--out", str(tmp_path / "y"), "--samples", "10")
+    assert code == 2 and "--views" in _error_line(err)
+
+
+def test_hard_check_reports_ceilings_and_second_observation(hard, tmp_path, capsys):
+    js = str(tmp_path / "check.json")
+    code, out, _ = _cli(capsys, "--check", hard, "--json", js)
+    result = json.load(open(js))
+    assert result["world"] == "hard" and result["thresholds"]["second_observation_min"] == 0.97
+    sec = result["second_observation"]
+    assert sec["pairs"] == 20 * 3  # 20 test objects, 3 pairs of views each
+    for m in ("camera", "lidar", "reflectance"):
+        assert 0.0 <= sec[m] <= 1.0 and set(result["per_sensor"][m]) == {"colour", "shape", "material"}
+    assert "2nd observation" in out and "target-centred" in out
+    assert code == (0 if result["passed"] else 1)

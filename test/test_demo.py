@@ -83,7 +83,7 @@ def test_sigterm_stops_every_child(bundle, tmp_path):
 
 def test_bad_arguments_exit_2(tmp_path):
     for args, text in [(["--agents", "sonar"], "sonar"), (["--objects", "blue_cone_matte"], "blue_cone_matte"),
-                       (["--model-dir", str(tmp_path / "none")], "does not exist"), (["--objects", "0"], "1..8")]:
+                       (["--model-dir", str(tmp_path / "none")], "does not exist"), (["--objects", "0"], "1..64")]:
         r = demo(args, tmp_path)
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1

@@ -128,3 +128,63 @@ def test_generated_samples_ranges_and_units():
     assert {"width", "height"} <= set(meta["camera"]) and meta["camera"]["width"] == 64
     assert {"beams", "angle_min", "angle_increment", "range_min", "range_max"} <= set(meta["lidar"])
     assert {"beams", "range_max", "intensity_max"} <= set(meta["reflectance"])
+
+
+# ------------------------------------------------------------------------------------------------ the hard world
+def test_hard_world_classes():
+    from m2vae_fusion.data.classes import WORLDS, classes_of, world_of_class_names
+
+    cs = classes_of("hard")
+    assert cs.num_classes == 27 and len(set(cs.class_names)) == 27
+    assert cs.class_names[0] == "red_cylinder_matte" and cs.class_names[26] == "yellow_rounded_box_shiny"
+    assert cs.class_id("orange", "hexagonal_prism", "satin") == 9 + 3 + 1
+    assert all(cs.class_id(*cs.attributes_of(k)) == k for k in range(27))
+    assert world_of_class_names(cs.class_names) == "hard" and world_of_class_names(CLASS_NAMES) == "easy"
+    assert WORLDS["easy"].class_names == CLASS_NAMES
+    with pytest.raises(ValueError):
+        cs.attributes_of(27)
+    with pytest.raises(ValueError):
+        classes_of("medium")
+    spec = ObjectSpec("yellow", "rounded_box", "satin", 0.07, 0.12, world="hard")
+    assert spec.class_id == 26 - 1 and spec.class_name == "yellow_rounded_box_satin"
+    with pytest.raises(ValueError):
+        ObjectSpec("yellow", "cube", "satin", world="hard")
+
+
+def test_hard_shapes_seen_by_the_lidar(world):
+    """Without noise, a rounded box seen face-on shows a flat face, a cylinder an arc, a hexagonal prism seen
+    corner-on a wedge: what the LiDAR reads the shape from."""
+    from m2vae_fusion.core.preprocess import lidar_window
+    from m2vae_fusion.sim.hard import sensor_metadata
+
+    cfg = sensor_metadata(world)["lidar"]
+    profiles = {}
+    for shape, yaw in (("rounded_box", 0.0), ("cylinder", 0.0), ("hexagonal_prism", math.pi / 6)):
+        world.clear_objects()
+        oid = world.add_object(ObjectSpec("red", shape, "matte", 0.08, 0.13, world="hard"), 0.0, 0.0, yaw)
+        world.inspect(0, oid, 0.3, 0.0, bearing=0.0)
+        scan = world.lidar_scan(0, noise=False)
+        profiles[shape] = lidar_window(scan, cfg, np.array([0.3, 0.0, 0.04]))[0] * 0.3 - 0.15  # metres
+    c = slice(28, 36)                                   # the central 3.75 cm
+    assert np.ptp(profiles["rounded_box"][c]) < 0.002   # flat face
+    assert 0.001 < np.ptp(profiles["cylinder"][c]) < 0.006
+    assert profiles["hexagonal_prism"][32] < profiles["hexagonal_prism"][28] - 0.003  # a corner towards the robot
+
+
+def test_hard_samples_views_and_determinism():
+    from m2vae_fusion.sim import hard
+
+    a = hard.generate_samples(6, np.random.default_rng(3), views=3, object_offset=100)
+    b = hard.generate_samples(6, np.random.default_rng(3), views=3, object_offset=100)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert a["camera"].shape == (6, 64, 64, 3) and a["lidar"].shape == (6, 667) and a["reflectance"].shape == (6, 8, 2)
+    assert list(a["object_id"]) == [100, 100, 100, 101, 101, 101]
+    assert len(set(a["label"][:3])) == 1 and len(set(a["label"][3:])) == 1
+    assert np.all(a["label"] < 27) and a["target_position"].dtype == np.float32
+    # views of one object differ (pose, light, noise), the target stays in front and within the inspection range
+    assert not np.array_equal(a["camera"][0], a["camera"][1])
+    d = np.hypot(a["target_position"][:, 0], a["target_position"][:, 1])
+    assert np.all((d > 0.09) & (d < 0.65)) and np.all(np.abs(np.arctan2(a["target_position"][:, 1],
+                                                                          a["target_position"][:, 0])) < 0.26)
+    assert hard.kelvin_rgb(2000)[2] < 0.3 and np.allclose(hard.kelvin_rgb(6500), 1.0, atol=0.03)

@@ -1,5 +1,6 @@
 """Training pipeline end to end on a tiny synthetic data set (seconds), config validation, bad input."""
 import json
+import math
 import os
 import shutil
 
@@ -118,7 +119,42 @@ def test_eval_end_to_end(trained, tmp_path, capsys):
     z = res["z_diff"]["camera+lidar"]
     assert z["after_1"]["median"] >= 0 and z["after_3"]["p95"] >= z["after_3"]["median"]
     assert all(np.isfinite(v) and v < 0 for v in res["elbo"].values())
-    assert "in-place" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "in-place" in out and "[v2]" in out
+    # protocol v2 beside it: chains per mode and K, sampled and with means; information measures per subset
+    v2 = res["v2"]
+    for key in ("bundle", "ablation"):
+        r = v2[key]
+        for name in ("chains", "chains_mean"):
+            for mode in ("random", "one_keeps"):
+                assert set(r[name][mode]) == {"3", "10", "50"}
+                for c in r[name][mode].values():
+                    assert 0 <= c["in_place"] <= 1 and 0 <= c["direct"] <= 1
+                    assert c["gap"] == pytest.approx(c["in_place"] - c["direct"])  # every chain saw every sensor
+        assert len(r["chains"]["random"]["50"]["z_step_median"]) == 49
+        assert all(0 <= acc <= 1 for row in r["per_sensor_extratrees"].values() for acc in row.values())
+        assert set(r["per_sensor_extratrees"]["camera"]) == {"colour", "shape", "material"}
+        info = r["information"]["per_subset"]
+        assert set(info) == set(res["subset_accuracy"])
+        assert all(0 <= v["within_class_share"] <= 1.0001 and set(v["r2"]) == {"camera", "lidar", "reflectance"}
+                   for v in info.values())
+    # means, no sampling: a chain of 3 in one order per object equals the paper protocol's in-place fusion
+    assert v2["bundle"]["chains_mean"]["random"]["3"]["objects"] == res["test_samples"]
+
+
+def test_eval_v2_chain_schedules_and_plots(trained, tmp_path):
+    from m2vae_fusion.training.evaluate import chain_schedule, object_groups, plot_v2
+
+    rng = np.random.default_rng(0)
+    mods = ["camera", "lidar", "reflectance"]
+    s = chain_schedule(10, mods, "random", rng)
+    assert sorted(s[:3]) == sorted(mods) and sorted(s[3:6]) == sorted(mods) and len(s) == 10
+    k = chain_schedule(50, mods, "one_keeps", rng)
+    assert sorted(k[:3]) == sorted(mods) and len(set(k[3:])) == 1 and len(k) == 50
+    groups = object_groups(np.array([5, 5, 7, -1, 7, 5]))
+    assert sorted(map(list, groups)) == [[0, 1, 5], [2, 4], [3]]
+    paths = plot_v2(trained["out"], trained["data"], str(tmp_path / "fig"), steps=3)
+    assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
 def test_train_ablation_reuses_betavae(trained, tmp_path):
@@ -241,3 +277,26 @@ def test_lidar_object_trunk_is_object_centred():
         torch.testing.assert_close(vae.trunk(scan(15)), h0, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(vae.trunk(scan(-20)), h0, atol=1e-5, rtol=1e-5)
         assert (vae.trunk(scan(0, "flat")) - h0).abs().max() > 1e-3
+
+
+def test_bench_alpha_sweep_small(trained, tmp_path, capsys):
+    """The α_reenc sweep end to end on the tiny synthetic set: β-VAEs reused from an existing run, two α, one
+    seed, K=3; per-α means (intervals need two seeds: NaN here) and the trade-off plot."""
+    from m2vae_fusion.benchmarks.alpha import interval
+
+    js, png = tmp_path / "alpha.json", tmp_path / "alpha.png"
+    rc = main(["bench", "alpha", "--data", trained["data"], "--alphas", "0,1", "--seeds", "0", "--k", "3",
+               "--runs", str(tmp_path / "runs"), "--config", trained["cfg"], "--init-betavae", trained["runs"],
+               "--json", str(js), "--plot", str(png)])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    assert [r["alpha_reenc"] for r in res["per_alpha"]] == [0.0, 1.0] and len(res["runs"]) == 2
+    for row in res["per_alpha"]:
+        assert row["in_place_k_random"]["n"] == 1 and 0 <= row["in_place_k_random"]["mean"] <= 1
+        assert math.isnan(row["within_class_share"]["ci95"])
+    with open(os.path.join(res["runs"][1]["bundle"], "manifest.json")) as f:
+        assert json.load(f)["training"]["config"]["m2vae"]["alpha_reenc"] == 1.0
+    assert png.stat().st_size > 1000 and "alpha_reenc sweep" in capsys.readouterr().out
+    iv = interval([0.5, 0.7])
+    assert iv["mean"] == pytest.approx(0.6) and iv["ci95"] == pytest.approx(12.706 * 0.1414214 / 1.4142136, rel=1e-4)
+    assert main(["bench", "alpha", "--data", trained["data"], "--alphas", "-1"]) == 2

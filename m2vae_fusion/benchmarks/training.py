@@ -42,6 +42,8 @@ def configure(parser) -> None:
     parser.add_argument("--data", metavar="DIR", help="train on this data set instead of generating one")
     parser.add_argument("--samples", type=int, help=f"samples to generate (default {FULL['samples']})")
     parser.add_argument("--seed", type=int, default=7, help="data set seed (7, as the dataset command)")
+    parser.add_argument("--world", choices=("hard", "easy"), default="hard",
+                        help="simulated world to generate (hard, as the dataset command)")
     parser.add_argument("--workers", type=int, default=2, help="generator processes (2, as the dataset command)")
     parser.add_argument("--epochs", type=int, help=f"epochs measured per stage (default {FULL['epochs']})")
     parser.add_argument("--config", help="training config YAML (default: the built-in defaults = config/train.yaml)")
@@ -103,25 +105,34 @@ def _generate(args, out_dir: str) -> dict:
     from m2vae_fusion.sim.generate import generate_samples, make_world
 
     t = time.perf_counter()
-    code = cli_main(["dataset", "--out", out_dir, "--samples", str(args.samples), "--seed", str(args.seed),
-                     "--workers", str(args.workers), "--no-progress", "--overwrite"])
+    world_name = getattr(args, "world", "hard") or "hard"
+    code = cli_main(["dataset", "--world", world_name, "--out", out_dir, "--samples", str(args.samples), "--seed",
+                     str(args.seed), "--workers", str(args.workers), "--no-progress", "--overwrite"])
     dt = time.perf_counter() - t
     if code != 0:
         raise UserError(f"the dataset command failed (exit {code})")
+    from m2vae_fusion.sim import hard
+
     n1 = max(5, min(50, args.samples // 4))
-    t = time.perf_counter()
-    world = make_world(args.seed)
-    t_world = time.perf_counter() - t
-    try:
+    one = {}
+    # both worlds' generators in one process, back to back: their ratio is the hard world's relative cost
+    for name, build, gen in (("easy", make_world, lambda w, rng: generate_samples(n1, rng, w)),
+                             ("hard", hard.make_world, lambda w, rng: hard.generate_samples(n1, rng, 4, w))):
         t = time.perf_counter()
-        generate_samples(n1, np.random.default_rng(args.seed), world)
-        t_gen = time.perf_counter() - t
-    finally:
-        world.close()
+        world = build(args.seed)
+        t_world = time.perf_counter() - t
+        try:
+            t = time.perf_counter()
+            gen(world, np.random.default_rng(args.seed))
+            t_gen = time.perf_counter() - t
+        finally:
+            world.close()
+        one[name] = {"samples": n1, "seconds": t_gen, "samples_per_s": n1 / t_gen, "world_build_seconds": t_world}
     return {"dataset_command": {"samples": args.samples, "workers": args.workers, "seconds": dt,
-                                "samples_per_s": args.samples / dt},
-            "generator_one_process": {"samples": n1, "seconds": t_gen, "samples_per_s": n1 / t_gen,
-                                      "world_build_seconds": t_world}}
+                                "samples_per_s": args.samples / dt, "world": world_name},
+            "generator_one_process": dict(one[world_name], world=world_name),
+            "generator_one_process_by_world": one,
+            "hard_over_easy_time_per_sample": one["easy"]["samples_per_s"] / one["hard"]["samples_per_s"]}
 
 
 def _measure(args, data_dir: str, run_dir: str) -> dict:
@@ -368,12 +379,16 @@ def format_results(res: dict) -> str:
             f"run; torch threads {cfg.get('threads')} for the β-VAEs, 1 for M2VAE and head")
     out.append(head)
     if d.get("dataset_command"):
-        g, g1 = d["dataset_command"], d["generator_one_process"]
-        out.append(table(["data generation", "samples", "seconds", "samples/s"], [
-            [f"dataset command, {g['workers']} workers", g["samples"], fmt(g["seconds"], 1),
-             fmt(g["samples_per_s"], 1)],
-            ["generator, 1 process (world built once)", g1["samples"], fmt(g1["seconds"], 1),
-             fmt(g1["samples_per_s"], 1)]], "Data generation (PyBullet simulator)"))
+        g = d["dataset_command"]
+        rows = [[f"dataset command ({g.get('world', 'easy')} world), {g['workers']} workers", g["samples"],
+                 fmt(g["seconds"], 1), fmt(g["samples_per_s"], 1)]]
+        for name, g1 in (d.get("generator_one_process_by_world") or {"": d["generator_one_process"]}).items():
+            rows.append([f"generator{' ' + name if name else ''}, 1 process (world built once)", g1["samples"],
+                         fmt(g1["seconds"], 1), fmt(g1["samples_per_s"], 1)])
+        title = "Data generation (PyBullet simulator)"
+        if d.get("hard_over_easy_time_per_sample"):
+            title += f"; hard / easy time per sample {d['hard_over_easy_time_per_sample']:.2f} (same run)"
+        out.append(table(["data generation", "samples", "seconds", "samples/s"], rows, title))
     measured = res["source"] == "measured"
     tgt = cfg.get("target_samples")
     headers = ["stage", "epochs run", "s measured", "s/epoch", "samples/s", "config epochs"]

@@ -58,6 +58,7 @@ BENCHMARKS = {
     "runtime": "m2vae_fusion.benchmarks.runtime",
     "training": "m2vae_fusion.benchmarks.training",
     "chain": "m2vae_fusion.benchmarks.chain",
+    "alpha": "m2vae_fusion.benchmarks.alpha",
 }
 
 

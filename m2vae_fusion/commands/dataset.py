@@ -18,6 +18,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--out", metavar="DIR", help="write a new data set into DIR")
     mode.add_argument("--check", metavar="DIR", help="check the data set in DIR (classifiers on raw data)")
+    parser.add_argument("--world", choices=("hard", "easy"), default="hard",
+                        help="simulated world: hard (27 classes, ambiguous single observations; default) or easy "
+                             "(the paper-like 8 classes, byte-identical to data sets made before --world existed)")
+    parser.add_argument("--views", type=int, default=None,
+                        help="hard world: observations per object instance (default 4; consecutive samples with one "
+                             "object_id); the easy world has 1")
     parser.add_argument("--samples", type=int, default=2000, help="number of samples (default 2000)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--overwrite", action="store_true", help="replace the data set in a non-empty --out DIR")
@@ -74,20 +80,49 @@ def _sim_chunk(task):
     return generate_chunk(seed, split, index, chunk, n)
 
 
+def _hard_chunk(task):
+    from m2vae_fusion.sim.generate import generate_chunk
+
+    views, seed, split, index, chunk, n = task
+    return generate_chunk(seed, split, index, chunk, n, world="hard", views=views)
+
+
+DEFAULT_VIEWS = 4
+
+
 def _sim_source(args):
     """The simulator as a data source: metadata parts, the list of work items ``(…, n)`` (their last element is the
     sample count), the function computing one item (picklable, run in worker processes), and how items group into
-    shards (``[(split, index, number of items)]``)."""
-    from m2vae_fusion.data.classes import CLASS_NAMES
+    shards (``[(split, index, number of items)]``); the hard world adds metadata keys (``world``, ``classes``,
+    ``views``) as the 8th element."""
+    from m2vae_fusion.data.classes import CLASS_NAMES, classes_of
+    from m2vae_fusion.errors import UserError
     from m2vae_fusion.sim.generate import sensor_metadata, shard_chunks
 
+    world = getattr(args, "world", "easy") or "easy"
+    views = getattr(args, "views", None)
+    if world == "easy" and views not in (None, 1):
+        raise UserError("--views applies to the hard world only (the easy world observes each object once)")
+    if views is not None and not 1 <= views <= 250:
+        raise UserError(f"--views must be 1..250 (got {views})")
+    views = DEFAULT_VIEWS if views is None and world == "hard" else (views or 1)
+    if views < 1 or views > 250:
+        raise UserError(f"--views must be 1..250 (got {views})")
     plan = _split_plan(args.samples, args.val_fraction, args.test_fraction, args.shard_size)
     tasks, groups = [], []
     for split, index, n in plan:
         sizes = shard_chunks(n)
-        tasks += [(args.seed, split, index, c, m) for c, m in enumerate(sizes)]
+        if world == "hard":
+            tasks += [(views, args.seed, split, index, c, m) for c, m in enumerate(sizes)]
+        else:
+            tasks += [(args.seed, split, index, c, m) for c, m in enumerate(sizes)]
         groups.append((split, index, len(sizes)))
-    return "sim", args.seed, sensor_metadata(), CLASS_NAMES, tasks, _sim_chunk, groups
+    if world == "hard":
+        from m2vae_fusion.sim import hard
+
+        return ("sim", args.seed, hard.sensor_metadata(), classes_of("hard").class_names, tasks, _hard_chunk, groups,
+                {"world": "hard", "extra": {"views": views}})
+    return "sim", args.seed, sensor_metadata(), CLASS_NAMES, tasks, _sim_chunk, groups, {}
 
 
 def _pick_source(args):
@@ -149,7 +184,7 @@ def _run_write(args) -> int:
 
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1 (got {args.workers})")
-    source, seed, sensors, class_names, tasks, make_item, groups = _pick_source(args)
+    source, seed, sensors, class_names, tasks, make_item, groups, meta_extra = _pick_source(args)
     prepare_output_dir(args.out, args.overwrite)  # refuse bad --out before any work
     total = sum(t[-1] for t in tasks)
     start = time.perf_counter()
@@ -159,14 +194,15 @@ def _run_write(args) -> int:
     try:
         items = _ordered_results(make_item, tasks, args.workers)
         meta = write_dataset(args.out, _grouped(items, groups, lambda a: bar.update(len(a["label"]))), source, seed,
-                             sensors, class_names, overwrite=True)
+                             sensors, class_names, overwrite=True, **meta_extra)
     finally:
         bar.close()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     dt = time.perf_counter() - start
     splits = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
-    print(f"wrote {total} samples ({splits}) in {len(meta['shards'])} shards to {args.out} "
+    world = meta.get("world", "easy")
+    print(f"wrote {total} samples ({splits}) of the {world} world in {len(meta['shards'])} shards to {args.out} "
           f"in {dt:.1f} s: {total / dt:.0f} samples/s")
     return 0
 
@@ -175,12 +211,13 @@ def _run_write(args) -> int:
 def _run_check(args) -> int:
     import json
     import os
+    import time
 
     import numpy as np
     from tqdm import tqdm
 
     from m2vae_fusion.data.check import format_table, separability
-    from m2vae_fusion.data.shards import atomic_write_bytes, load_split, read_metadata
+    from m2vae_fusion.data.shards import atomic_write_bytes, load_split, read_metadata, world_of
     from m2vae_fusion.errors import UserError
 
     meta = read_metadata(args.check)
@@ -193,14 +230,19 @@ def _run_check(args) -> int:
     for part in (train, test):
         if np.any(part["label"] < 0) or not np.all(part["present"]):
             raise UserError(f"{args.check} has unlabelled samples or missing modalities; --check needs all of them")
-    bar = tqdm(total=4, desc="check", unit="fit", disable=args.no_progress)
+    world = world_of(meta)
+    bar = tqdm(total=4 if world == "easy" else 3, desc="check", unit="fit", disable=args.no_progress)
+    start = time.perf_counter()
     try:
-        result = separability(train, test, meta["sensors"], seed=0, progress=lambda: bar.update(1))
+        result = separability(train, test, meta["sensors"], seed=0, progress=lambda: bar.update(1),
+                              attributes=meta.get("attributes"), world=world, stress=world == "easy")
     finally:
         bar.close()
     result["dataset"] = {"dir": os.path.abspath(args.check), "seed": meta.get("seed"), "source": meta.get("source"),
                          "splits": meta.get("splits")}
+    result["seconds"] = round(time.perf_counter() - start, 1)
     print(format_table(result))
+    print(f"check took {result['seconds']} s")
     if args.json:
         try:
             atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))

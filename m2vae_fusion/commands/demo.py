@@ -7,8 +7,12 @@ def configure(parser) -> None:
                         help="comma-separated sensor rig per agent: 'all', 'camera', 'lidar+reflectance', … "
                              "(default: camera,lidar,reflectance, the paper's single-sensor agents)")
     parser.add_argument("--objects", default="all",
-                        help="comma-separated class names of the objects in the world, or a number N (the first N "
-                             "classes), or 'all' (default: the 8 classes)")
+                        help="comma-separated class names of the objects in the world, or a number N (easy world: the "
+                             "first N classes; hard world: N classes drawn by --seed from all 27), or 'all' (default: "
+                             "the easy world's 8 classes, or 10 drawn hard-world classes)")
+    parser.add_argument("--world", choices=("easy", "hard"), default=None,
+                        help="simulated world (default: the one the bundle was trained on, recorded in its manifest; "
+                             "easy for bundles that record none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world (object sizes, distances, noise)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of touring (default: until every agent inspected every object once)")
@@ -28,17 +32,17 @@ def run(args) -> int:
 
     from m2vae_fusion.errors import UserError
     from m2vae_fusion.report import format_tables, plot, summarise, write_json
-    from m2vae_fusion.ros.demo import CLASS_NAMES, DemoConfig, run_demo
+    from m2vae_fusion.ros.demo import DemoConfig, run_demo
 
     agents = [a for a in args.agents.split(",") if a.strip()]
     spec = args.objects.strip()
+    objects, num_objects = None, None
     if spec == "all":
-        objects = list(CLASS_NAMES)
+        pass  # the world's default tour (resolved once the bundle's world is known)
     elif spec.isdigit():
-        n = int(spec)
-        if not 1 <= n <= len(CLASS_NAMES):
-            raise UserError(f"--objects: a number must be 1..{len(CLASS_NAMES)}, got {n}")
-        objects = list(CLASS_NAMES[:n])
+        num_objects = int(spec)
+        if not 1 <= num_objects <= 64:
+            raise UserError(f"--objects: a number must be 1..64, got {num_objects}")
     else:
         objects = [o.strip() for o in spec.split(",") if o.strip()]
     if args.duration is not None and args.duration <= 0:
@@ -50,7 +54,7 @@ def run(args) -> int:
             raise UserError(f"cannot write {path}: its folder does not exist or is not writable")
     if args.record and os.path.exists(args.record):
         raise UserError(f"--record: {args.record} already exists; choose a new bag path")
-    cfg = DemoConfig(agents=agents, objects=objects, seed=args.seed, duration=args.duration,
+    cfg = DemoConfig(agents=agents, objects=objects, num_objects=num_objects, world=args.world, seed=args.seed, duration=args.duration,
                      exchange=not args.no_exchange, model_dir=args.model_dir, log_dir=args.log_dir,
                      record_bag=args.record, inspect_duration=args.inspect_duration,
                      transit_duration=args.transit_duration)

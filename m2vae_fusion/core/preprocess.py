@@ -3,6 +3,15 @@
 Every function accepts one observation or a batch and returns a float32 batch ready for the β-VAE encoder of the
 modality. Configs are plain dicts, stored in a data set's ``metadata.json["sensors"]`` and copied into the model
 bundle's manifest (``inputs.<modality>.preprocessing``). No ROS and no torch here.
+
+Target-centred preprocessing (the hard world; docs/formats.md "Preprocessing"): when a config holds
+``"crop": {"enabled": true, ...}``, the camera image is cropped around the target of interest and the LiDAR scan is
+cut to a window around it, given the target's position in the robot's base frame (x forward, y left, z up, m;
+``target_position``). The camera crop projects that position into the image through the intrinsics ``K`` (the
+``sensor_msgs/CameraInfo.k`` of the image, or the config's ``K`` of the training size scaled to the image) and the
+fixed camera-to-base transform of the config (``camera_to_base.translation``, optical axes x right, y down,
+z forward). Without a position (``None`` or a NaN row) the fallbacks are: camera — the largest salient (saturated)
+blob, else the whole image; LiDAR — the nearest return within ±40° of straight ahead.
 """
 from __future__ import annotations
 
@@ -26,34 +35,223 @@ class PreprocessError(ValueError):
     """An observation that cannot be turned into a model input (wrong shape, dtype or too many invalid values)."""
 
 
+def crop_config(cfg: Mapping) -> Mapping:
+    """The ``crop`` block of a modality config when it is enabled, else ``{}`` (cropping off)."""
+    crop = cfg.get("crop") if isinstance(cfg, Mapping) else None
+    return crop if isinstance(crop, Mapping) and crop.get("enabled") else {}
+
+
 def input_shape(modality: str, cfg: Mapping) -> tuple:
-    """Shape of one preprocessed sample (without the batch axis) for ``modality`` under ``cfg``.
+    """Shape of one preprocessed sample (without the batch axis) for ``modality`` under ``cfg``: camera
+    ``(3, h, w)`` (``(3, s, s)`` with an enabled crop of size ``s``), lidar ``(1, B)`` (``(1, points)`` with an
+    enabled crop), reflectance ``(2K,)``.
 
     Raises:
         KeyError: unknown modality.
     """
     if modality == "camera":
+        crop = crop_config(cfg)
+        if crop:
+            return (3, int(crop["size"]), int(crop["size"]))
         return (3, int(cfg["height"]), int(cfg["width"]))
     if modality == "lidar":
+        crop = crop_config(cfg)
+        if crop:
+            return (1, int(crop["points"]))
         return (1, int(cfg["beams"]))
     if modality == "reflectance":
         return (2 * int(cfg["beams"]),)
     raise KeyError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
 
 
-def preprocess_camera(image: np.ndarray, cfg: Mapping) -> np.ndarray:
+def _positions(target_position, n: int) -> np.ndarray:
+    """``None`` / (3,) / (N, 3) → float64 (N, 3), NaN rows where there is no position."""
+    if target_position is None:
+        return np.full((n, 3), np.nan)
+    p = np.asarray(target_position, dtype=np.float64)
+    if p.ndim == 1:
+        p = np.broadcast_to(p, (n, 3)) if p.shape == (3,) else p
+    if p.shape != (n, 3):
+        raise PreprocessError(f"target_position must be (3,) or ({n}, 3), got shape {np.shape(target_position)}")
+    return p
+
+
+def camera_intrinsics(cfg: Mapping, width: int, height: int, camera_k=None) -> np.ndarray:
+    """float64 (3, 3) intrinsics of an image of ``width`` x ``height``.
+
+    ``camera_k`` (9 numbers, row-major, ``sensor_msgs/CameraInfo.k`` of that image) wins; else the config's ``K``
+    (of the ``cfg["width"]`` x ``cfg["height"]`` training image) scaled to the image size; else K computed from the
+    config's vertical ``fov_deg`` and ``aspect`` (the simulator's projection: ``fy = (h/2)/tan(fov/2)``,
+    ``fx = (w/2)/(aspect tan(fov/2))``, principal point at the centre).
+
+    Raises:
+        PreprocessError: ``camera_k`` not 9 finite numbers with positive focal lengths, or no way to get K.
+    """
+    if camera_k is not None:
+        k = np.asarray(camera_k, dtype=np.float64).reshape(-1)
+        if k.size != 9 or not np.all(np.isfinite(k)) or k[0] <= 0 or k[4] <= 0:
+            raise PreprocessError("camera K must be 9 finite numbers with positive fx, fy")
+        return k.reshape(3, 3)
+    if "K" in cfg:
+        k = np.asarray(cfg["K"], dtype=np.float64).reshape(3, 3).copy()
+        sx, sy = width / float(cfg["width"]), height / float(cfg["height"])
+        k[0, :] *= sx
+        k[1, :] *= sy
+        return k
+    if "fov_deg" in cfg:
+        t = np.tan(np.radians(float(cfg["fov_deg"])) / 2)
+        aspect = float(cfg.get("aspect", width / height))
+        return np.array([[(width / 2) / (aspect * t), 0, width / 2], [0, (height / 2) / t, height / 2], [0, 0, 1]])
+    raise PreprocessError("camera config has neither K nor fov_deg: cannot project the target")
+
+
+def camera_translation(cfg: Mapping) -> np.ndarray:
+    """Optical centre in the base frame (m): ``cfg["camera_to_base"]["translation"]``, else
+    ``(mount_forward, 0, mount_height)``, else zeros. The camera looks along base x (optical z = base x,
+    optical x = -base y, optical y = -base z)."""
+    ctb = cfg.get("camera_to_base")
+    if isinstance(ctb, Mapping) and "translation" in ctb:
+        return np.asarray(ctb["translation"], dtype=np.float64)
+    return np.array([float(cfg.get("mount_forward", 0.0)), 0.0, float(cfg.get("mount_height", 0.0))])
+
+
+def project_to_image(points, cfg: Mapping, width: int, height: int, camera_k=None):
+    """Base-frame points (N, 3) m → pixel coordinates ``u``, ``v`` (float64 (N,), pixel edges at integers) and
+    optical depth (N,) m through :func:`camera_intrinsics` and :func:`camera_translation` (pinhole model)."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3) - camera_translation(cfg)
+    k = camera_intrinsics(cfg, width, height, camera_k)
+    depth = p[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = k[0, 0] * (-p[:, 1]) / depth + k[0, 2]
+        v = k[1, 1] * (-p[:, 2]) / depth + k[1, 2]
+    return u, v, depth
+
+
+def salient_blob(image: np.ndarray, min_saturation: float = 0.35, min_value: float = 0.12):
+    """The fallback target of a camera crop: the largest 8-connected blob of saturated pixels (HSV saturation >=
+    ``min_saturation``, value >= ``min_value``) of a uint8 (H, W, 3) RGB image. Returns ``(u, v, size)`` (centre in
+    pixels, side of its bounding square in pixels) or ``None`` when no pixel qualifies."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
+    mask = ((hsv[:, :, 1] >= min_saturation * 255) & (hsv[:, :, 2] >= min_value * 255)).astype(np.uint8)
+    n, _, stats, cent = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    j = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = stats[j, :4]
+    return float(x + w / 2), float(y + h / 2), float(max(w, h))
+
+
+def crop_camera(image: np.ndarray, cfg: Mapping, target_position=None, camera_k=None) -> np.ndarray:
+    """Target-centred camera crop(s): uint8 (H, W, 3) or (N, H, W, 3) → uint8 (N, s, s, 3), ``s`` =
+    ``cfg["crop"]["size"]``.
+
+    The window is ``crop.window_m`` (m) wide and high at the target's depth, centred on the target's projection
+    (:func:`project_to_image`), resampled bilinearly (border pixels repeated where it leaves the image). A row
+    without position (None, NaN) or behind the camera falls back to the largest salient blob (window twice its
+    bounding square), else to the whole image.
+    """
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[None]
+    n, h, w, _ = img.shape
+    crop = crop_config(cfg) or {"size": 32, "window_m": 0.2}
+    size, win = int(crop["size"]), float(crop.get("window_m", 0.2))
+    pos = _positions(target_position, n)
+    out = np.empty((n, size, size, 3), np.uint8)
+    ok = np.all(np.isfinite(pos), axis=1)
+    u = v = depth = np.full(n, np.nan)
+    if ok.any():
+        u, v, depth = project_to_image(np.where(ok[:, None], pos, 0.0), cfg, w, h, camera_k)
+    k = camera_intrinsics(cfg, w, h, camera_k) if ok.any() else None
+    for i in range(n):
+        if ok[i] and depth[i] > 0.01:
+            cu, cv_, hw, hh = u[i], v[i], k[0, 0] * win / 2 / depth[i], k[1, 1] * win / 2 / depth[i]
+        else:
+            blob = salient_blob(img[i])
+            if blob is not None:
+                cu, cv_, hw = blob[0], blob[1], blob[2]
+                hh = hw
+            else:
+                cu, cv_, hw, hh = w / 2, h / 2, w / 2, h / 2
+        # output pixel centre (j + 0.5) maps to input coordinate cu - hw + (j + 0.5) * 2hw/size (pixel edges)
+        sx, sy = 2 * hw / size, 2 * hh / size
+        m = np.array([[sx, 0.0, cu - hw + 0.5 * sx - 0.5], [0.0, sy, cv_ - hh + 0.5 * sy - 0.5]])
+        src = img[i]
+        if max(sx, sy) > 1.5:  # anti-aliasing before shrinking
+            src = cv2.GaussianBlur(src, (0, 0), 0.4 * max(sx, sy))
+        out[i] = cv2.warpAffine(np.ascontiguousarray(src), m, (size, size),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def lidar_window(ranges: np.ndarray, cfg: Mapping, target_position=None) -> np.ndarray:
+    """Target-centred LiDAR window: float (B,) or (N, B) scans → float32 (N, points) in [0, 1].
+
+    The window spans ``crop.window_m`` (m) across the line of sight to the target's centre (base frame position; the
+    LiDAR is at the base origin) at the target's range ``x_t``, cut into ``points`` equal lateral bins. Each beam
+    pointing into bin ``j`` (direction ``(x_t, u)`` with ``u`` in the bin) contributes its depth
+    ``r cos(angle to the line of sight) - x_t`` (m, relative to the target centre's range) clipped to
+    ±``crop.depth_m``; a bin holds the mean over its beams (the nearest beam when none points into it), mapped to
+    [0, 1] (0.5 = the target centre's depth, 0 = ``depth_m`` in front of it). Fallback without a position: the
+    nearest return within ±40° of straight ahead, its range + 0.03 m as ``x_t``. Special values are cleaned as in
+    :func:`clean_ranges`.
+    """
+    r = np.asarray(ranges)
+    if r.ndim == 1:
+        r = r[None]
+    n, b = r.shape
+    crop = crop_config(cfg) or {"window_m": 0.24, "points": 64, "depth_m": 0.15}
+    pts, win, dmax = int(crop["points"]), float(crop.get("window_m", 0.24)), float(crop.get("depth_m", 0.15))
+    r = clean_ranges(r, float(cfg["range_min"]), float(cfg["range_max"])).astype(np.float64)
+    a0, inc = float(cfg["angle_min"]), float(cfg["angle_increment"])
+    theta = a0 + inc * np.arange(b)
+    pos = _positions(target_position, n)
+    ok = np.all(np.isfinite(pos), axis=1)
+    bearing = np.arctan2(pos[:, 1], pos[:, 0])
+    xt = np.hypot(pos[:, 0], pos[:, 1])
+    if not ok.all():
+        front = np.abs(theta) <= np.radians(40.0)
+        near = np.argmin(np.where(front[None, :], r, np.inf), axis=1)
+        bearing = np.where(ok, bearing, theta[near])
+        xt = np.where(ok, xt, r[np.arange(n), near] + 0.03)
+    xt = np.maximum(xt, 1e-3)
+    rel = theta[None, :] - bearing[:, None]                               # (N, B) angle to the line of sight
+    depth = np.clip(r * np.cos(rel) - xt[:, None], -dmax, dmax)
+    du = win / pts
+    with np.errstate(invalid="ignore"):
+        lateral = xt[:, None] * np.tan(np.clip(rel, -1.5, 1.5))
+    j = np.floor((lateral + win / 2) / du).astype(np.int64)
+    inside = (j >= 0) & (j < pts) & (np.abs(rel) < 1.5)
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, b))
+    flat = rows[inside] * pts + j[inside]
+    sums = np.bincount(flat, weights=depth[inside], minlength=n * pts).reshape(n, pts)
+    counts = np.bincount(flat, minlength=n * pts).reshape(n, pts)
+    # bins no beam points into (far targets, narrow bins): the beam nearest to the bin centre
+    u = -win / 2 + du * (np.arange(pts) + 0.5)
+    idx = np.clip(np.rint((bearing[:, None] + np.arctan2(u[None, :], xt[:, None]) - a0) / inc), 0, b - 1)
+    nearest = np.take_along_axis(depth, idx.astype(np.int64), axis=1)
+    prof = np.where(counts > 0, sums / np.maximum(counts, 1), nearest)
+    return ((prof / dmax + 1.0) / 2.0).astype(np.float32)
+
+
+def preprocess_camera(image: np.ndarray, cfg: Mapping, target_position=None, camera_k=None) -> np.ndarray:
     """RGB image(s) → network input.
 
     Args:
         image: uint8 RGB, shape (H, W, 3) or (N, H, W, 3), any H, W ≥ 1.
-        cfg: ``{"width": w, "height": h}`` (training size, default 64×64).
+        cfg: ``{"width": w, "height": h}`` (training size, default 64×64), optionally ``crop`` (see
+            :func:`crop_camera`), ``K``, ``camera_to_base``.
+        target_position: with an enabled crop, the target's centre in the base frame, (3,) or (N, 3) m (NaN rows /
+            None: the salient-blob fallback).
+        camera_k: intrinsics of ``image`` (9 numbers, ``CameraInfo.k``); default from ``cfg``.
 
     Returns:
-        float32 (N, 3, h, w) in [0, 1]. Resized with cv2 INTER_AREA (aspect ratio not kept; the simulator renders
-        the training size with the published camera's projection, so the two agree).
+        float32 (N, 3, h, w) in [0, 1] (``(N, 3, s, s)`` with an enabled crop). Resized with cv2 INTER_AREA (aspect
+        ratio not kept; the simulator renders the training size with the published camera's projection, so the two
+        agree).
 
     Raises:
-        PreprocessError: wrong dtype, rank, channel count or an empty image.
+        PreprocessError: wrong dtype, rank, channel count or an empty image; bad ``target_position`` / ``camera_k``.
     """
     img = np.asarray(image)
     if img.dtype != np.uint8:
@@ -65,6 +263,9 @@ def preprocess_camera(image: np.ndarray, cfg: Mapping) -> np.ndarray:
     n, h, w, _ = img.shape
     if h == 0 or w == 0:
         raise PreprocessError(f"camera image is empty ({h}x{w})")
+    if crop_config(cfg):
+        out = crop_camera(img, cfg, target_position, camera_k)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1.0 / 255.0)
     out = np.stack([resize_camera(img[i], cfg) for i in range(n)]) if (h, w) != (int(cfg["height"]),
                                                                            int(cfg["width"])) else img
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1.0 / 255.0)
@@ -112,15 +313,18 @@ def clean_ranges(ranges: np.ndarray, range_min: float, range_max: float, nan_lim
     return np.clip(r, range_min, range_max, out=r)
 
 
-def preprocess_lidar(ranges: np.ndarray, cfg: Mapping) -> np.ndarray:
+def preprocess_lidar(ranges: np.ndarray, cfg: Mapping, target_position=None) -> np.ndarray:
     """Planar LiDAR scan(s) → network input.
 
     Args:
         ranges: float (B,) or (N, B), metres, REP 117 special values allowed (see :func:`clean_ranges`).
-        cfg: ``{"beams": B, "range_min": m, "range_max": m, ...}``.
+        cfg: ``{"beams": B, "range_min": m, "range_max": m, ...}``, optionally ``crop`` (see :func:`lidar_window`).
+        target_position: with an enabled crop, the target's centre in the base frame, (3,) or (N, 3) m (NaN rows /
+            None: the nearest-return fallback).
 
     Returns:
-        float32 (N, 1, B) in [0, 1]: range / range_max.
+        float32 (N, 1, B) in [0, 1]: range / range_max; with an enabled crop (N, 1, points), see
+        :func:`lidar_window`.
 
     Raises:
         PreprocessError: beam count differs from ``cfg["beams"]``, or too many NaN beams.
@@ -131,6 +335,8 @@ def preprocess_lidar(ranges: np.ndarray, cfg: Mapping) -> np.ndarray:
     beams = int(cfg["beams"])
     if r.ndim != 2 or r.shape[1] != beams:
         raise PreprocessError(f"lidar scan must have {beams} beams, got shape {np.shape(ranges)}")
+    if crop_config(cfg):
+        return lidar_window(r, cfg, target_position)[:, None, :]
     rmax = float(cfg["range_max"])
     r = clean_ranges(r, float(cfg["range_min"]), rmax)
     return (r / np.float32(rmax))[:, None, :]
@@ -168,10 +374,18 @@ def preprocess_reflectance(scan: np.ndarray, cfg: Mapping) -> np.ndarray:
 PREPROCESSORS = {"camera": preprocess_camera, "lidar": preprocess_lidar, "reflectance": preprocess_reflectance}
 
 
-def preprocess(modality: str, raw: np.ndarray, cfg: Mapping) -> np.ndarray:
-    """Dispatch to the preprocessing of ``modality`` (see the per-modality functions for shapes and errors)."""
+def preprocess(modality: str, raw: np.ndarray, cfg: Mapping, *, target_position=None,
+               camera_k=None) -> np.ndarray:
+    """Dispatch to the preprocessing of ``modality`` (see the per-modality functions for shapes and errors).
+
+    ``target_position`` (base frame, m, (3,) or (N, 3)) and ``camera_k`` (camera only) matter only when the config
+    enables a crop; the reflectance ignores them."""
     try:
         fn = PREPROCESSORS[modality]
     except KeyError:
         raise PreprocessError(f"unknown modality {modality!r}; expected one of {MODALITIES}") from None
+    if modality == "camera":
+        return fn(raw, cfg, target_position, camera_k)
+    if modality == "lidar":
+        return fn(raw, cfg, target_position)
     return fn(raw, cfg)

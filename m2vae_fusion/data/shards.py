@@ -39,6 +39,13 @@ ARRAY_SPEC = {
     "shape": (np.int64, 1),
     "material": (np.int64, 1),
 }
+#: Optional arrays (docs/formats.md "Shard arrays"): written and read when present (the hard world writes them).
+#: ``target_position`` float32 (N, 3): the target's centre in the agent's base frame (m, NaN row = unknown);
+#: ``object_id`` int64 (N,): samples with equal ids observe the same object instance (-1 = unknown).
+OPTIONAL_SPEC = {
+    "target_position": (np.float32, 2),
+    "object_id": (np.int64, 1),
+}
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.npz$")
 
 
@@ -74,6 +81,14 @@ def validate_arrays(arrays: Dict[str, np.ndarray], where: str = "shard") -> int:
     if arrays["camera"].shape[-1] != 3 or arrays["reflectance"].shape[-1] != 2 or \
             arrays["present"].shape[1] != len(MODALITIES):
         raise ValueError(f"{where}: camera must end in 3 channels, reflectance in 2 columns, present in 3 columns")
+    for key, (dtype, ndim) in OPTIONAL_SPEC.items():
+        if key in arrays:
+            a = arrays[key]
+            if a.dtype != dtype or a.ndim != ndim or a.shape[0] != n:
+                raise ValueError(f"{where}: {key} has dtype {a.dtype} and shape {a.shape}, expected "
+                                 f"{np.dtype(dtype)} with {ndim} dims and {n} samples")
+    if "target_position" in arrays and arrays["target_position"].shape[1] != 3:
+        raise ValueError(f"{where}: target_position must be (N, 3)")
     return int(n)
 
 
@@ -112,7 +127,8 @@ def shard_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
     """The ``np.savez`` bytes of one shard (keys in docs/formats.md order); deterministic for equal arrays."""
     validate_arrays(arrays)
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(arrays[k]) for k in ARRAY_SPEC})
+    keys = list(ARRAY_SPEC) + [k for k in OPTIONAL_SPEC if k in arrays]
+    np.savez(buf, **{k: np.ascontiguousarray(arrays[k]) for k in keys})
     return buf.getvalue()
 
 
@@ -163,20 +179,40 @@ def prepare_output_dir(directory: str, overwrite: bool = False) -> None:
 
 
 def make_metadata(source: str, seed: Optional[int], sensors: dict, shards: List[dict],
-                  class_names: Optional[List[str]] = CLASS_NAMES) -> dict:
+                  class_names: Optional[List[str]] = CLASS_NAMES, world: Optional[str] = None,
+                  extra: Optional[dict] = None) -> dict:
     """The ``metadata.json`` dict of docs/formats.md from the written shard entries (no timestamps, so equal inputs
-    give byte-identical files)."""
+    give byte-identical files).
+
+    ``world``: ``None`` (the easy world's or a bag's layout, unchanged since format version 1: no ``world`` key,
+    read as ``"easy"``) or a world name of :data:`m2vae_fusion.data.classes.WORLDS`, which adds ``world``, that
+    world's ``attributes`` and the class ↔ attribute table ``classes``; ``extra`` adds further keys (e.g.
+    ``views``)."""
+    from m2vae_fusion.data.classes import classes_of
+
     splits = {s: int(sum(e["samples"] for e in shards if e["split"] == s)) for s in SPLITS}
-    return {
+    attributes = classes_of(world).attributes if world else ATTRIBUTES
+    meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
         "source": source, "seed": seed,
         "modalities": list(MODALITIES),
         "class_names": list(class_names) if class_names is not None else None,
-        "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
-        "sensors": sensors,
-        "splits": splits,
-        "shards": shards,
+        "attributes": {k: list(v) for k, v in attributes.items()},
     }
+    if world:
+        meta["world"] = world
+        meta["classes"] = classes_of(world).mapping()
+        meta["class_id"] = "(colour * n_shapes + shape) * n_materials + material"
+    meta.update(extra or {})
+    meta.update({"sensors": sensors, "splits": splits, "shards": shards})
+    return meta
+
+
+def world_of(meta: dict) -> str:
+    """The simulated world of a data set's metadata: its ``world`` key, else ``"easy"`` (data sets written before
+    the hard world existed, and bags recorded from the easy world's simulator)."""
+    w = meta.get("world") if isinstance(meta, dict) else None
+    return w if isinstance(w, str) and w else "easy"
 
 
 def write_metadata(directory: str, metadata: dict) -> None:
@@ -187,7 +223,8 @@ def write_metadata(directory: str, metadata: dict) -> None:
 
 def write_dataset(directory: str, shards: Iterable[Tuple[str, int, Dict[str, np.ndarray]]], source: str,
                   seed: Optional[int], sensors: dict, class_names: Optional[List[str]] = CLASS_NAMES,
-                  overwrite: bool = False, on_shard=None) -> dict:
+                  overwrite: bool = False, on_shard=None, world: Optional[str] = None,
+                  extra: Optional[dict] = None) -> dict:
     """Write a whole data set: prepare ``directory``, write each ``(split, index, arrays)`` of ``shards`` in turn,
     then ``metadata.json``. ``on_shard(entry)`` is called after each shard. Returns the metadata dict.
 
@@ -204,7 +241,7 @@ def write_dataset(directory: str, shards: Iterable[Tuple[str, int, Dict[str, np.
         entries.append(entry)
         if on_shard is not None:
             on_shard(entry)
-    meta = make_metadata(source, seed, sensors, entries, class_names)
+    meta = make_metadata(source, seed, sensors, entries, class_names, world, extra)
     write_metadata(directory, meta)
     return meta
 
@@ -298,7 +335,8 @@ def load_split(directory: str, split: str) -> Dict[str, np.ndarray]:
         shapes = {"camera": (0, h, w, 3), "lidar": (0, b), "reflectance": (0, k, 2), "present": (0, 3)}
         return {key: np.zeros(shapes.get(key, (0,)), dtype) for key, (dtype, _) in ARRAY_SPEC.items()}
     out = {}
-    for key in ARRAY_SPEC:
+    keys = list(ARRAY_SPEC) + [k for k in OPTIONAL_SPEC if all(k in p for p in parts)]
+    for key in keys:
         try:
             out[key] = np.concatenate([p[key] for p in parts], axis=0)
         except ValueError:

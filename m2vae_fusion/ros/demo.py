@@ -28,11 +28,15 @@ SENSORS = ("camera", "lidar", "reflectance")
 @dataclass
 class DemoConfig:
     """What the demo runs. ``agents``: one sensor rig per agent (``"camera"``, ``"all"``, ``"lidar+reflectance"``);
-    ``objects``: class names of the objects in the world (one each); ``duration``: seconds of the tour (None: every
-    agent inspects every object once); ``exchange``: agents subscribe to each other's latents."""
+    ``objects``: class names of the objects in the world (one each; None: the world's default tour — the 8 easy
+    classes, or ``num_objects`` (default 10) hard-world classes drawn by ``seed`` from all 27); ``world``: ``easy`` or
+    ``hard`` (None: the world the bundle was trained on, see :func:`bundle_world`); ``duration``: seconds of the tour
+    (None: every agent inspects every object once); ``exchange``: agents subscribe to each other's latents."""
 
     agents: list = field(default_factory=lambda: ["camera", "lidar", "reflectance"])
-    objects: list = field(default_factory=lambda: list(CLASS_NAMES))
+    objects: list | None = None
+    world: str | None = None
+    num_objects: int | None = None
     seed: int = 0
     duration: float | None = None
     exchange: bool = True
@@ -79,7 +83,55 @@ def _raise_terminated(signum, frame):
 
 def tour_duration(cfg: DemoConfig) -> float:
     """Seconds until every agent has inspected every object once (agents start at different objects)."""
-    return len(cfg.objects) * (cfg.inspect_duration + cfg.transit_duration) + 1.0
+    n = len(cfg.objects) if cfg.objects is not None else (cfg.num_objects or len(CLASS_NAMES))
+    return n * (cfg.inspect_duration + cfg.transit_duration) + 1.0
+
+
+def bundle_world(manifest: dict) -> str:
+    """The simulated world a bundle was trained on: ``training.dataset.world`` of its manifest (bundles trained on a
+    hard-world data set record it), else the world whose class names equal the bundle's, else ``"easy"`` (the
+    bundles trained before the hard world existed)."""
+    from m2vae_fusion.data.classes import world_of_class_names
+
+    ds = ((manifest.get("training") or {}).get("dataset") or {}) if isinstance(manifest, dict) else {}
+    w = ds.get("world") if isinstance(ds, dict) else None
+    if isinstance(w, str) and w:
+        return w
+    return world_of_class_names(manifest.get("class_names") or []) or "easy"
+
+
+def resolve_world(cfg: DemoConfig, manifest: dict) -> DemoConfig:
+    """Fill in ``cfg.world`` (from the bundle) and ``cfg.objects`` (the world's default tour); check the names.
+
+    Raises:
+        UserError: an unknown world, unknown class names or a bad number of objects.
+    """
+    from m2vae_fusion.data.classes import WORLDS
+
+    world = cfg.world or bundle_world(manifest)
+    if world not in WORLDS:
+        raise UserError(f"--world must be one of {sorted(WORLDS)}, got {world!r}")
+    names = WORLDS[world].class_names
+    objects = cfg.objects
+    if objects is None:
+        if world == "hard":
+            from m2vae_fusion.ros.sim_world_node import tour_classes
+
+            n = cfg.num_objects or 10
+            if not 1 <= n <= 64:
+                raise UserError(f"--objects: a number must be 1..64, got {n}")
+            objects = [names[c] for c in tour_classes(cfg.seed, n)]
+        else:
+            n = cfg.num_objects or len(names)
+            if not 1 <= n <= len(names):
+                raise UserError(f"--objects: a number must be 1..{len(names)}, got {n}")
+            objects = list(names[:n])
+    bad = [o for o in objects if o not in names]
+    if bad or not objects:
+        raise UserError(f"--objects: unknown class names {bad} in the {world} world; expected names from {names}")
+    from dataclasses import replace
+
+    return replace(cfg, world=world, objects=list(objects))
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
@@ -91,20 +143,18 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
     rigs = [parse_rig(a) for a in cfg.agents]
     if not rigs:
         raise UserError("--agents: at least one agent is needed")
-    bad = [o for o in cfg.objects if o not in CLASS_NAMES]
-    if bad or not cfg.objects:
-        raise UserError(f"--objects: unknown class names {bad}; expected names from {CLASS_NAMES}")
     model_dir = os.path.abspath(cfg.model_dir or share_path("models", "amiro"))
     from m2vae_fusion.core.bundle import read_manifest
 
     manifest = read_manifest(model_dir)  # a missing bundle stops here, naming the file
+    cfg = resolve_world(cfg, manifest)
     class_names = manifest.get("class_names") or CLASS_NAMES
     domain = isolate_dds()
     log_dir = cfg.log_dir or tempfile.mkdtemp(prefix="m2vae_demo_")
     os.makedirs(log_dir, exist_ok=True)
     names = [f"agent{i}" for i in range(len(rigs))]
     rig_text = ", ".join(f"{n}={'+'.join(r)}" for n, r in zip(names, rigs))
-    say(f"demo: {len(rigs)} agents ({rig_text}), {len(cfg.objects)} "
+    say(f"demo: {len(rigs)} agents ({rig_text}), {cfg.world} world, {len(cfg.objects)} "
         f"objects, exchange {'on' if cfg.exchange else 'off'}, model {os.path.basename(model_dir)} "
         f"({manifest['model_id']}), ROS_DOMAIN_ID={domain}, logs in {log_dir}")
 
@@ -121,7 +171,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
     probe = None
     recorder = None
     rec = RunRecord(class_names, names, {})
-    rec.meta.update({"exchange": cfg.exchange, "seed": cfg.seed, "model_id": manifest["model_id"],
+    rec.meta.update({"exchange": cfg.exchange, "seed": cfg.seed, "model_id": manifest["model_id"], "world": cfg.world,
                      "rigs": {n: r for n, r in zip(names, rigs)}, "objects": list(cfg.objects),
                      "class_belief_head": bool(manifest.get("class_names") and manifest["networks"].get("head"))})
     try:
@@ -174,6 +224,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
                 time.sleep(0.1)
         duration = cfg.duration if cfg.duration else tour_duration(cfg)
         sim_params = {"num_agents": len(rigs), "sensors": ["+".join(r) for r in rigs], "objects": list(cfg.objects),
+                      "world": cfg.world,
                       "seed": int(cfg.seed), "inspect_duration": float(cfg.inspect_duration),
                       "transit_duration": float(cfg.transit_duration)}
         sim = NodeProcess("m2vae_fusion.ros.sim_world_node", "", sim_params, log_dir, name="sim_world",

@@ -15,6 +15,12 @@ rates and only for the sensors of its rig:
 and, for evaluation only, ``/sim/ground_truth`` std_msgs/String holding JSON (object ids → class name, id,
 attributes and position; agent → target, pose, sensors), transient-local so late subscribers get the newest.
 
+Worlds (``world`` parameter): ``easy`` (default; the 8 classes of the shipped bundles, the objects named by
+``objects``) or ``hard`` (the 27-class world of :mod:`m2vae_fusion.sim.hard`: ``num_objects`` objects of classes
+drawn by ``seed`` from all 27, unless ``objects`` names hard-world classes; its sensor noise, object sizes,
+inspection distances and camera model, with light colour temperature and intensity drawn per visit; the
+TargetOfInterest position is the object's centre, z = half its height).
+
 Time: every stamp and the tour schedule come from the node's ROS clock (wall time, or ``/clock`` with
 ``use_sim_time``), the same convention as the fusion node. No torch.
 """
@@ -67,6 +73,18 @@ def parse_rig(spec: str) -> tuple:
     return tuple(m for m in SENSORS if m in names)
 
 
+def tour_classes(seed: int, n: int) -> list:
+    """The hard world's demo tour: ``n`` class ids drawn by ``seed`` from all 27 (without repeats up to 27)."""
+    from m2vae_fusion.data.classes import classes_of
+
+    k = classes_of("hard").num_classes
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(27,)))
+    out = []
+    while len(out) < n:
+        out += [int(c) for c in rng.permutation(k)]
+    return out[:n]
+
+
 class Tour:
     """The inspection schedule of one agent: visit ``v`` goes to object ``(first + v) % n``; each visit is a
     transit of ``transit`` s then an inspection of ``inspect`` s."""
@@ -93,7 +111,10 @@ class SimWorldNode(Node):
         ("agent_prefix", "agent", "Agent k publishes under the namespace /<agent_prefix><k> and has id <prefix><k>"),
         ("sensors", ["all"], "Sensor rig per agent ('all', 'camera', 'lidar+reflectance', ...); the last entry "
                              "repeats for further agents"),
-        ("objects", CLASS_NAMES, "Class names of the objects to place (one object each), e.g. red_cube_shiny"),
+        ("world", "easy", "Simulated world: easy (8 classes) or hard (27 classes, m2vae_fusion.sim.hard)"),
+        ("objects", CLASS_NAMES, "Class names of the objects to place (one object each), e.g. red_cube_shiny; in the "
+                                 "hard world, left at this (easy) default, num_objects classes drawn by the seed"),
+        ("num_objects", 10, "Hard world: number of objects when objects is left at its default"),
         ("seed", 0, "Seed of object sizes, inspection distances and sensor noise"),
         ("object_circle_radius", 0.9, "Objects stand on a circle of this radius (m) around the arena centre"),
         ("arena_size", 3.0, "Side of the square arena (m)"),
@@ -128,9 +149,24 @@ class SimWorldNode(Node):
             raise UserError(f"parameter camera_encoding must be one of {list(conv.IMAGE_ENCODINGS)}")
         if p["lidar_type"] not in ("LaserScan", "PointCloud2"):
             raise UserError(f"parameter lidar_type must be LaserScan or PointCloud2, got {p['lidar_type']!r}")
-        bad = [c for c in p["objects"] if c not in CLASS_NAMES]
-        if bad or not p["objects"]:
-            raise UserError(f"parameter objects: unknown class names {bad}; expected names from {CLASS_NAMES}")
+        from m2vae_fusion.data.classes import WORLDS
+
+        if p["world"] not in WORLDS:
+            raise UserError(f"parameter world must be one of {sorted(WORLDS)}, got {p['world']!r}")
+        self.hard = p["world"] == "hard"
+        classes = WORLDS[p["world"]]
+        self.class_names = classes.class_names
+        rng = np.random.default_rng(int(p["seed"]))
+        objects = list(p["objects"])
+        if self.hard and objects == CLASS_NAMES:
+            n_obj = int(p["num_objects"])
+            if not 1 <= n_obj <= 64:
+                raise UserError(f"parameter num_objects must be 1..64, got {n_obj}")
+            objects = [self.class_names[int(c)] for c in tour_classes(int(p["seed"]), n_obj)]
+        bad = [c for c in objects if c not in self.class_names]
+        if bad or not objects:
+            raise UserError(f"parameter objects: unknown class names {bad}; expected names from {self.class_names}")
+        self.object_names = objects
         rigs = list(p["sensors"]) or ["all"]
         self.rigs = [parse_rig(rigs[min(i, len(rigs) - 1)]) for i in range(k)]
         self.names = [f"{p['agent_prefix']}{i}" for i in range(k)]
@@ -138,23 +174,46 @@ class SimWorldNode(Node):
         from m2vae_fusion.sim.sensors import AMIRO_RADIUS
         from m2vae_fusion.sim.world import ObjectSpec, World
 
-        self.world = World(num_agents=k, seed=int(p["seed"]), arena_size=float(p["arena_size"]), walls=True,
-                           clutter=0)
-        rng = np.random.default_rng(int(p["seed"]))
-        n = len(p["objects"])
+        if self.hard:
+            from m2vae_fusion.sim import hard as hard_world
+            from m2vae_fusion.sim.sensors import CameraConfig, LidarConfig, ReflectanceConfig
+
+            self.world = World(num_agents=k, camera=CameraConfig(), lidar=LidarConfig(**hard_world.HARD_LIDAR),
+                               reflectance=ReflectanceConfig(**hard_world.HARD_REFLECTANCE), seed=int(p["seed"]),
+                               arena_size=float(p["arena_size"]), walls=True, clutter=0)
+        else:
+            self.world = World(num_agents=k, seed=int(p["seed"]), arena_size=float(p["arena_size"]), walls=True,
+                               clutter=0)
+        n = len(objects)
         self.objects = []  # (object id string, pybullet id, spec, (x, y), bearing from centre)
-        for j, cname in enumerate(p["objects"]):
-            colour, shape, material = cname.split("_")
-            height = float(rng.uniform(0.05, 0.08))
-            width = float(rng.uniform(0.036, 0.055))
+        for j, cname in enumerate(objects):
             a = 2 * math.pi * j / n
             x, y = p["object_circle_radius"] * math.cos(a), p["object_circle_radius"] * math.sin(a)
-            spec = ObjectSpec(colour, shape, material, height, width)
+            if self.hard:
+                obj = hard_world.draw_object(rng, self.class_names.index(cname))
+                spec = ObjectSpec(*obj["names"], obj["height"], obj["width"], obj["rgb"], obj["ir"], world="hard",
+                                  corner=obj["corner"])
+            else:
+                colour, shape, material = cname.split("_")
+                height = float(rng.uniform(0.05, 0.08))
+                width = float(rng.uniform(0.036, 0.055))
+                spec = ObjectSpec(colour, shape, material, height, width)
             oid = self.world.add_object(spec, x, y, float(rng.uniform(0, 2 * math.pi)))
             self.objects.append((f"object_{j}", oid, spec, (x, y), a))
         self.rim = AMIRO_RADIUS
-        lo, hi = (list(p["inspect_distance"]) + [0.35])[:2]
-        self.distances = rng.uniform(lo, hi, size=(k, 4 * n + 1))  # per agent and visit (cycled)
+        if self.hard:  # the data set's inspection distances (rim to surface) plus half the object's radius
+            lo, hi = hard_world.SCENE["distance_from_rim"]
+            radius = np.array([o[2].width / 2 for o in self.objects])
+            self.distances = rng.uniform(lo, hi, size=(k, 4 * n + 1)) + 0.5 * np.resize(radius, 4 * n + 1)[None]
+            # light per agent and visit: colour temperature (K) and intensity, as in the data set
+            warm = rng.uniform(size=(k, 4 * n + 1)) < hard_world.SCENE["warm_light_probability"]
+            self.kelvin = np.where(warm, rng.uniform(*hard_world.SCENE["warm_colour_temperature_k"], size=warm.shape),
+                                   rng.uniform(*hard_world.SCENE["colour_temperature_k"], size=warm.shape))
+            lo_i, hi_i = hard_world.SCENE["light_intensity"]
+            self.intensity = np.exp(rng.uniform(math.log(lo_i), math.log(hi_i), size=warm.shape))
+        else:
+            lo, hi = (list(p["inspect_distance"]) + [0.35])[:2]
+            self.distances = rng.uniform(lo, hi, size=(k, 4 * n + 1))  # per agent and visit (cycled)
         self.tours = [Tour((i * n) // k, n, p["inspect_duration"], p["transit_duration"]) for i in range(k)]
         for i in range(k):  # park each agent at the arena centre, facing its first object
             self.world.set_agent_pose(i, 0.2 * math.cos(2 * math.pi * i / k), 0.2 * math.sin(2 * math.pi * i / k),
@@ -236,8 +295,8 @@ class SimWorldNode(Node):
                 stamp = self.t0_ns + int(round(start * 1e9))
                 pos = None
                 if tid:
-                    x, y = self.objects[self.tours[i].phase(t).obj][3]
-                    pos = (x, y, 0.0)
+                    _, _, spec, (x, y), _ = self.objects[self.tours[i].phase(t).obj]
+                    pos = (x, y, spec.height / 2 if self.hard else 0.0)
                 self._targets[i] = conv.target_msg(tid, stamp, self.p["frame_id"], pos)
                 self.pubs[i]["target"].publish(self._targets[i])
                 changed = True
@@ -252,7 +311,8 @@ class SimWorldNode(Node):
 
     def _publish_truth(self, now_ns: int) -> None:
         truth = {
-            "stamp_ns": now_ns, "frame_id": self.p["frame_id"], "class_names": CLASS_NAMES,
+            "stamp_ns": now_ns, "frame_id": self.p["frame_id"], "class_names": self.class_names,
+            "world": self.p["world"],
             "objects": {name: {"class_name": spec.class_name, "class_id": spec.class_id, "colour": spec.colour,
                                "shape": spec.shape, "material": spec.material, "position": [x, y, 0.0],
                                "height": spec.height, "width": spec.width}
@@ -274,7 +334,10 @@ class SimWorldNode(Node):
             x, y, yaw = self._pose(i, self._t(now))
             self.world.set_agent_pose(i, x, y, yaw)
             noise = bool(self.p["noise"])
-            if modality == "camera":
+            if modality == "camera" and self.hard:
+                rgb = self._hard_camera(i, self._t(now), noise)
+                msg = conv.rgb_to_image(rgb, self.p["camera_encoding"], now, f"{ns}/camera")
+            elif modality == "camera":
                 rgb = self.world.render_camera(i, int(self.p["camera_width"]), int(self.p["camera_height"]),
                                                noise=noise)
                 msg = conv.rgb_to_image(rgb, self.p["camera_encoding"], now, f"{ns}/camera")
@@ -292,6 +355,21 @@ class SimWorldNode(Node):
                                           scan_time=1.0 / max(self.p["reflectance_rate"], 1e-6))
             self.pubs[i][modality].publish(msg)
             self.counts[modality] += 1
+
+    def _hard_camera(self, agent: int, t: float, noise: bool) -> np.ndarray:
+        """The hard world's camera: flat-lit albedo, then the visit's illuminant, gain noise and 8-bit output
+        (:func:`m2vae_fusion.sim.hard.camera_response`)."""
+        from m2vae_fusion.sim import hard as hard_world
+
+        w, h = int(self.p["camera_width"]), int(self.p["camera_height"])
+        self.world.set_lighting(direction=(0.0, 0.0, 1.0), colour=(1.0, 1.0, 1.0), ambient=1.0, diffuse=0.0,
+                                specular=0.0)
+        albedo = self.world.render_camera(agent, w, h, noise=False).astype(np.float32)
+        v = self.tours[agent].phase(t).visit % self.kelvin.shape[1]
+        if not noise:
+            return np.clip(np.rint(albedo * hard_world.kelvin_rgb(self.kelvin[agent, v])), 0, 255).astype(np.uint8)
+        return hard_world.camera_response(albedo, float(self.kelvin[agent, v]), float(self.intensity[agent, v]),
+                                          0.0, self.world.rng)
 
     def close(self) -> None:
         self.world.close()

@@ -50,6 +50,14 @@ arena_size=2.0, walls=True, clutter=3)``
     - ``observe(agent, camera_size=None, rng=None) -> dict`` ``camera``, ``lidar``, ``reflectance`` arrays.
     - ``close()`` (also a context manager).
 
+The hard world (``m2vae_fusion.sim.hard``)
+------------------------------------------
+27 classes (red / orange / yellow × cylinder / hexagonal prism / rounded box × matte / satin / shiny), object
+instances observed from several views (``generate_samples(n, rng, views)``, ``object_id``), ambiguity per view
+(warm light, far views, occlusion, IR interference, 1 cm LiDAR noise), the target's position in the base frame per
+sample, ``sensor_metadata()`` with camera intrinsics and crop configs. ``World`` builds its shapes
+(``shape_mesh``) from ``ObjectSpec(..., world="hard")``.
+
 Data generation (``m2vae_fusion.sim.generate``)
 -----------------------------------------------
 ``make_world(seed=0) -> World`` (the data set's world); ``random_sample(world, rng, label=None) -> dict``:

@@ -229,10 +229,25 @@ def shard_chunks(n: int):
     return [min(CHUNK, n - start) for start in range(0, n, CHUNK)]
 
 
-def generate_chunk(seed: int, split: str, index: int, chunk: int, n: int) -> Dict[str, np.ndarray]:
-    """Chunk ``chunk`` (``n`` samples) of shard ``index`` of ``split``: ``generate_samples`` in a fresh world with
-    :func:`chunk_rng`, so the same arguments give byte-identical arrays in any process."""
-    return generate_samples(n, chunk_rng(seed, split, index, chunk))
+def object_offset(split: str, index: int, chunk: int) -> int:
+    """First ``object_id`` of a hard-world chunk: unique over a data set (chunks hold at most 1000 objects)."""
+    code = {"train": 0, "val": 1, "test": 2}[split]
+    return ((code * 100000 + int(index)) * 1000 + int(chunk)) * 1000
+
+
+def generate_chunk(seed: int, split: str, index: int, chunk: int, n: int, world: str = "easy",
+                   views: int = 1) -> Dict[str, np.ndarray]:
+    """Chunk ``chunk`` (``n`` samples) of shard ``index`` of ``split``: ``generate_samples`` of ``world`` (``"easy"``
+    or ``"hard"``, the latter with ``views`` observations per object) in a fresh world with :func:`chunk_rng`, so the
+    same arguments give byte-identical arrays in any process."""
+    if world == "easy":
+        return generate_samples(n, chunk_rng(seed, split, index, chunk))
+    if world == "hard":
+        from m2vae_fusion.sim import hard
+
+        return hard.generate_samples(n, chunk_rng(seed, split, index, chunk), views=views,
+                                     object_offset=object_offset(split, index, chunk))
+    raise ValueError(f"unknown world {world!r}")
 
 
 def concat_chunks(parts) -> Dict[str, np.ndarray]:

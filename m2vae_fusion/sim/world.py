@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import pybullet as pb
 
-from m2vae_fusion.data.classes import COLOURS, MATERIALS, SHAPES, class_id, class_name
+from m2vae_fusion.data.classes import classes_of
 from m2vae_fusion.sim import sensors as _sensors
 from m2vae_fusion.sim.sensors import CameraConfig, IRMaterial, LidarConfig, ReflectanceConfig
 
@@ -28,6 +28,10 @@ IR_MATERIALS = {
     "matte": IRMaterial(diffuse=0.10, specular=0.0, exponent=1.0),
     "shiny": IRMaterial(diffuse=0.60, specular=0.25, exponent=4.0),
 }
+
+#: Nominal visible colours (rgb in [0, 1]) of an object of each colour name when none is given.
+_NOMINAL_RGB = {"red": (0.8, 0.1, 0.1), "green": (0.1, 0.7, 0.1), "orange": (0.85, 0.4, 0.08),
+                "yellow": (0.85, 0.7, 0.1)}
 
 #: Visible specular colour given to every object (so that the camera cannot tell IR materials apart).
 VISIBLE_SPECULAR = (0.1, 0.1, 0.1)
@@ -61,6 +65,55 @@ def _cylinder_mesh(radius: float, height: float, segments: int = 48):
     return verts.tolist(), idx
 
 
+def _prism_mesh(radius: float, height: float, sides: int, phase: float = 0.0):
+    """Closed triangle mesh of an upright regular prism (``sides`` faces, circumradius ``radius``), centred at the
+    origin; vertex k at angle ``phase + 2 pi k / sides``."""
+    a = phase + 2 * math.pi * np.arange(sides) / sides
+    ring = np.stack([radius * np.cos(a), radius * np.sin(a)], axis=1)
+    return _extrude(ring, height)
+
+
+def _rounded_box_mesh(side: float, corner: float, height: float, segments: int = 6):
+    """Closed triangle mesh of an upright square box of side ``side`` whose vertical edges are rounded with radius
+    ``corner`` (``segments`` facets per quarter circle), centred at the origin."""
+    h = side / 2 - corner
+    pts = []
+    for q, (cx, cy) in enumerate(((h, h), (-h, h), (-h, -h), (h, -h))):
+        for j in range(segments + 1):
+            t = math.pi / 2 * (q + j / segments)
+            pts.append((cx + corner * math.cos(t), cy + corner * math.sin(t)))
+    return _extrude(np.asarray(pts), height)
+
+
+def _extrude(ring: np.ndarray, height: float):
+    """Closed mesh of the convex polygon ``ring`` (P, 2), counter-clockwise, extruded to ``height`` around z = 0."""
+    p = len(ring)
+    bottom = np.concatenate([ring, np.full((p, 1), -height / 2)], axis=1)
+    top = np.concatenate([ring, np.full((p, 1), height / 2)], axis=1)
+    verts = np.concatenate([bottom, top, [[0, 0, -height / 2], [0, 0, height / 2]]])
+    idx = []
+    cb, ct = 2 * p, 2 * p + 1
+    for i in range(p):
+        j = (i + 1) % p
+        idx += [i, j, p + j, i, p + j, p + i, cb, j, i, ct, p + i, p + j]
+    return verts.tolist(), idx
+
+
+def shape_mesh(shape: str, width: float, height: float, corner: float = 0.25):
+    """``(vertices, indices)`` of a hard-world shape: ``"cylinder"`` (48-gon, diameter ``width``),
+    ``"hexagonal_prism"`` (across-flats ``width``), ``"rounded_box"`` (side ``width``, corner radius
+    ``corner * width``), ``"cube"`` (side ``width``, the easy world's). Raises ValueError for another shape."""
+    if shape == "cylinder":
+        return _cylinder_mesh(width / 2, height)
+    if shape == "hexagonal_prism":
+        return _prism_mesh(width / 2 / math.cos(math.pi / 6), height, 6, math.pi / 6)
+    if shape == "rounded_box":
+        return _rounded_box_mesh(width, corner * width, height)
+    if shape == "cube":
+        return _box_mesh((width / 2, width / 2, height / 2))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
 def _box_mesh(he):
     """Closed triangle mesh of a box with half extents ``he`` centred at the origin."""
     x, y, z = he
@@ -78,19 +131,24 @@ def _mesh_collision(client: int, verts, idx) -> int:
 
 @dataclass
 class ObjectSpec:
-    """One primitive object of the 8 classes.
+    """One primitive object of a world's classes (``m2vae_fusion.data.classes.WORLDS``).
 
     Args:
-        colour: ``"red"`` or ``"green"``.
-        shape: ``"cylinder"`` or ``"cube"`` (square footprint; ``width`` is the side).
-        material: ``"matte"`` or ``"shiny"`` (infrared reflectance, see :data:`IR_MATERIALS`).
-        height: m, 0.05-0.08 for the data set.
-        width: cylinder diameter or cube side in m.
-        rgb: visible colour, three floats in [0, 1]; default a nominal red (0.8, 0.1, 0.1) or green (0.1, 0.7, 0.1).
-        ir: infrared material; default ``IR_MATERIALS[material]``.
+        colour: easy world ``"red"`` or ``"green"``; hard world ``"red"``, ``"orange"`` or ``"yellow"``.
+        shape: easy ``"cylinder"`` or ``"cube"`` (square footprint; ``width`` is the side); hard ``"cylinder"``,
+            ``"hexagonal_prism"`` (``width`` across flats) or ``"rounded_box"`` (side ``width``, vertical edges
+            rounded with radius ``corner * width``).
+        material: easy ``"matte"`` or ``"shiny"``; hard ``"matte"``, ``"satin"`` or ``"shiny"`` (infrared
+            reflectance, see :data:`IR_MATERIALS` and :data:`m2vae_fusion.sim.hard.IR_NOMINAL`).
+        height: m, 0.05-0.08 for the easy data set.
+        width: cylinder diameter, prism across-flats width or box side in m.
+        rgb: visible colour, three floats in [0, 1]; default a nominal colour of the class.
+        ir: infrared material; default the nominal one of ``material``.
+        world: ``"easy"`` (default) or ``"hard"``: which class set the names belong to.
+        corner: corner radius of a rounded box as a fraction of ``width`` (0 < corner <= 0.5).
 
     Raises:
-        ValueError: unknown colour, shape or material, or non-positive size.
+        ValueError: unknown world, colour, shape or material, or non-positive size.
     """
 
     colour: str
@@ -100,26 +158,36 @@ class ObjectSpec:
     width: float = 0.05
     rgb: Optional[Tuple[float, float, float]] = None
     ir: Optional[IRMaterial] = None
+    world: str = "easy"
+    corner: float = 0.25
 
     def __post_init__(self):
-        if self.colour not in COLOURS or self.shape not in SHAPES or self.material not in MATERIALS:
-            raise ValueError(f"unknown object attributes {self.colour!r}, {self.shape!r}, {self.material!r}")
+        cs = classes_of(self.world)
+        if self.colour not in cs.colours or self.shape not in cs.shapes or self.material not in cs.materials:
+            raise ValueError(f"unknown {self.world}-world object attributes {self.colour!r}, {self.shape!r}, "
+                             f"{self.material!r}")
         if not (self.height > 0 and self.width > 0):
             raise ValueError("object height and width must be positive")
+        if not 0 < self.corner <= 0.5:
+            raise ValueError("corner must be in (0, 0.5]")
         if self.rgb is None:
-            self.rgb = (0.8, 0.1, 0.1) if self.colour == "red" else (0.1, 0.7, 0.1)
+            self.rgb = _NOMINAL_RGB[self.colour]
         if self.ir is None:
-            self.ir = IR_MATERIALS[self.material]
+            if self.world == "easy":
+                self.ir = IR_MATERIALS[self.material]
+            else:
+                from m2vae_fusion.sim.hard import IR_NOMINAL
+                self.ir = IR_NOMINAL[self.material]
 
     @property
     def class_id(self) -> int:
-        """4*colour + 2*shape + material (docs/formats.md)."""
-        return class_id(self.colour, self.shape, self.material)
+        """``(colour * n_shapes + shape) * n_materials + material`` of the object's world (easy: 4c + 2s + m)."""
+        return classes_of(self.world).class_id(self.colour, self.shape, self.material)
 
     @property
     def class_name(self) -> str:
         """e.g. ``"red_cylinder_shiny"``."""
-        return class_name(self.colour, self.shape, self.material)
+        return classes_of(self.world).class_name(self.colour, self.shape, self.material)
 
 
 @dataclass
@@ -246,7 +314,12 @@ class World:
         """Add ``spec`` standing on the floor at ``(x, y)`` (m) rotated by ``yaw`` (rad); returns its object id."""
         c = self.client
         spec_rgba = (*[float(v) for v in spec.rgb], 1.0)
-        if spec.shape == "cylinder":
+        if spec.world != "easy":
+            verts, idx = shape_mesh(spec.shape, spec.width, spec.height, spec.corner)
+            col = _mesh_collision(c, verts, idx)
+            vis = pb.createVisualShape(pb.GEOM_MESH, vertices=verts, indices=idx, rgbaColor=spec_rgba,
+                                       specularColor=VISIBLE_SPECULAR, physicsClientId=c)
+        elif spec.shape == "cylinder":
             col = _mesh_collision(c, *_cylinder_mesh(spec.width / 2, spec.height))
             vis = pb.createVisualShape(pb.GEOM_CYLINDER, radius=spec.width / 2, length=spec.height,
                                        rgbaColor=spec_rgba, specularColor=VISIBLE_SPECULAR, physicsClientId=c)

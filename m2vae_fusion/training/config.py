@@ -23,7 +23,7 @@ DEFAULTS: Dict[str, Any] = {
     "latent_dim": 10,
     "betavae": {
         "beta_norm": 0.01,
-        "aux_weight": 0.3,
+        "aux_weight": 0.0,
         "warmup_epochs": 2,
         "epochs": {"camera": 4, "lidar": 10, "reflectance": 20},
         "min_steps": 500,

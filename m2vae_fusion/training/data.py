@@ -67,6 +67,9 @@ def preprocess_split(arrays: Mapping[str, np.ndarray], sensors: Mapping[str, Map
     cols = [list(all_modalities).index(m) for m in modalities]
     present = present_all[:, cols]
     inputs = {}
+    # the target's position in the base frame (hard world): target-centred crops where the config enables them
+    target = arrays.get("target_position") if hasattr(arrays, "get") else None
+    target = np.asarray(target, np.float64) if target is not None else None
     for j, m in enumerate(modalities):
         raw = np.asarray(arrays[m])
         parts = []
@@ -76,7 +79,8 @@ def preprocess_split(arrays: Mapping[str, np.ndarray], sensors: Mapping[str, Map
                 block = np.where(present[a:a + chunk, j].reshape((-1,) + (1,) * (block.ndim - 1)), block,
                                  np.zeros_like(block))
             try:
-                parts.append(preprocess(m, block, sensors[m]))
+                tp = target[a:a + chunk] if target is not None else None
+                parts.append(preprocess(m, block, sensors[m], target_position=tp))
             except PreprocessError as exc:
                 raise UserError(f"{where}: {m} samples {a}..{a + len(block) - 1} cannot be preprocessed ({exc})") \
                     from None

@@ -228,3 +228,301 @@ def format_table(res: Mapping) -> str:
         L.append("ablation z_diff (p95 after " + steps[-1].split("_")[1] + "): " + ", ".join(
             f"{k} {v[steps[-1]]['p95']:.3f}" for k, v in res["z_diff_ablation"].items()))
     return "\n".join(L)
+
+
+# ================================================================================================ protocol v2
+# Issue 10 ("evaluation v2"): sampled latents, long chains of in-place fusion over different observations of the
+# same object, in-place minus direct-encoding accuracy, and information measures of the latent space. No torch:
+# the bundle's ONNX networks through onnxruntime, scikit-learn for the PCA of the plots.
+
+CHAIN_LENGTHS = (3, 10, 50)
+
+
+def object_groups(object_id: np.ndarray) -> list:
+    """Index arrays of the samples of each object (``object_id`` >= 0; an id without one falls back to its own
+    sample, i.e. every observation of the chain is that one sample)."""
+    ids = np.asarray(object_id)
+    groups = {}
+    for i, o in enumerate(ids):
+        groups.setdefault(int(o) if o >= 0 else -1 - i, []).append(i)
+    return [np.asarray(v, np.int64) for v in groups.values()]
+
+
+def _sample(mean: np.ndarray, logvar: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return (mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape)).astype(np.float32)
+
+
+def chain_schedule(k_steps: int, modalities: Sequence[str], mode: str, rng: np.random.Generator) -> list:
+    """The sensors of a chain of ``k_steps`` observations: ``"random"`` — consecutive random permutations of the
+    modalities; ``"one_keeps"`` — one random permutation (each sensor once), then a randomly chosen sensor keeps
+    observing while the others' evidence is carried along (decoded and re-encoded at every step)."""
+    mods = list(modalities)
+    out = []
+    if mode == "random":
+        while len(out) < k_steps:
+            out += [mods[i] for i in rng.permutation(len(mods))]
+    elif mode == "one_keeps":
+        out = [mods[i] for i in rng.permutation(len(mods))]
+        keeper = mods[int(rng.integers(len(mods)))]
+        out += [keeper] * max(0, k_steps - len(out))
+    else:
+        raise ValueError(f"unknown chain mode {mode!r}")
+    return out[:k_steps]
+
+
+def chain_accuracy(bundle, feats: Mapping[str, np.ndarray], labels: np.ndarray, groups: Sequence[np.ndarray],
+                   k_steps: int, mode: str = "random", sampled: bool = True, seed: int = 0) -> Dict:
+    """In-place fusion (paper Eq. 18) along chains of ``k_steps`` observations per object, each observation a view
+    drawn from the object's samples (never the same view twice in a row when it has more than one).
+
+    With ``sampled`` the belief carried from step to step is a sample ``z ~ q`` (not the mean), so decode →
+    re-encode errors accumulate as in a long-running node; the class is read from the final posterior mean.
+    ``direct`` scores the same final evidence (the last observation of each sensor) encoded at once by the
+    all-modality subset encoder (its mean): ``gap = in_place − direct``.
+
+    Returns:
+        ``{"in_place": acc, "direct": acc, "gap": in_place − direct, "objects": n, "z_step_median": [...]}``
+        (``z_step_median``: median ‖z_k − z_{k−1}‖ of the posterior means per step, the chain's drift).
+    """
+    from m2vae_fusion.core.fusion import FusionEngine
+
+    rng = np.random.default_rng(seed)
+    eng = FusionEngine(bundle)
+    mods = list(bundle.modalities)
+    n_obj = len(groups)
+    dz = int(bundle.latent_dim) if hasattr(bundle, "latent_dim") else None
+    sched = [chain_schedule(k_steps, mods, mode, rng) for _ in range(n_obj)]
+    last_view = np.full(n_obj, -1, np.int64)
+    final_obs = {m: np.full(n_obj, -1, np.int64) for m in mods}
+    have = [tuple() for _ in range(n_obj)]
+    z = None
+    mean_prev = None
+    steps_med = []
+    for k in range(k_steps):
+        views = np.empty(n_obj, np.int64)
+        for o, g in enumerate(groups):
+            choice = g if len(g) < 2 else g[g != last_view[o]]
+            views[o] = choice[int(rng.integers(len(choice)))]
+        last_view = views
+        new_mean = np.empty((n_obj, dz), np.float32) if dz else None
+        new_lv = np.empty_like(new_mean) if dz else None
+        keys = {}
+        for o in range(n_obj):
+            keys.setdefault((have[o], sched[o][k]), []).append(o)
+        for (h, m), idx in keys.items():
+            idx = np.asarray(idx)
+            zin = z[idx] if (z is not None and h) else None
+            mu, lv = eng.fuse_batch(zin, h, m, feats[m][views[idx]])
+            if new_mean is None:
+                dz = mu.shape[1]
+                new_mean, new_lv = np.empty((n_obj, dz), np.float32), np.empty((n_obj, dz), np.float32)
+            new_mean[idx], new_lv[idx] = mu, lv
+        for o in range(n_obj):
+            m = sched[o][k]
+            final_obs[m][o] = views[o]
+            if m not in have[o]:
+                have[o] = tuple(x for x in mods if x in have[o] or x == m)
+        z = _sample(new_mean, new_lv, rng) if sampled else new_mean
+        if mean_prev is not None:
+            steps_med.append(float(np.median(np.linalg.norm(new_mean - mean_prev, axis=1))))
+        mean_prev = new_mean
+    truth = np.asarray([labels[g[0]] for g in groups])
+    p = bundle.classify(mean_prev)
+    acc = float(np.mean(np.argmax(p, 1) == truth))
+    # direct encoding of the same final evidence (objects whose chain saw every sensor)
+    full = np.all([final_obs[m] >= 0 for m in mods], axis=0)
+    mu, _ = bundle.encode_subset({m: feats[m][final_obs[m][full]] for m in mods})
+    direct = float(np.mean(np.argmax(bundle.classify(mu), 1) == truth[full])) if full.any() else float("nan")
+    inplace_full = float(np.mean((np.argmax(p, 1) == truth)[full])) if full.any() else float("nan")
+    return {"in_place": acc, "direct": direct, "gap": inplace_full - direct, "objects": int(n_obj),
+            "objects_with_every_sensor": int(full.sum()), "z_step_median": steps_med}
+
+
+def information_measures(bundle, ftr: Mapping[str, np.ndarray], ytr: np.ndarray, fte: Mapping[str, np.ndarray],
+                         yte: np.ndarray) -> Dict:
+    """Per subset S: how much of the data the latent keeps (a collapsed latent is a class code).
+
+    - ``r2``: per modality m, R² of the β-VAE feature decoded from the mean of ``q_S`` (``1 − SSE / SST`` over
+      test samples and feature dimensions); ``r2_class_mean``: R² of the per-class mean feature (train split means),
+      the baseline a pure class code reaches.
+    - ``within_class_share``: within-class share of the latent means' variance, ``Σ_d Var_within / Σ_d Var_total``
+      (≈ 0: the latent only tells the class).
+    """
+    classes = np.unique(ytr)
+    out = {}
+    sst = {m: float(np.sum((fte[m] - fte[m].mean(0)) ** 2)) for m in bundle.modalities}
+    class_mean = {m: {c: ftr[m][ytr == c].mean(0) for c in classes} for m in bundle.modalities}
+    r2_cm = {}
+    for m in bundle.modalities:
+        pred = np.stack([class_mean[m].get(c, ftr[m].mean(0)) for c in yte])
+        r2_cm[m] = 1.0 - float(np.sum((fte[m] - pred) ** 2)) / max(sst[m], 1e-12)
+    n = len(yte)
+    for s in bundle.manifest["subsets"]:
+        mu = _batched(lambda d: bundle.encode_subset(d)[0], {m: fte[m] for m in s}, n)
+        r2 = {}
+        for m in bundle.modalities:
+            xr = _batched(lambda d, m=m: bundle.decode(m, d["z"]), {"z": mu}, n)
+            r2[m] = 1.0 - float(np.sum((fte[m] - xr) ** 2)) / max(sst[m], 1e-12)
+        total = float(np.sum(mu.var(0)))
+        within = 0.0
+        for c in np.unique(yte):
+            sel = mu[yte == c]
+            within += float(np.sum(sel.var(0))) * len(sel)
+        out["+".join(s)] = {"r2": r2, "within_class_share": within / n / max(total, 1e-12)}
+    return {"per_subset": out, "r2_class_mean": r2_cm}
+
+
+def per_sensor_attributes(ftr: Mapping[str, np.ndarray], atr: Mapping[str, np.ndarray],
+                          fte: Mapping[str, np.ndarray], ate: Mapping[str, np.ndarray], seed: int = 0) -> Dict:
+    """scikit-learn ExtraTrees (default settings, ``random_state=seed``) on each modality's β-VAE latent means, one
+    per attribute: test accuracy ``{modality: {attribute: acc}}`` (compare with ``dataset --check``'s ceilings)."""
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    out = {}
+    for m in ftr:
+        out[m] = {}
+        for a in ("colour", "shape", "material"):
+            if a not in atr or a not in ate:
+                continue
+            clf = ExtraTreesClassifier(random_state=seed, n_jobs=2).fit(ftr[m], atr[a])
+            out[m][a] = float(clf.score(fte[m], ate[a]))
+    return out
+
+
+def evaluate_v2(bundle_dir: str, data_dir: str, ablation_dir: Optional[str] = None, seed: int = 0,
+                chain_lengths: Sequence[int] = CHAIN_LENGTHS, max_objects: int = 2000, log=print) -> Dict:
+    """Protocol v2 (issue 10) for ``bundle_dir`` (and an ablation bundle) on the test split of ``data_dir``:
+    ``chains[mode][K]`` (:func:`chain_accuracy`, sampled latents; modes ``random`` and ``one_keeps``),
+    ``chains_mean`` (the same with posterior means), ``information`` (:func:`information_measures`) with
+    ``z_diff`` (Eq. 21, after 1 and 50 re-encodings) and ``elbo`` per subset. Objects come from the test split's
+    ``object_id`` (hard world, ``--views``); without it each sample is its own object (every step re-observes it)."""
+    from m2vae_fusion.core.bundle import Bundle
+    from m2vae_fusion.data.shards import load_split
+    from m2vae_fusion.training.data import load_dataset
+
+    t0 = time.time()
+    res: Dict = {"protocol": "v2", "chain_lengths": list(chain_lengths)}
+    bundles = [("bundle", bundle_dir)] + ([("ablation", ablation_dir)] if ablation_dir else [])
+    raw_test = load_split(data_dir, "test")
+    for key, bdir in bundles:
+        bundle = Bundle.load(bdir)
+        if not bundle.has_head:
+            raise UserError(f"{bdir}: bundle has no class-belief head (trained without labels); nothing to score")
+        mods = list(bundle.modalities)
+        sensors = {m: bundle.input_config(m) for m in mods}
+        _, _, splits = load_dataset(data_dir, mods, ("train", "test"), sensors=sensors)
+        tr, te = splits["train"], splits["test"]
+        ktr, kte = _full(tr, mods), _full(te, mods)
+        if not kte.any():
+            raise UserError(f"{data_dir}: no labelled test sample with every modality")
+        ftr_all, fte_all = bundle_features(bundle, tr), bundle_features(bundle, te)
+        ftr = {m: ftr_all[m][ktr] for m in mods}
+        fte = {m: fte_all[m][kte] for m in mods}
+        ytr, yte = tr.label[ktr], te.label[kte]
+        oid = raw_test["object_id"][kte] if "object_id" in raw_test else -np.ones(int(kte.sum()), np.int64)
+        groups = object_groups(oid)[:max_objects]
+        r: Dict = {"bundle": bdir, "model_id": bundle.model_id, "objects": len(groups),
+                   "views_per_object": float(np.mean([len(g) for g in groups]))}
+        for sampled, name in ((True, "chains"), (False, "chains_mean")):
+            r[name] = {}
+            for mode in ("random", "one_keeps"):
+                r[name][mode] = {str(k): chain_accuracy(bundle, fte, yte, groups, k, mode, sampled, seed + k)
+                                 for k in chain_lengths}
+        log(f"{key}: chains done ({time.time() - t0:.0f} s)")
+        r["information"] = information_measures(bundle, ftr, ytr, fte, yte)
+        r["per_sensor_extratrees"] = per_sensor_attributes(
+            ftr, {a: v[ktr] for a, v in tr.attributes.items()}, fte, {a: v[kte] for a, v in te.attributes.items()},
+            seed)
+        r["z_diff"] = z_diff_stats(bundle, fte, (1, 50))
+        r["elbo"] = elbo_per_subset(bundle, fte, 5, seed)
+        res[key] = r
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def format_table_v2(res: Mapping) -> str:
+    """Human-readable summary of :func:`evaluate_v2`."""
+    L = []
+    for key in ("bundle", "ablation"):
+        if key not in res:
+            continue
+        r = res[key]
+        L.append(f"[v2] {key} {r['bundle']} (model_id {r['model_id']}), {r['objects']} objects, "
+                 f"{r['views_per_object']:.1f} views each")
+        for name, label in (("chains", "sampled"), ("chains_mean", "means")):
+            for mode in ("random", "one_keeps"):
+                cells = "  ".join(f"K={k}: {v['in_place']:.3f} (direct {v['direct']:.3f}, gap {v['gap']:+.3f})"
+                                  for k, v in r[name][mode].items())
+                L.append(f"  in-place {label:<7} {mode:<9} {cells}")
+        pst = r.get("per_sensor_extratrees") or {}
+        if pst:
+            L.append("  ExtraTrees on β-VAE latent means: " + "; ".join(
+                f"{m} " + ", ".join(f"{a} {v:.3f}" for a, v in row.items()) for m, row in pst.items()))
+        info = r["information"]
+        cm = info["r2_class_mean"]
+        L.append("  class-mean baseline R²: " + ", ".join(f"{m} {v:.3f}" for m, v in cm.items()))
+        L.append(f"  {'subset':<30}{'within-class':>13}{'ELBO':>9}{'zdiff50 p95':>13}  R² per modality")
+        for s, v in info["per_subset"].items():
+            L.append(f"  {s:<30}{v['within_class_share']:>13.3f}{r['elbo'][s]:>9.2f}"
+                     f"{r['z_diff'][s]['after_50']['p95']:>13.4f}  "
+                     + ", ".join(f"{m} {x:.3f}" for m, x in v["r2"].items()))
+    return "\n".join(L)
+
+
+def plot_v2(bundle_dir: str, data_dir: str, out_prefix: str, seed: int = 0, steps: int = 50) -> list:
+    """The paper's figures for a bundle (matplotlib, Agg): ``<out_prefix>_embedding.png`` — PCA of the
+    all-modality latent means of the test split coloured by colour, shape and material (Fig. 4);
+    ``<out_prefix>_zdiff.png`` — median z_diff over ``steps`` decode → re-encode steps per subset (Fig. 5).
+    Returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    from m2vae_fusion.core.bundle import Bundle
+    from m2vae_fusion.core.fusion import FusionEngine
+    from m2vae_fusion.training.data import load_dataset
+
+    bundle = Bundle.load(bundle_dir)
+    mods = list(bundle.modalities)
+    meta, _, splits = load_dataset(data_dir, mods, ("test",), sensors={m: bundle.input_config(m) for m in mods})
+    te = splits["test"]
+    keep = _full(te, mods)
+    f = {m: v[keep] for m, v in bundle_features(bundle, te).items()}
+    n = int(keep.sum())
+    mu = _batched(lambda d: bundle.encode_subset(d)[0], f, n)
+    xy = PCA(2, random_state=seed).fit_transform(mu)
+    attrs = meta.get("attributes") or {}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for ax, a in zip(axes, ("colour", "shape", "material")):
+        vals = te.attributes.get(a)[keep] if a in te.attributes else np.zeros(n, int)
+        names = attrs.get(a) or [str(v) for v in np.unique(vals)]
+        for v in np.unique(vals):
+            sel = vals == v
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.6, label=names[v] if 0 <= v < len(names) else str(v))
+        ax.set_title(f"M2VAE embedding (all sensors) by {a}")
+        ax.legend(markerscale=3, fontsize=8)
+    fig.tight_layout()
+    paths = [f"{out_prefix}_embedding.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    eng = FusionEngine(bundle)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for s in bundle.manifest["subsets"]:
+        z0 = _batched(lambda d: bundle.encode_subset(d)[0], {m: f[m] for m in s}, n)
+        cur, med = z0, []
+        for _ in range(steps):
+            cur = eng.reencode_batch(cur, tuple(s))[0]
+            med.append(float(np.median(np.linalg.norm(cur - z0, axis=1))))
+        ax.plot(range(1, steps + 1), med, label="+".join(s))
+    ax.set_xlabel("decode → re-encode steps")
+    ax.set_ylabel("median z_diff (Eq. 21)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title(f"re-encoding drift, {bundle.model_id}")
+    fig.tight_layout()
+    paths.append(f"{out_prefix}_zdiff.png")
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths

@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from m2vae_fusion.core.preprocess import MODALITIES, input_shape
+from m2vae_fusion.core.preprocess import MODALITIES, crop_config, input_shape
 
 Subset = Tuple[str, ...]
 
@@ -246,7 +246,8 @@ class BetaVAE(nn.Module):
             self.trunk = CameraEncoderTrunk(self.input_shape, a["camera_channels"], a["trunk_hidden"])
             self.decoder = CameraDecoder(self.input_shape, a["camera_channels"], a["trunk_hidden"], latent_dim)
         elif modality == "lidar":
-            if a.get("lidar_encoder", "object") == "object":
+            # a target-centred window (crop enabled) is already object-centred: plain convolutions over it
+            if a.get("lidar_encoder", "object") == "object" and not crop_config(preprocessing):
                 self.trunk = LidarObjectTrunk(self.input_shape, preprocessing, a["lidar_channels"], a["trunk_hidden"])
             else:
                 self.trunk = LidarEncoderTrunk(self.input_shape, a["lidar_channels"], a["trunk_hidden"])

@@ -124,6 +124,8 @@ class Run:
                     "class_names": class_names_of(meta),
                     "dataset": {"seed": meta.get("seed"), "source": meta.get("source"),
                                 "samples": int(sum((meta.get("splits") or {}).values()))}}
+            if meta.get("world"):  # the simulated world (absent: easy, or not simulated); the demo tours it
+                info["dataset"]["world"] = meta["world"]
             with open(os.path.join(self.run_dir, "dataset.json"), "w") as f:
                 json.dump(info, f, indent=2)
 
@@ -447,7 +449,7 @@ class Run:
             probe = None
         training = {"config": self.cfg, "metrics": self.final_metrics(), "dataset": info.get("dataset")}
         export_bundle(out_dir, vaes, model, head, sensors=sensors, class_names=names, training=training,
-                      probe_data=probe, seed=seed)
+                      probe_data=probe, seed=seed, bounds_data=info.get("data_dir"))
         return out_dir
 
     def final_metrics(self) -> Dict[str, object]:
