@@ -18,10 +18,19 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from m2vae_fusion.core.bundle import Bundle
+from m2vae_fusion.core.reasons import DropReason
 
 
 class FusionError(ValueError):
-    """Evidence that cannot be fused (wrong size, non-finite values, unknown modality, stale, other model)."""
+    """Evidence that cannot be fused (wrong size, non-finite values, unknown modality, stale, other model).
+
+    ``reason``: a :class:`~m2vae_fusion.core.reasons.DropReason` (``STALE`` for evidence older than the slot held,
+    else ``FUSION``); match on it, never on the message text.
+    """
+
+    def __init__(self, message: str, reason: DropReason = DropReason.FUSION):
+        super().__init__(message)
+        self.reason = DropReason(reason)
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,7 @@ class FusionEngine:
         f = _check_vector(f"{modality} feature", feature, self.bundle.feature_dim)
         if belief is not None and modality in belief.slots and stamp < belief.slots[modality].stamp:
             raise FusionError(f"stale {modality} observation ({stamp:.3f} s older than held "
-                              f"{belief.slots[modality].stamp:.3f} s)")
+                              f"{belief.slots[modality].stamp:.3f} s)", DropReason.STALE)
         if belief is not None and belief.target_id != target_id:
             raise FusionError(f"belief is about {belief.target_id!r}, observation about {target_id!r}")
         have = belief.modalities(self.order) if belief is not None else ()
