@@ -21,9 +21,8 @@ Sections (each can be skipped with ``--skip``):
    ``/m2vae/latents`` as deployed (each about its own target) unless ``--no-exchange``. Per node: CPU % (psutil,
    100 % = one core), RSS/USS, counters and latency percentiles; per agent count: p99, total CPU, no-backlog.
    No backlog = for every node and own sensor: processed ≥ 95 % of sent, superseded + lost ≤ 5 %, nothing dropped,
-   median latency at the end ≤ 1.5 × at half time + 5 ms. Peer latents that a newer latent of the same peer replaced
-   before the worker took them are reported (``peer.superseded``) but not counted as backlog: the newer latent holds
-   the older one's evidence (the node's latest-only design).
+   median latency at the end ≤ 1.5 × at half time + 5 ms. Peer latents are reported (received, processed, redundant:
+   no newer slot, so not merged).
 5. ``fastdds``: a 640x480 (and 320x240) rgb8 ping-pong between two processes with and without
    ``config/fastdds_shm.xml`` (16 MiB shared-memory segment).
 
@@ -656,7 +655,7 @@ def _camera_e2e(probe, agents, off: float, t_from: float, t_to: float) -> list:
     return out
 
 
-def _scenario(b: "Bench", kind: str, tag: str, seconds: float, env: dict | None = None) -> dict:
+def _scenario(b: "Bench", kind: str, tag: str, seconds: float, env: dict | None = None, **params) -> dict:
     """One run of the headline scenario: 3 agents (``echo`` processes or fusion ``node`` s exchanging latents), each
     fed 30 Hz 320x240 camera + 10 Hz LiDAR + 10 Hz reflectance by one feeder. Returns camera end-to-end seconds
     (all agents), CPU % per agent process and what the feeder sent."""
@@ -675,7 +674,7 @@ def _scenario(b: "Bench", kind: str, tag: str, seconds: float, env: dict | None 
         for p in procs.values():
             b.wait_file(p, "ready_file", 90)
     else:
-        procs = {a: b.node(a, env=env, diagnostics_period=0.5) for a in agents}
+        procs = {a: b.node(a, env=env, diagnostics_period=0.5, **params) for a in agents}
         b.wait_nodes(procs)
     warm, gap = (1.0, 1.0) if args.quick else (2.0, 1.0)
     streams = [{"ns": a, "kind": kinds[m], "rate": rates[m]} for a in agents for m in OWN]
@@ -792,7 +791,8 @@ def section_headline(b: "Bench") -> dict:
     """Issue 12's figures in one run: camera end-to-end p50/p99 and CPU per agent of the fusion node vs an rclpy echo
     node on the same topics, plus the fixed reference chain; 8 agents; idle and with 2 CPU-bound background
     processes; stops over node × signal. With ``--baseline-tree`` the node runs are repeated with the fusion node
-    of that checkout (PYTHONPATH) in the same run."""
+    of that checkout (PYTHONPATH) in the same run; outside ``--quick`` the fusion node also runs once on rclpy's
+    SingleThreadedExecutor (``node_single``) for the executor comparison."""
     args = b.args
     T = float(args.headline_seconds)
     out = {"scenario": {"agents": list(HEADLINE_AGENTS), "camera": "320x240 rgb8", "rates_hz": {
@@ -811,13 +811,15 @@ def section_headline(b: "Bench") -> dict:
             for name, env in variants.items():
                 c[name] = _scenario(b, "node", f"{cond}_{name}", T, env)
                 c[f"{name}_8_agents"] = _eight(b, float(args.eight_seconds), env)
+            if not args.quick:  # the same node on rclpy's SingleThreadedExecutor: what the EventsExecutor buys
+                c["node_single"] = _scenario(b, "node", f"{cond}_node_single", T, executor="single")
             c["load_average_after"] = load_average()
         finally:
             _end(bg)
         ref = out["reference_chain_ms"]["p50"]
         echo = (c["echo"]["e2e_ms"] or {}).get("p50")
         c["floor_p50_ms"] = echo + ref if echo is not None else None
-        for name in variants:
+        for name in [*variants, *(["node_single"] if "node_single" in c else [])]:
             p50 = (c[name]["e2e_ms"] or {}).get("p50")
             c[f"{name}_p50_to_floor"] = ratio(p50, c["floor_p50_ms"])
         out["conditions"][cond] = c
@@ -850,7 +852,7 @@ def format_headline(h: dict) -> str:
              f"reference chain (per-network onnxruntime sessions, camera) p50 {fmt(h['reference_chain_ms']['p50'])} ms"]
     rows = []
     for cond, c in h["conditions"].items():
-        for name in [k for k in ("echo", "node", "baseline") if k in c]:
+        for name in [k for k in ("echo", "node", "node_single", "baseline") if k in c]:
             r = c[name]
             e = r["e2e_ms"] or {}
             e8 = c.get(f"{name}_8_agents") or {}

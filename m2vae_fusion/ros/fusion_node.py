@@ -21,23 +21,24 @@ Topics (relative names resolve in the node's namespace):
   ``/diagnostics`` (diagnostic_msgs/DiagnosticArray: counters, rates, latencies);
 - service ``~/reset`` (std_srvs/Trigger): forget every belief.
 
-Execution: one thread. The node runs under rclpy's ``EventsExecutor`` driven by a ``spin_once`` loop on the main
-thread (:func:`m2vae_fusion.ros.spin.run_node`). Sensor messages are converted, encoded, fused and published in
-their callback: the sensor subscriptions are best-effort with depth 1 by default, so DDS keeps only the newest
-message per sensor while one is processed and a slow model never builds a backlog. Peer latents (reliable, queued)
-are put in a newest-per-(peer, target) mailbox whose drain is scheduled behind the messages already waiting, so an
-older latent of the same peer and target is replaced (``superseded.peer``) instead of merged. The node never takes
-back its own shared latents: a DDS content filter (``agent_id <> own``) keeps them out of the subscription where the
-middleware supports it, else the callback ignores them first thing. Waiting shared latents are sent by a one-shot timer set for when they are due
-(no fixed-rate flush). Stamps of outputs are the stamp of the newest evidence. No torch here: numpy, onnxruntime and
-rclpy only.
+Execution: the work runs on one thread. The node runs under rclpy's ``EventsExecutor`` driven by a ``spin_once``
+loop on the main thread (:func:`m2vae_fusion.ros.spin.run_node`; parameter ``executor: single`` for rclpy's
+SingleThreadedExecutor). Sensor messages are converted, encoded, fused and published in their callback: the sensor
+subscriptions are best-effort with depth 1 by default, so DDS keeps only the newest message per sensor while one is
+processed and a slow model never builds a backlog. Peer latents are merged in their callback too, only when they add
+evidence (a newer slot); their reliable subscription keeps at most ``peer_queue`` waiting. The node never takes back
+its own shared latents: a DDS content filter (``agent_id <> own``) keeps them out of the subscription where the
+middleware supports it, else the callback ignores them first thing. A shared latent held back by
+``shared_latent_rate`` is sent when due by a small thread that sleeps until then (no fixed-rate flush timer; no
+executor timer is re-armed per message: with rclpy 9.1.2's EventsExecutor that deadlocked nodes under load). Stamps
+of outputs are the stamp of the newest evidence. No torch here: numpy, onnxruntime and rclpy only.
 """
 from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
-from collections import OrderedDict
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -71,7 +72,7 @@ __all__ = ["FusionNode", "default_model_dir", "main", "ns_to_s", "s_to_ns"]
 RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "belief_ttl",
                   "max_message_age": "max_message_age", "max_latent_age": "max_latent_age",
                   "future_tolerance": "future_tolerance", "trusted_agents": "trusted",
-                  "output_frame_id": "output_frame_id", "warn_throttle": None, "diagnostics_period": None}
+                  "output_frame_id": "output_frame_id", "warn_throttle": None}
 
 
 def default_model_dir() -> str:
@@ -79,26 +80,40 @@ def default_model_dir() -> str:
     return share_path("models", MODEL_NAME)
 
 
-class _PeerMailbox:
-    """Newest pending peer latent per (agent, target), at most ``capacity`` (oldest evicted); single-threaded."""
+class _ShareFlusher:
+    """Sends the throttled shared latents when they are due, from a thread of its own that sleeps until the earliest
+    one is due and otherwise waits to be poked (no fixed-rate timer; at most ``shared_latent_rate`` wake-ups per
+    second and target). rclpy's EventsExecutor (9.1.2) deadlocked when timers were reset from callbacks, so no
+    executor timer is re-armed per message."""
 
-    def __init__(self, capacity: int, stats: NodeStats):
-        self.items: "OrderedDict[tuple, tuple]" = OrderedDict()
-        self.capacity = max(1, capacity)
-        self.stats = stats
+    def __init__(self, agent: Agent, publish):
+        self.agent, self.publish = agent, publish
+        self.cv = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="share_flusher", daemon=True)
+        self.thread.start()
 
-    def put(self, key: tuple, msg, recv: int) -> None:
-        if self.items.pop(key, None) is not None:
-            self.stats.inc("superseded.peer")
-        self.items[key] = (msg, recv)
-        while len(self.items) > self.capacity:
-            self.items.popitem(last=False)
-            self.stats.inc("superseded.peer")
+    def poke(self) -> None:
+        with self.cv:
+            self.cv.notify()
 
-    def take(self) -> list:
-        out = list(self.items.values())
-        self.items.clear()
-        return out
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                if self.stopped:
+                    return
+                due = self.agent.next_share_due()
+                if due is None or due > 0:
+                    self.cv.wait(due)
+                    continue
+            for latent in self.agent.due_shares():
+                self.publish(latent_msg(latent))
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopped = True
+            self.cv.notify()
+        self.thread.join(timeout=5.0)
 
 
 def latent_msg(out: LatentOutput) -> LatentEmbedding:
@@ -140,8 +155,8 @@ class FusionNode(LifecycleNode):
         self._active: list = []       # subscriptions, publishers, timers of the active state
         self._reset_srv = None
         self.pub_latent = self.pub_shared = self.pub_belief = self.pub_diag = None
-        self._drain_timer = self._share_timer = self._diag_timer = None
-        self.mailbox: _PeerMailbox | None = None
+        self._diag_timer = None
+        self._flusher: _ShareFlusher | None = None
         self.own_filter = ""          # how own shared latents are kept out: content_filter (DDS) or callback
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -149,6 +164,8 @@ class FusionNode(LifecycleNode):
     PARAMS = [
         ("autostart", True, "Configure and activate at start-up (false: wait in the unconfigured lifecycle state "
                             "for ~/change_state)"),
+        ("executor", "events", "rclpy executor of the process: events (rclpy.experimental.EventsExecutor, fewest "
+                               "wake-ups; default) or single (rclpy.executors.SingleThreadedExecutor); read at start"),
         ("agent_id", "", "Id of this agent in LatentEmbedding/ClassBelief messages; empty: the node's namespace"),
         ("model_dir", "", "Model bundle directory (manifest.json + ONNX); empty: share/m2vae_fusion/models/amiro "
                           "of the installed package, else the repository's models/amiro"),
@@ -180,7 +197,8 @@ class FusionNode(LifecycleNode):
                                 "0: belief_ttl; < 0: off"),
         ("future_tolerance", 0.5, "Messages stamped more than this (s) in the future are dropped"),
         ("target_history", 64, "How many TargetOfInterest messages are kept to find the target at a stamp"),
-        ("peer_queue", 64, "Pending peer latents kept (newest per agent and target)"),
+        ("peer_queue", 64, "History depth of the shared-latent subscription (reliable, keep-last): at most this many "
+                           "peer latents wait while the node is busy"),
         ("ort_threads", 1, "onnxruntime intra-op threads per network"),
         ("ort_providers", ["CPUExecutionProvider"], "onnxruntime execution providers in order of preference "
                                                     "(unavailable ones are skipped)"),
@@ -189,6 +207,11 @@ class FusionNode(LifecycleNode):
         ("latency_window", 1000, "Latency percentiles are over this many recent observations per source"),
         ("warn_throttle", 5.0, "Seconds between repeated warnings of the same kind"),
     ]
+
+    @property
+    def executor_kind(self) -> str:
+        """``executor`` parameter: which rclpy executor :func:`m2vae_fusion.ros.spin.run_node` spins this node on."""
+        return self.get_parameter("executor").value
 
     @property
     def agent_id(self) -> str:
@@ -214,15 +237,11 @@ class FusionNode(LifecycleNode):
                 value = coerce(prm.name, table[prm.name], prm.value)
             except ConfigError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-            if prm.name == "diagnostics_period" and value <= 0:
-                return SetParametersResult(successful=False, reason="diagnostics_period must be > 0")
             if RUNTIME_PARAMS[prm.name]:
                 changes[RUNTIME_PARAMS[prm.name]] = value
             other[prm.name] = value
         self.agent.reconfigure(**changes)
         self.p.update(other)
-        if "diagnostics_period" in other and self._diag_timer is not None:
-            self._diag_timer.timer_period_ns = int(max(0.05, other["diagnostics_period"]) * 1e9)
         if other:
             self.get_logger().info(f"parameters changed at runtime: {other}")
         return SetParametersResult(successful=True)
@@ -234,6 +253,8 @@ class FusionNode(LifecycleNode):
         Raises:
             BundleError, ConfigError: configuring failed (the cause names the file or parameter).
         """
+        if self.executor_kind not in ("events", "single"):
+            raise ConfigError(f"parameter executor must be events or single, got {self.executor_kind!r}")
         if not self.get_parameter("autostart").value:
             self.get_logger().info("autostart is false: waiting in the unconfigured state for ~/change_state")
             return
@@ -322,11 +343,10 @@ class FusionNode(LifecycleNode):
             mtype, topic = topics[m]
             self._active.append(self.create_subscription(
                 mtype, topic, lambda msg, m=m: self._on_sensor(m, msg), sensor_qos))
-        self.mailbox = _PeerMailbox(p["peer_queue"], self.stats)
-        self._drain_timer = self.create_timer(0.0, self._drain_peers, autostart=False)
-        self._share_timer = self.create_timer(1.0, self._flush_shared, autostart=False)
         self._diag_timer = self.create_timer(max(0.05, p["diagnostics_period"]), self._on_diag_timer)
-        self._active += [self._drain_timer, self._share_timer, self._diag_timer]
+        self._active.append(self._diag_timer)
+        if self.pub_shared is not None:
+            self._flusher = _ShareFlusher(self.agent, self.pub_shared.publish)
         if p["shared_latent_topic"]:
             self._active.append(self._latent_subscription(p["shared_latent_topic"]))
         trusted = sorted(self.agent.config.trusted) or "all"
@@ -342,7 +362,7 @@ class FusionNode(LifecycleNode):
         """The shared-topic subscription. Own latents are excluded by DDS with a content filter (``agent_id <> own``;
         never delivered, never deserialized: measured 0.3 % vs 7 % of a core at 200 own latents/s) where the
         middleware supports it; else the callback ignores them first thing (``ignored.own``)."""
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        qos = QoSProfile(depth=max(1, self.p["peer_queue"]), reliability=ReliabilityPolicy.RELIABLE)
         me = self.agent.agent_id.replace("'", "''")
         try:
             sub = self.create_subscription(LatentEmbedding, topic, self._on_latent, qos,
@@ -358,6 +378,9 @@ class FusionNode(LifecycleNode):
         return self.create_subscription(LatentEmbedding, topic, self._on_latent, qos)
 
     def _release_active(self) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
         for ent in reversed(self._active):
             if hasattr(ent, "cancel"):
                 ent.cancel()
@@ -368,8 +391,7 @@ class FusionNode(LifecycleNode):
                 self.destroy_subscription(ent)
         self._active = []
         self.pub_latent = self.pub_shared = self.pub_belief = self.pub_diag = None
-        self._drain_timer = self._share_timer = self._diag_timer = None
-        self.mailbox = None
+        self._diag_timer = None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_active()
@@ -440,23 +462,16 @@ class FusionNode(LifecycleNode):
 
     def _on_latent(self, msg: LatentEmbedding) -> None:
         recv = time.perf_counter_ns()
-        if self.agent.is_own(msg.agent_id):  # our own shared latent: before any work
+        if self.agent.is_own(msg.agent_id):  # our own shared latent (no content filter): before any work
             self.stats.inc("ignored.own")
             return
         self.stats.inc("received.peer")
-        self.mailbox.put((msg.agent_id, msg.target_id), msg, recv)
-        if self._drain_timer.is_canceled():  # drained after the messages already waiting
-            self._drain_timer.reset()
-
-    def _drain_peers(self) -> None:
-        self._drain_timer.cancel()
-        for msg, recv in self.mailbox.take():
-            try:
-                self._process_latent(msg, recv)
-            except Drop as exc:
-                self._drop("peer", exc.reason, str(exc))
-            except Exception as exc:  # never let one message take the node down
-                self._drop("peer", DropReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        try:
+            self._process_latent(msg, recv)
+        except Drop as exc:
+            self._drop("peer", exc.reason, str(exc))
+        except Exception as exc:  # never let one message take the node down
+            self._drop("peer", DropReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
     def _process_latent(self, msg: LatentEmbedding, recv: int) -> None:
         self.agent.screen_peer(msg.agent_id, msg.model_id, msg.format_version)
@@ -477,28 +492,14 @@ class FusionNode(LifecycleNode):
         self.pub_latent.publish(msg)
         if out.shared is not None and self.pub_shared is not None:
             self.pub_shared.publish(msg)
-        elif self.pub_shared is not None:
-            self._arm_share_timer()
+        elif self._flusher is not None and self.agent.config.share:
+            self._flusher.poke()  # a throttled share waits: the flusher sends it when due
         if out.belief is None:
             if not self._head_warned:
                 self._head_warned = True
                 self.get_logger().warning("the bundle has no class-belief head: no ClassBelief is published")
             return
         self.pub_belief.publish(belief_msg(out.belief, msg))
-
-    def _arm_share_timer(self) -> None:
-        due = self.agent.next_share_due()
-        if due is None:
-            return
-        self._share_timer.timer_period_ns = max(1, int(due * 1e9))  # also restarts it from now
-        self._share_timer.reset()
-
-    def _flush_shared(self) -> None:
-        """One-shot timer: send the waiting shared latents that are due, re-arm for the next one."""
-        self._share_timer.cancel()
-        for latent in self.agent.due_shares():
-            self.pub_shared.publish(latent_msg(latent))
-        self._arm_share_timer()
 
     def _drop(self, source: str, reason: DropReason, message: str) -> None:
         reason = DropReason(reason)

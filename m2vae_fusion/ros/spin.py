@@ -49,7 +49,8 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, ar
         name: logger name for the start-up error.
         close: name of the node's method that releases its resources before ``destroy_node``.
         args: command-line arguments (default ``sys.argv``).
-        executor: ``events`` (default) or ``single`` (see :func:`make_executor`).
+        executor: ``events`` (default) or ``single`` (see :func:`make_executor`); a node's ``executor_kind``
+            attribute (the fusion node's ``executor`` parameter) takes precedence.
 
     Returns:
         0 after SIGINT/SIGTERM/Ctrl-C, the error's exit status (2) when start-up fails.
@@ -66,7 +67,7 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, ar
             return exc.exit_code
         except (KeyboardInterrupt, ExternalShutdownException):
             return 0
-        ex = make_executor(executor, node.context)
+        ex = make_executor(getattr(node, "executor_kind", executor), node.context)
         spin_loop(node, ex)
         return 0
     finally:
