@@ -108,6 +108,19 @@ def test_lifecycle_transitions_through_change_state(bundle_dir, probe, tmp_path)
         # while configured: runtime-safe parameters apply, the others are refused with a reason
         assert set_param(probe, ns, "belief_ttl", 12.0).successful
         assert set_param(probe, ns, "trusted_agents", ["x", "y"]).successful
+        # the new trust list applies at once: a latent from "tester" is now refused as untrusted
+        model_id = Bundle.load(bundle_dir).model_id
+        stamp = probe.now_ns()
+        peer = conv.latent_to_msg(conv.LatentData(
+            agent_id="tester", target_id="lc_t", model_id=model_id, stamp_ns=stamp, modalities=("lidar",),
+            modality_stamps_ns=(stamp,), modality_sources=("tester",), contributors=("tester",),
+            mean=np.zeros(4, np.float32), log_variance=np.zeros(4, np.float32)))
+        assert probe.wait_subscribers(SHARED, LatentEmbedding, RELIABLE_QOS)
+        vals, deadline = {}, time.monotonic() + 10
+        while time.monotonic() < deadline and not vals.get("dropped.peer.untrusted"):
+            probe.publish(SHARED, peer)
+            vals = probe.diagnostics(f"/{ns}/fusion_node", after=time.monotonic(), timeout=2) or {}
+        assert vals.get("dropped.peer.untrusted", 0) >= 1 and vals["state"] == "active"
         res = set_param(probe, ns, "model_dir", "/elsewhere")
         assert not res.successful and "configure" in res.reason
         assert change(probe, ns, Transition.TRANSITION_DEACTIVATE) and state(probe, ns) == "inactive"

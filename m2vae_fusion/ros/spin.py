@@ -1,7 +1,8 @@
 """The one way our nodes run as processes: init, build, spin, clean shut-down.
 
-Executor: rclpy's ``EventsExecutor`` (rclpy.experimental; C++ event queue, no Python wait set rebuilt per wake-up)
-driven by a ``spin_once(timeout)`` loop on the main thread. Its ``spin()`` ignores SIGINT in rclpy 9.1.2 and
+Executor: for the fusion node rclpy's ``EventsExecutor`` (rclpy.experimental; C++ event queue, no Python wait set
+rebuilt per wake-up), for other nodes rclpy's ``SingleThreadedExecutor``, driven by a ``spin_once(timeout)`` loop on
+the main thread. Its ``spin()`` ignores SIGINT in rclpy 9.1.2 and
 spinning it from another thread hung; the main-thread loop ends on SIGINT/SIGTERM through rclpy's signal handlers
 (the context shuts down, ``spin_once`` raises ``ExternalShutdownException``) and on Ctrl-C (``KeyboardInterrupt``).
 """
@@ -39,7 +40,7 @@ def spin_loop(node, executor, timeout: float = 0.5) -> None:
 
 
 def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, args=None,
-             executor: str = "events") -> int:
+             executor: str = "single") -> int:
     """Run the node built by ``factory`` until SIGINT/SIGTERM.
 
     Args:
@@ -49,8 +50,10 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, ar
         name: logger name for the start-up error.
         close: name of the node's method that releases its resources before ``destroy_node``.
         args: command-line arguments (default ``sys.argv``).
-        executor: ``events`` (default) or ``single`` (see :func:`make_executor`); a node's ``executor_kind``
-            attribute (the fusion node's ``executor`` parameter) takes precedence.
+        executor: ``single`` (default) or ``events`` (see :func:`make_executor`); a node's ``executor_kind``
+            attribute (the fusion node's ``executor`` parameter, default ``events``) takes precedence. The simulator
+            node stays on ``single``: its sensor timers (pybullet rendering in the callback) did not fire under the
+            EventsExecutor (rclpy 9.1.2; test_ros_sim_world).
 
     Returns:
         0 after SIGINT/SIGTERM/Ctrl-C, the error's exit status (2) when start-up fails.
