@@ -83,8 +83,7 @@ def test_runtime_quick(tmp_path, bundle):
         assert _positive(r["cpu_percent_per_agent"]) and len(r["cpu_percent_agents"]) == 3
     assert idle["floor_p50_ms"] == pytest.approx(idle["echo"]["e2e_ms"]["p50"] + hl["reference_chain_ms"]["p50"])
     assert idle["node_p50_to_floor"] == pytest.approx(idle["node"]["e2e_ms"]["p50"] / idle["floor_p50_ms"])
-    e8 = idle["node_8_agents"]
-    assert e8["camera_sent"] > 0 and 0 < e8["camera_processed_percent"] <= 100
+    assert "node_8_agents" not in idle  # quick: the 8-agent run is left out (n/a below)
     stops = hl["stops"]
     assert stops["n"] == 3 and stops["clean"] == 3, stops  # SIGINT, SIGTERM, SIGINT to the process group
     assert res["bundle"]["path"] == os.path.abspath(bundle)
@@ -138,6 +137,7 @@ def test_runtime_quick(tmp_path, bundle):
     assert t["pass"] is (t["value"] >= 1000)
     assert names["CPU per agent, idle (% of a core)"]["value"] == idle["node"]["cpu_percent_per_agent"]
     assert names["end-to-end p50 ÷ (echo + reference chain), 2 busy processes"]["pass"] is None  # not in quick
+    assert names["8 agents: camera frames processed (%)"]["pass"] is None
     assert names["3 agents: no backlog (1 = yes)"]["pass"] is None  # not measured in quick mode: n/a, not a PASS
     assert all(t["pass"] in (True, False, None) for t in res["targets"])
 

@@ -731,7 +731,7 @@ def _eight(b: "Bench", seconds: float, env: dict | None) -> dict:
     import numpy as np
 
     saved = (b.args.agents, b.args.scaling_seconds, b.node_env)
-    b.args.agents, b.args.scaling_seconds, b.node_env = ("2" if b.args.quick else "8"), seconds, env
+    b.args.agents, b.args.scaling_seconds, b.node_env = "8", seconds, env
     try:
         phase = section_scaling(b)["phases"][0]
     finally:
@@ -810,7 +810,8 @@ def section_headline(b: "Bench") -> dict:
             c["echo"] = _scenario(b, "echo", f"{cond}_echo", T)
             for name, env in variants.items():
                 c[name] = _scenario(b, "node", f"{cond}_{name}", T, env)
-                c[f"{name}_8_agents"] = _eight(b, float(args.eight_seconds), env)
+                if not args.quick:  # quick: the scaling section's 1-2 agents cover the multi-node path
+                    c[f"{name}_8_agents"] = _eight(b, float(args.eight_seconds), env)
             if not args.quick:  # the same node on rclpy's SingleThreadedExecutor: what the EventsExecutor buys
                 c["node_single"] = _scenario(b, "node", f"{cond}_node_single", T, executor="single")
             c["load_average_after"] = load_average()
@@ -829,17 +830,17 @@ def section_headline(b: "Bench") -> dict:
 
 def headline_targets(h: dict) -> list:
     idle, load = h["conditions"]["idle"], h["conditions"].get("load", {})
-    e8 = idle["node_8_agents"]
+    e8 = idle.get("node_8_agents") or {"agents": 8}
     rows = [target("CPU per agent, idle (% of a core)", idle["node"]["cpu_percent_per_agent"], "<=", 12.0, " %",
                    f"echo {fmt(idle['echo']['cpu_percent_per_agent'])} %"),
             target("end-to-end p50 ÷ (echo + reference chain), idle", idle["node_p50_to_floor"], "<=", 1.3),
             target("end-to-end p50 ÷ (echo + reference chain), 2 busy processes", load.get("node_p50_to_floor"), "<=",
                    1.3),
-            target(f"{e8['agents']} agents: camera frames processed (%)", e8["camera_processed_percent"], ">=", 95.0,
-                   " %"),
+            target(f"{e8['agents']} agents: camera frames processed (%)", e8.get("camera_processed_percent"), ">=",
+                   95.0, " %"),
             target(f"{e8['agents']} agents: camera p99, median over nodes (ms)",
-                   e8["camera_p99_ms_median_over_nodes"], "<=", 33.0, " ms"),
-            target(f"{e8['agents']} agents: total CPU (% of a core)", e8["cpu_percent_total"], "<=", 150.0, " %"),
+                   e8.get("camera_p99_ms_median_over_nodes"), "<=", 33.0, " ms"),
+            target(f"{e8['agents']} agents: total CPU (% of a core)", e8.get("cpu_percent_total"), "<=", 150.0, " %"),
             target("stops exiting 0 without traceback", h["stops"]["clean"], ">=", float(h["stops"]["n"]),
                    detail=f"of {h['stops']['n']}")]
     return rows
