@@ -179,14 +179,24 @@ def test_unknown_format_version_is_refused(bundle_dir, probe, tmp_path):
         assert proc.stop() == 0
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "killpg_SIGINT"])
-def test_stops_exit_zero_without_traceback(bundle_dir, tmp_path, how):
-    proc = NodeProcess(MODULE, "/stop", {"model_dir": bundle_dir}, str(tmp_path), name=f"stop_{how}")
+STOPS = [("fusion_node", "SIGINT"), ("fusion_node", "SIGTERM"), ("fusion_node", "killpg_SIGINT"),
+         ("sim_world", "SIGTERM")]  # sim_world: its sensor timers publish while SIGTERM shuts the context down
+
+
+@pytest.mark.parametrize("node,how", STOPS, ids=[f"{n}-{h}" for n, h in STOPS])
+def test_stops_exit_zero_without_traceback(bundle_dir, tmp_path, node, how):
+    if node == "fusion_node":
+        proc = NodeProcess(MODULE, "/stop", {"model_dir": bundle_dir}, str(tmp_path), name=f"stop_{how}")
+        ready = "fusing"
+    else:
+        proc = NodeProcess("m2vae_fusion.ros.sim_world_node", "/stop_sim", {}, str(tmp_path), name=f"sim_{how}")
+        ready = "touring"
     try:
         deadline = time.monotonic() + 30
-        while "fusing" not in proc.log() and time.monotonic() < deadline and proc.alive():
+        while ready not in proc.log() and time.monotonic() < deadline and proc.alive():
             time.sleep(0.1)
-        assert "fusing" in proc.log(), proc.log()
+        assert ready in proc.log(), proc.log()
+        time.sleep(1.0)
         if how == "killpg_SIGINT":  # Ctrl-C in a terminal: the whole process group (NodeProcess starts a session)
             os.killpg(proc.pid, signal.SIGINT)
         else:

@@ -41,6 +41,7 @@ import threading
 import time
 
 import numpy as np
+import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -106,8 +107,13 @@ class _ShareFlusher:
                 if due is None or due > 0:
                     self.cv.wait(due)
                     continue
-            for latent in self.agent.due_shares():
-                self.publish(latent_msg(latent))
+            try:
+                for latent in self.agent.due_shares():
+                    self.publish(latent_msg(latent))
+            except Exception:  # the context shut down under us (SIGINT/SIGTERM): the end
+                if self.stopped or not rclpy.ok():
+                    return
+                raise
 
     def stop(self) -> None:
         with self.cv:

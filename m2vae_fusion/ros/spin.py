@@ -37,6 +37,11 @@ def spin_loop(node, executor, timeout: float = 0.5) -> None:
             executor.spin_once(timeout_sec=timeout)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok(context=node.context):
+            raise
+        # a callback that raced the shut-down (e.g. a timer publishing on the context SIGTERM just shut down):
+        # the normal end, not an error
 
 
 def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, args=None,
