@@ -25,7 +25,9 @@ Execution: the work runs on one thread. The node runs under rclpy's ``EventsExec
 loop on the main thread (:func:`m2vae_fusion.ros.spin.run_node`; parameter ``executor: single`` for rclpy's
 SingleThreadedExecutor). Sensor messages are converted, encoded, fused and published in their callback: the sensor
 subscriptions are best-effort with depth 1 by default, so DDS keeps only the newest message per sensor while one is
-processed and a slow model never builds a backlog. Peer latents are merged in their callback too, only when they add
+processed and a slow model never builds a backlog; TargetOfInterest messages already received are taken first, so an
+announcement is applied before an observation stamped after it even when their callbacks arrive in the other order.
+Peer latents are merged in their callback too, only when they add
 evidence (a newer slot); their reliable subscription keeps at most ``peer_queue`` waiting. The node never takes back
 its own shared latents: a DDS content filter (``agent_id <> own``) keeps them out of the subscription where the
 middleware supports it, else the callback ignores them first thing. A shared latent held back by
@@ -161,7 +163,7 @@ class FusionNode(LifecycleNode):
         self._active: list = []       # subscriptions, publishers, timers of the active state
         self._reset_srv = None
         self.pub_latent = self.pub_shared = self.pub_belief = self.pub_diag = None
-        self._diag_timer = None
+        self._diag_timer = self._target_sub = None
         self._flusher: _ShareFlusher | None = None
         self.own_filter = ""          # how own shared latents are kept out: content_filter (DDS) or callback
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -342,9 +344,12 @@ class FusionNode(LifecycleNode):
         topics = {"camera": (Image, p["camera_topic"]),
                   "lidar": (PointCloud2 if p["lidar_type"] == "PointCloud2" else LaserScan, p["lidar_topic"]),
                   "reflectance": (LaserScan, p["reflectance_topic"])}
-        # the target subscription first: when it and a sensor are ready together, it is taken first
-        self._active.append(self.create_subscription(TargetOfInterest, p["target_topic"], self._on_target,
-                                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)))
+        # targets first: every sensor callback takes the announcements already received before it looks one up
+        # (the EventsExecutor runs callbacks in arrival order across topics, so an announcement stamped before an
+        # observation may otherwise be handled after it)
+        self._target_sub = self.create_subscription(TargetOfInterest, p["target_topic"], self._on_target,
+                                                    QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self._active.append(self._target_sub)
         for m in self.modalities:
             mtype, topic = topics[m]
             self._active.append(self.create_subscription(
@@ -397,7 +402,7 @@ class FusionNode(LifecycleNode):
                 self.destroy_subscription(ent)
         self._active = []
         self.pub_latent = self.pub_shared = self.pub_belief = self.pub_diag = None
-        self._diag_timer = None
+        self._diag_timer = self._target_sub = None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_active()
@@ -434,10 +439,21 @@ class FusionNode(LifecycleNode):
                                 pos):
             self.stats.inc("received.target")
 
+    def _take_targets(self) -> None:
+        """Handle the TargetOfInterest messages already received (their own callback events then find nothing)."""
+        handle = self._target_sub.handle
+        with handle:
+            while True:
+                got = handle.take_message(TargetOfInterest, False)
+                if got is None:
+                    return
+                self._on_target(got[0])
+
     def _on_sensor(self, modality: str, msg) -> None:
         recv = time.perf_counter_ns()
         self.stats.inc(f"received.{modality}")
         try:
+            self._take_targets()
             stamp = ns_to_s(conv.stamp_to_ns(msg.header.stamp))
             target = self.agent.admit(modality, stamp, self._now_s())
             if target is None:  # between targets: not an error, counted apart from the drops
