@@ -5,7 +5,8 @@
 
 Arguments: namespace, agent_id (empty: the namespace), model_dir (empty: the installed models/amiro), params_file
 (default config/fusion.yaml), camera_topic / lidar_topic / reflectance_topic / target_topic (remappings of the
-node's relative input topics), lidar_type (LaserScan | PointCloud2), use_sim_time, fastdds_profile (true: use
+node's relative input topics), lidar_type (LaserScan | PointCloud2), use_sim_time, autostart (true: configure and
+activate the lifecycle node at start-up; false: drive it with ``ros2 lifecycle set``), fastdds_profile (true: use
 config/fastdds_shm.xml, a 16 MiB shared-memory segment for large images), log_level.
 """
 import os
@@ -24,8 +25,9 @@ PACKAGE = "m2vae_fusion"
 def _fusion_node(context):
     cfg = {name: LaunchConfiguration(name).perform(context) for name in
            ("namespace", "agent_id", "model_dir", "params_file", "camera_topic", "lidar_topic", "reflectance_topic",
-            "target_topic", "lidar_type", "use_sim_time", "log_level")}
-    overrides = {"lidar_type": cfg["lidar_type"], "use_sim_time": cfg["use_sim_time"].lower() == "true"}
+            "target_topic", "lidar_type", "use_sim_time", "log_level", "autostart")}
+    overrides = {"lidar_type": cfg["lidar_type"], "use_sim_time": cfg["use_sim_time"].lower() == "true",
+                 "autostart": cfg["autostart"].lower() == "true"}
     for key in ("agent_id", "model_dir"):  # empty: keep the node's default (namespace / installed bundle)
         if cfg[key]:
             overrides[key] = ParameterValue(cfg[key], value_type=str)
@@ -60,6 +62,9 @@ def generate_launch_description():
         DeclareLaunchArgument("fastdds_profile", default_value="false", choices=["true", "false"],
                               description="Use config/fastdds_shm.xml (16 MiB shared memory for large images)"),
         DeclareLaunchArgument("log_level", default_value="info", description="Node log level"),
+        DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
+                              description="Configure and activate the (lifecycle) fusion node at start-up; false: "
+                                          "drive it with `ros2 lifecycle set`"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"),
                                condition=IfCondition(LaunchConfiguration("fastdds_profile"))),
         OpaqueFunction(function=_fusion_node),

@@ -70,9 +70,22 @@ def test_runtime_quick(tmp_path, bundle):
     assert "Targets" in proc.stdout and ("PASS" in proc.stdout or "MISS" in proc.stdout)
     assert not _procs_with(str(logs)), "fusion nodes left running"
     res = json.loads(out.read_text())
-    for key in ("machine", "config", "bundle", "inference", "latency", "sizes", "camera_rate", "scaling",
+    for key in ("machine", "config", "bundle", "headline", "inference", "latency", "sizes", "camera_rate", "scaling",
                 "cpu_default_rates", "fastdds", "targets", "load_average_start", "load_average_end"):
         assert key in res, key
+    hl = res["headline"]
+    assert _positive(hl["reference_chain_ms"]["p50"])
+    idle = hl["conditions"]["idle"]
+    for name in ("echo", "node"):
+        r = idle[name]
+        assert r["camera_sent"] > 0 and 1 <= r["camera_answered"] <= r["camera_sent"], (name, r)
+        assert _positive(r["e2e_ms"]["p50"]) and r["e2e_ms"]["p99"] >= r["e2e_ms"]["p50"]
+        assert _positive(r["cpu_percent_per_agent"]) and len(r["cpu_percent_agents"]) == 3
+    assert idle["floor_p50_ms"] == pytest.approx(idle["echo"]["e2e_ms"]["p50"] + hl["reference_chain_ms"]["p50"])
+    assert idle["node_p50_to_floor"] == pytest.approx(idle["node"]["e2e_ms"]["p50"] / idle["floor_p50_ms"])
+    assert "node_8_agents" not in idle  # quick: the 8-agent run is left out (n/a below)
+    stops = hl["stops"]
+    assert stops["n"] == 3 and stops["clean"] == 3, stops  # SIGINT, SIGTERM, SIGINT to the process group
     assert res["bundle"]["path"] == os.path.abspath(bundle)
     inf = res["inference"]
     assert inf["torch_weights"] == "bundle", inf["torch_note"]  # same architecture, the bundle's own weights
@@ -122,6 +135,9 @@ def test_runtime_quick(tmp_path, bundle):
     t = names["640x480 rgb8 image / LatentEmbedding bytes"]
     assert t["value"] == pytest.approx(sz["raw_over_latent"]["image_640x480_rgb8"])
     assert t["pass"] is (t["value"] >= 1000)
+    assert names["CPU per agent, idle (% of a core)"]["value"] == idle["node"]["cpu_percent_per_agent"]
+    assert names["end-to-end p50 ÷ (echo + reference chain), 2 busy processes"]["pass"] is None  # not in quick
+    assert names["8 agents: camera frames processed (%)"]["pass"] is None
     assert names["3 agents: no backlog (1 = yes)"]["pass"] is None  # not measured in quick mode: n/a, not a PASS
     assert all(t["pass"] in (True, False, None) for t in res["targets"])
 

@@ -3,6 +3,9 @@
 - ``feeder``: publishes camera images, LiDAR scans and reflectance scans to one or more agents' namespaces on a
   fixed schedule of segments (rates per stream, stamps = publish time), announces each agent's target of interest
   first, and writes how many messages it sent per segment and stream and how late it was against its schedule.
+- ``echo``: the reference rclpy node of the headline figures: subscribes to the same sensor topics as a fusion
+  node (best-effort, depth 1) in each of ``agents``' namespaces and answers every message with a LatentEmbedding on
+  ``<ns>/latent`` carrying the input's header (receive → publish, no work); plain ``rclpy.spin``.
 - ``pong``: echoes ``/bench_rt/ping`` (sensor_msgs/Image) to ``/bench_rt/pong``.
 - ``ping``: sends an image, waits for its echo, repeats (per image size); writes the round-trip times.
 
@@ -142,6 +145,43 @@ def feeder(spec: dict, rclpy) -> int:
     return 0
 
 
+# -- echo -------------------------------------------------------------------------------------------------------
+def echo(spec: dict, rclpy) -> int:
+    from m2vae_fusion_msgs.msg import LatentEmbedding
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image, LaserScan
+
+    from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS
+
+    node = Node(spec.get("name", "bench_echo"))
+    keep = []
+    for ns in spec["agents"]:
+        pub = node.create_publisher(LatentEmbedding, f"/{ns}/latent", RELIABLE_QOS)
+
+        def answer(msg, mod, pub=pub, ns=ns):
+            pub.publish(LatentEmbedding(header=msg.header, agent_id=ns, modalities=[mod],
+                                        modality_stamps=[msg.header.stamp], modality_sources=[ns]))
+
+        for mod, topic in TOPICS.items():
+            keep.append(node.create_subscription(Image if mod == "camera" else LaserScan, f"/{ns}/{topic}",
+                                                 lambda msg, mod=mod: answer(msg, mod), SENSOR_QOS))
+        keep.append(node.create_subscription(type(_target_type()), f"/{ns}/target_of_interest", lambda m: None,
+                                             RELIABLE_QOS))
+    _write(spec["ready_file"], {"pid": os.getpid()})
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 0
+
+
+def _target_type():
+    from m2vae_fusion_msgs.msg import TargetOfInterest
+
+    return TargetOfInterest()
+
+
 # -- ping / pong ------------------------------------------------------------------------------------------------
 def pong(spec: dict, rclpy) -> int:
     from rclpy.executors import ExternalShutdownException
@@ -219,7 +259,7 @@ def main() -> int:
         return 2
     with open(path) as f:
         spec = json.load(f)
-    role = {"feeder": feeder, "ping": ping, "pong": pong}.get(spec.get("role"))
+    role = {"feeder": feeder, "ping": ping, "pong": pong, "echo": echo}.get(spec.get("role"))
     if role is None:
         print(f"children: unknown role {spec.get('role')!r} in {path}", file=sys.stderr)
         return 2

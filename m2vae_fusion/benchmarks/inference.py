@@ -322,62 +322,63 @@ def convert_preprocess(kind: str, msg, manifest: Mapping):
 
 # -- the node's work without ROS ----------------------------------------------------------------------------------
 class CorePath:
-    """What the fusion node's worker does for one input, in process and without DDS: conversion + preprocessing,
-    :class:`m2vae_fusion.core.bundle.Bundle` encoder, :class:`m2vae_fusion.core.fusion.FusionEngine` observe / merge
-    and classify, and building the LatentEmbedding and ClassBelief messages (not publishing them). The difference
-    to the node's latency is the ROS side: executor, mailbox hand-over to the worker thread, three publishes."""
+    """What the fusion node does for one input, in process and without DDS, with the node's own code: the
+    :class:`m2vae_fusion.core.agent.Agent` (stamp check, target, conversion + preprocessing, encoder, in-place fusion
+    or peer merge, class belief) and building the LatentEmbedding and ClassBelief messages (not publishing them).
+    The difference to the node's latency is the ROS side: executor, take/deserialize, publishes."""
 
     def __init__(self, bundle_dir: str, manifest: Mapping, threads: int = 1):
+        from m2vae_fusion.core.agent import Agent, AgentConfig
         from m2vae_fusion.core.bundle import Bundle
         from m2vae_fusion.core.fusion import FusionEngine
 
         self.manifest = manifest
         self.bundle = Bundle.load(bundle_dir, threads=threads)
-        self.engine = FusionEngine(self.bundle)
         self.mods = list(self.bundle.modalities)
+        self.agent = Agent(FusionEngine(self.bundle), AgentConfig(
+            agent_id="bench", modalities=tuple(self.mods), max_message_age=0.0, max_latent_age=-1.0,
+            shared_latent_rate=0.0))
+        self.agent.on_target(0.0, "bench_target", "map")
+        self.target = self.agent.target_at(1.0)
         self.stamp = 1_000.0
-        self.belief = None
         rng = np.random.default_rng(2)
+        engine = self.agent.engine
         for m in self.mods:  # every slot held: the steady state
             f = self.bundle.sample_features(m, rng)[0]  # a feature whose encoding lies within the latent bounds
-            self.belief = self.engine.observe(self.belief, "bench_target", m, f, self._next(), "bench")
+            self.agent.store.put(engine.observe(self.agent.store.get("bench_target"), "bench_target", m, f,
+                                                self._next(), "bench"))
 
     def _next(self) -> float:
         self.stamp += 0.001
         return self.stamp
 
-    def _publishable(self, belief) -> None:
-        from m2vae_fusion.core import messages as conv
-
-        mods = belief.modalities(self.mods)
-        data = conv.LatentData(
-            agent_id="bench", target_id=belief.target_id, model_id=self.bundle.model_id,
-            stamp_ns=int(belief.stamp * 1e9), frame_id="map", modalities=mods,
-            modality_stamps_ns=tuple(int(belief.slots[m].stamp * 1e9) for m in mods),
-            modality_sources=tuple(belief.slots[m].agent for m in mods), contributors=belief.contributors,
-            mean=belief.mean, log_variance=belief.log_variance)
-        conv.latent_to_msg(data)
-        probs = self.engine.classify(belief)
-        if probs is not None:
-            conv.class_belief_msg(data, self.bundle.class_names, probs)
-
     def run(self, kind: str, msg) -> None:
-        from m2vae_fusion.core.fusion import Belief, Slot
+        from m2vae_fusion.core.agent import PeerLatent, s_to_ns
         from m2vae_fusion.core import messages as conv
+        from m2vae_fusion.ros.fusion_node import belief_msg, latent_msg
 
         mod = KINDS[kind][0]
+        stamp = self._next()
         if mod == "peer":
+            self.agent.screen_peer(msg.agent_id, msg.model_id, msg.format_version)
             d = conv.latent_from_msg(msg, self.mods, self.bundle.latent_dim)
-            t = self._next()
-            peer = Belief(d.target_id, d.mean, d.log_variance, {m: Slot(t, "bench_peer") for m in d.modalities},
-                          time.monotonic())
-            belief, _ = self.engine.merge(self.belief, peer)
+            peer = PeerLatent(d.agent_id, "bench_target", d.model_id, s_to_ns(stamp), d.modalities,
+                              tuple(s_to_ns(stamp) for _ in d.modalities), d.modality_sources, d.contributors,
+                              d.mean, d.log_variance, d.frame_id)
+            out = self.agent.merge(peer, stamp)
         else:
-            x = convert_preprocess(kind, msg, self.manifest)
-            feature, _ = self.bundle.encode_feature(mod, x)
-            belief = self.engine.observe(self.belief, "bench_target", mod, feature[0], self._next(), "bench")
-        self.belief = belief
-        self._publishable(belief)
+            target = self.agent.admit(mod, stamp, stamp)
+            if mod == "camera":
+                raw = lambda: conv.image_to_rgb(msg)  # noqa: E731
+            elif mod == "lidar":
+                raw = lambda: conv.scan_to_ranges(msg, self.agent.cfg["lidar"])  # noqa: E731
+            else:
+                raw = lambda: conv.reflectance_to_array(msg, int(self.agent.cfg["reflectance"]["beams"]))  # noqa
+            out = self.agent.observe(mod, stamp, raw, target)
+        if out is not None:
+            lat = latent_msg(out.latent)
+            if out.belief is not None:
+                belief_msg(out.belief, lat)
 
 
 # -- timing -----------------------------------------------------------------------------------------------------

@@ -21,9 +21,8 @@ Sections (each can be skipped with ``--skip``):
    ``/m2vae/latents`` as deployed (each about its own target) unless ``--no-exchange``. Per node: CPU % (psutil,
    100 % = one core), RSS/USS, counters and latency percentiles; per agent count: p99, total CPU, no-backlog.
    No backlog = for every node and own sensor: processed ≥ 95 % of sent, superseded + lost ≤ 5 %, nothing dropped,
-   median latency at the end ≤ 1.5 × at half time + 5 ms. Peer latents that a newer latent of the same peer replaced
-   before the worker took them are reported (``peer.superseded``) but not counted as backlog: the newer latent holds
-   the older one's evidence (the node's latest-only design).
+   median latency at the end ≤ 1.5 × at half time + 5 ms. Peer latents are reported (received, processed, redundant:
+   no newer slot, so not merged).
 5. ``fastdds``: a 640x480 (and 320x240) rgb8 ping-pong between two processes with and without
    ``config/fastdds_shm.xml`` (16 MiB shared-memory segment).
 
@@ -51,12 +50,13 @@ from m2vae_fusion.benchmarks.common import (OtherLoad, fmt, isolate_dds, load_av
 HELP = ("runtime: node latency vs bare onnxruntime and torch, message sizes, sustained camera rate, "
         "1-8 agents (CPU, RSS), Fast DDS SHM profile")
 
-SECTIONS = ("inference", "latency", "rate", "scaling", "fastdds")
+SECTIONS = ("headline", "inference", "latency", "rate", "scaling", "fastdds")
 FULL = {"samples": 120, "repeats": 300, "latency_rate": 20.0, "rates": "15,30,60,120,240,480",
         "rate_sizes": "640x480,320x240", "rate_seconds": 3.0, "agents": "1,2,3,4,8", "scaling_seconds": 12.0,
-        "pings": 100}
+        "pings": 100, "headline_seconds": 10.0, "eight_seconds": 10.0, "stops": 30}
 QUICK = {"samples": 10, "repeats": 20, "latency_rate": 30.0, "rates": "30,120", "rate_sizes": "640x480",
-         "rate_seconds": 1.0, "agents": "1,2", "scaling_seconds": 2.0, "pings": 6}
+         "rate_seconds": 1.0, "agents": "1,2", "scaling_seconds": 2.0, "pings": 6,
+         "headline_seconds": 1.5, "eight_seconds": 1.5, "stops": 3}
 KIND_RATE_SOURCE = {"camera_320x240": "camera", "camera_640x480": "camera", "lidar": "lidar",
                     "reflectance": "reflectance", "peer": "peer"}
 OWN = ("camera", "lidar", "reflectance")
@@ -90,6 +90,14 @@ def configure(parser) -> None:
     parser.add_argument("--pings", type=int, help=f"round trips per Fast DDS case (default {FULL['pings']})")
     parser.add_argument("--no-fastdds-profile", action="store_true",
                         help="run the nodes without config/fastdds_shm.xml (the round-trip test runs both anyway)")
+    parser.add_argument("--headline-seconds", type=float, help="headline: measured seconds per run "
+                                                                 f"(default {FULL['headline_seconds']:g})")
+    parser.add_argument("--eight-seconds", type=float, help="headline: measured seconds of the 8-agent run "
+                                                              f"(default {FULL['eight_seconds']:g})")
+    parser.add_argument("--stops", type=int, help=f"headline: stops over node x signal (default {FULL['stops']})")
+    parser.add_argument("--baseline-tree", metavar="DIR",
+                        help="headline: also run the fusion node of this checkout (e.g. a git worktree of the commit "
+                             "before a change; put first on PYTHONPATH of its node processes) in the same run")
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="skip a section (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads of the nodes and torch threads (1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the observations (0)")
@@ -153,15 +161,18 @@ class Bench:
         self.probe = Probe("bench_runtime")
         self.procs: list = []
         self.rate_node = None
+        self.node_env = None  # extra environment of the fusion node processes (the headline's baseline tree)
         self.off = time.time() - time.monotonic()
 
     # -- processes
-    def node(self, ns: str, **params):
+    def node(self, ns: str, env: dict | None = None, **params):
         from m2vae_fusion.ros.harness import NodeProcess
 
         p = {"model_dir": self.model_dir, "agent_id": ns, "ort_threads": self.args.threads,
              "diagnostics_period": 0.25, **params}
-        proc = NodeProcess("m2vae_fusion.ros.fusion_node", f"/{ns}", p, self.logs)
+        env = env if env is not None else self.node_env
+        proc = NodeProcess("m2vae_fusion.ros.fusion_node", f"/{ns}", p, self.logs, env=env,
+                           name=f"{ns}_{len(self.procs)}")
         self.procs.append(proc)
         return proc
 
@@ -597,6 +608,268 @@ def section_scaling(b: Bench) -> dict:
                               f"{window} samples per sensor (the measured period)"}
 
 
+# -- section 0: headline figures (issue 12) -----------------------------------------------------------------------
+HEADLINE_AGENTS = ("hl1", "hl2", "hl3")  # the measured agent and its 2 peers
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "killpg_SIGINT")
+STOP_NODES = {"fusion_node": "m2vae_fusion.ros.fusion_node", "sim_world": "m2vae_fusion.ros.sim_world_node"}
+
+
+def _busy_loops(n: int) -> list:
+    """``n`` CPU-bound background processes (pure Python busy loops) in their own sessions."""
+    import subprocess
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True,
+                             stdin=subprocess.DEVNULL) for _ in range(n)]
+
+
+def _end(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(5)
+
+
+def _camera_e2e(probe, agents, off: float, t_from: float, t_to: float) -> list:
+    """End-to-end seconds (feeder publish → latent received here) of camera observations stamped in [t_from, t_to):
+    the first latent per (agent, stamp) whose newest slot is the agent's own camera observation."""
+    from m2vae_fusion.core import messages as conv
+
+    out = []
+    for a in agents:
+        with probe.cv:
+            items = list(probe.received[f"/{a}/latent"])
+        seen = set()
+        for t_recv, msg in items:
+            ns = conv.stamp_to_ns(msg.header.stamp)
+            s = ns * 1e-9
+            if ns in seen or not (t_from <= s < t_to):
+                continue
+            seen.add(ns)
+            stamps = [conv.stamp_to_ns(x) for x in msg.modality_stamps]
+            if "camera" not in msg.modalities:
+                continue
+            i = list(msg.modalities).index("camera")
+            src = msg.modality_sources[i] if len(msg.modality_sources) > i else a
+            if stamps[i] == ns and src == a:
+                out.append(t_recv + off - s)
+    return out
+
+
+def _scenario(b: "Bench", kind: str, tag: str, seconds: float, env: dict | None = None, **params) -> dict:
+    """One run of the headline scenario: 3 agents (``echo`` processes or fusion ``node`` s exchanging latents), each
+    fed 30 Hz 320x240 camera + 10 Hz LiDAR + 10 Hz reflectance by one feeder. Returns camera end-to-end seconds
+    (all agents), CPU % per agent process and what the feeder sent."""
+    from m2vae_fusion.benchmarks.common import ProcessMeter
+    from m2vae_fusion_msgs.msg import LatentEmbedding
+
+    args = b.args
+    agents = list(HEADLINE_AGENTS)
+    rates = {"camera": args.camera_rate, "lidar": args.lidar_rate, "reflectance": args.reflectance_rate}
+    kinds = {"camera": "camera_320x240", "lidar": "lidar", "reflectance": "reflectance"}
+    for a in agents:
+        b.probe.subscribe(f"/{a}/latent", LatentEmbedding)
+        b.probe.clear(f"/{a}/latent")
+    if kind == "echo":
+        procs = {a: b.child(f"{tag}_echo_{a}", {"role": "echo", "name": f"echo_{a}", "agents": [a]}) for a in agents}
+        for p in procs.values():
+            b.wait_file(p, "ready_file", 90)
+    else:
+        procs = {a: b.node(a, env=env, diagnostics_period=0.5, **params) for a in agents}
+        b.wait_nodes(procs)
+    warm, gap = (1.0, 1.0) if args.quick else (2.0, 1.0)
+    streams = [{"ns": a, "kind": kinds[m], "rate": rates[m]} for a in agents for m in OWN]
+    feeders = []
+    try:
+        feeders = b.feeders(f"{tag}_feeder", [agents], lambda g: [
+            {"name": "warmup", "duration": warm, "streams": streams},
+            {"name": "measure", "duration": seconds, "streams": streams}], {a: f"target_{a}" for a in agents}, gap)
+        meter = ProcessMeter({a: p.pid for a, p in procs.items()})
+        t0 = b.go(feeders, delay=0.8)
+        t_start = t0 + warm + gap
+        t_end = t_start + seconds
+        _sleep_until_wall(t_start)
+        meter.start()
+        _sleep_until_wall(t_end)
+        cpu = meter.stop()
+        _sleep_until_wall(t_end + 1.0)
+        res = b.wait_file(feeders[0], "result_file", 30)
+    finally:
+        b.stop(list(procs.values()) + feeders)
+    cam_sent = sum(st["sent"] for st in res["segments"][1]["streams"] if st["kind"].startswith("camera"))
+    e2e = _camera_e2e(b.probe, agents, b.off, t_start, t_end)
+    for a in agents:
+        b.probe.clear(f"/{a}/latent")
+    per = [cpu["per_process"][a] for a in agents]
+    return {"kind": kind, "seconds": seconds, "camera_sent": cam_sent, "camera_answered": len(e2e),
+            "e2e_ms": stats_ms(e2e), "cpu_percent_per_agent": float(sorted(per)[len(per) // 2]),
+            "cpu_percent_agents": per}
+
+
+def _reference_chain(b: "Bench", repeats: int) -> dict:
+    """Today's camera chain through the bundle's per-network onnxruntime sessions (β-VAE encoder + M2VAE decoders
+    of the held slots + subset encoder + head), called directly: the fixed reference of the headline figures."""
+    import numpy as np
+
+    from m2vae_fusion.benchmarks.inference import OrtChains, convert_preprocess, messages
+
+    obs = dict(np.load(b.obs_path))
+    chains = OrtChains(b.model_dir, b.manifest, b.args.threads)
+    xs = [convert_preprocess("camera_320x240", m, b.manifest) for m in messages(obs, "camera_320x240", b.manifest)]
+    z = np.random.default_rng(1).normal(size=(1, int(b.manifest["latent_dim"]))).astype(np.float32)
+    times = []
+    for i in range(10 + repeats):
+        t = time.perf_counter()
+        chains.run("camera_320x240", xs[i % len(xs)], z)
+        if i >= 10:
+            times.append(time.perf_counter() - t)
+    return stats_ms(times)
+
+
+def _eight(b: "Bench", seconds: float, env: dict | None) -> dict:
+    """8 agents exchanging latents (the scaling section's run with 8 agents): camera frames processed %, camera p99
+    of the node (median over nodes), total CPU of the nodes."""
+    import numpy as np
+
+    saved = (b.args.agents, b.args.scaling_seconds, b.node_env)
+    b.args.agents, b.args.scaling_seconds, b.node_env = "8", seconds, env
+    try:
+        phase = section_scaling(b)["phases"][0]
+    finally:
+        b.args.agents, b.args.scaling_seconds, b.node_env = saved
+    rows = [r["sources"]["camera"] for r in phase["nodes"]]
+    sent = sum(r["sent"] for r in rows)
+    p99 = [r["node_ms"]["p99"] for r in rows if r["node_ms"]["p99"] is not None]
+    return {"agents": phase["agents"], "camera_sent": sent, "camera_processed": sum(r["processed"] for r in rows),
+            "camera_processed_percent": 100.0 * sum(min(r["processed"], r["sent"]) for r in rows) / max(1, sent),
+            "camera_p99_ms_median_over_nodes": float(np.median(p99)) if p99 else None,
+            "cpu_percent_total": phase["cpu_percent_nodes"], "cpu_percent_machine": phase["cpu_percent_machine"]}
+
+
+def _stops(b: "Bench", n: int) -> dict:
+    """``n`` stops spread over node × signal (SIGINT, SIGTERM, SIGINT to the whole process group), 6 at a time:
+    exit status and whether the log holds a traceback."""
+    from m2vae_fusion.ros.harness import NodeProcess
+
+    combos = [(node, sig) for node in STOP_NODES for sig in STOP_SIGNALS]
+    plan = [combos[i % len(combos)] for i in range(n)]
+    runs = []
+    for start in range(0, len(plan), 6):
+        batch = []
+        for i, (node, sig) in enumerate(plan[start:start + 6]):
+            params = {"model_dir": b.model_dir} if node == "fusion_node" else {}
+            proc = NodeProcess(STOP_NODES[node], f"/stop{start + i}", params, b.logs, name=f"stop{start + i}")
+            batch.append((node, sig, proc))
+        try:
+            deadline = time.monotonic() + 90
+            for node, sig, proc in batch:  # up: the node logged its start-up
+                while (time.monotonic() < deadline and proc.alive()
+                       and ("fusing" not in proc.log() if node == "fusion_node" else "[INFO]" not in proc.log())):
+                    time.sleep(0.1)
+            time.sleep(0.5)
+            for node, sig, proc in batch:
+                if sig == "killpg_SIGINT":
+                    os.killpg(proc.pid, signal.SIGINT)
+                else:
+                    proc.proc.send_signal(getattr(signal, sig))
+            for node, sig, proc in batch:
+                code = proc.wait(20)
+                log = proc.log()
+                runs.append({"node": node, "signal": sig, "exit": code, "traceback": "Traceback" in log,
+                             "log": proc.log_path})
+        finally:
+            for _, _, proc in batch:
+                proc.stop(timeout=5.0)
+    ok = [r for r in runs if r["exit"] == 0 and not r["traceback"]]
+    by = {}
+    for r in runs:
+        k = f"{r['node']}/{r['signal']}"
+        by.setdefault(k, []).append(r["exit"])
+    return {"n": len(runs), "clean": len(ok), "exit_codes": by, "runs": runs}
+
+
+def section_headline(b: "Bench") -> dict:
+    """Issue 12's figures in one run: camera end-to-end p50/p99 and CPU per agent of the fusion node vs an rclpy echo
+    node on the same topics, plus the fixed reference chain; 8 agents; idle and with 2 CPU-bound background
+    processes; stops over node × signal. With ``--baseline-tree`` the node runs are repeated with the fusion node
+    of that checkout (PYTHONPATH) in the same run; outside ``--quick`` the fusion node also runs once on rclpy's
+    SingleThreadedExecutor (``node_single``) for the executor comparison."""
+    args = b.args
+    T = float(args.headline_seconds)
+    out = {"scenario": {"agents": list(HEADLINE_AGENTS), "camera": "320x240 rgb8", "rates_hz": {
+        "camera": args.camera_rate, "lidar": args.lidar_rate, "reflectance": args.reflectance_rate},
+        "exchange": "each agent shares with the 2 others on /m2vae/latents", "seconds": T},
+        "reference_chain_ms": _reference_chain(b, 30 if args.quick else 300), "conditions": {}}
+    variants = {"node": None}
+    if args.baseline_tree:
+        variants["baseline"] = {"PYTHONPATH": os.path.abspath(args.baseline_tree)}
+    for cond in (("idle",) if args.quick else ("idle", "load")):
+        bg = _busy_loops(2) if cond == "load" else []
+        try:
+            time.sleep(0.5 if bg else 0.0)
+            c = {"load_average_before": load_average()}
+            c["echo"] = _scenario(b, "echo", f"{cond}_echo", T)
+            for name, env in variants.items():
+                c[name] = _scenario(b, "node", f"{cond}_{name}", T, env)
+                if not args.quick:  # quick: the scaling section's 1-2 agents cover the multi-node path
+                    c[f"{name}_8_agents"] = _eight(b, float(args.eight_seconds), env)
+            if not args.quick:  # the same node on rclpy's SingleThreadedExecutor: what the EventsExecutor buys
+                c["node_single"] = _scenario(b, "node", f"{cond}_node_single", T, executor="single")
+            c["load_average_after"] = load_average()
+        finally:
+            _end(bg)
+        ref = out["reference_chain_ms"]["p50"]
+        echo = (c["echo"]["e2e_ms"] or {}).get("p50")
+        c["floor_p50_ms"] = echo + ref if echo is not None else None
+        for name in [*variants, *(["node_single"] if "node_single" in c else [])]:
+            p50 = (c[name]["e2e_ms"] or {}).get("p50")
+            c[f"{name}_p50_to_floor"] = ratio(p50, c["floor_p50_ms"])
+        out["conditions"][cond] = c
+    out["stops"] = _stops(b, int(args.stops))
+    return out
+
+
+def headline_targets(h: dict) -> list:
+    idle, load = h["conditions"]["idle"], h["conditions"].get("load", {})
+    e8 = idle.get("node_8_agents") or {"agents": 8}
+    rows = [target("CPU per agent, idle (% of a core)", idle["node"]["cpu_percent_per_agent"], "<=", 12.0, " %",
+                   f"echo {fmt(idle['echo']['cpu_percent_per_agent'])} %"),
+            target("end-to-end p50 ÷ (echo + reference chain), idle", idle["node_p50_to_floor"], "<=", 1.3),
+            target("end-to-end p50 ÷ (echo + reference chain), 2 busy processes", load.get("node_p50_to_floor"), "<=",
+                   1.3),
+            target(f"{e8['agents']} agents: camera frames processed (%)", e8.get("camera_processed_percent"), ">=",
+                   95.0, " %"),
+            target(f"{e8['agents']} agents: camera p99, median over nodes (ms)",
+                   e8.get("camera_p99_ms_median_over_nodes"), "<=", 33.0, " ms"),
+            target(f"{e8['agents']} agents: total CPU (% of a core)", e8.get("cpu_percent_total"), "<=", 150.0, " %"),
+            target("stops exiting 0 without traceback", h["stops"]["clean"], ">=", float(h["stops"]["n"]),
+                   detail=f"of {h['stops']['n']}")]
+    return rows
+
+
+def format_headline(h: dict) -> str:
+    lines = [f"headline scenario: {len(h['scenario']['agents'])} agents, camera 320x240 @ "
+             f"{h['scenario']['rates_hz']['camera']:g} Hz + LiDAR {h['scenario']['rates_hz']['lidar']:g} Hz + "
+             f"reflectance {h['scenario']['rates_hz']['reflectance']:g} Hz, exchange with 2 peers; "
+             f"reference chain (per-network onnxruntime sessions, camera) p50 {fmt(h['reference_chain_ms']['p50'])} ms"]
+    rows = []
+    for cond, c in h["conditions"].items():
+        for name in [k for k in ("echo", "node", "node_single", "baseline") if k in c]:
+            r = c[name]
+            e = r["e2e_ms"] or {}
+            e8 = c.get(f"{name}_8_agents") or {}
+            rows.append([cond, name, fmt(e.get("p50")), fmt(e.get("p99")), f"{r['camera_answered']}/{r['camera_sent']}",
+                         fmt(r["cpu_percent_per_agent"]), fmt(c.get(f"{name}_p50_to_floor")),
+                         fmt(e8.get("camera_processed_percent")), fmt(e8.get("camera_p99_ms_median_over_nodes")),
+                         fmt(e8.get("cpu_percent_total")), f"{c['load_average_before']} → {c['load_average_after']}"])
+    lines.append(table(["condition", "node", "e2e p50 ms", "e2e p99 ms", "camera answered", "CPU %/agent",
+                        "p50 ÷ floor", "8 agents processed %", "8 agents cam p99 ms", "8 agents CPU %",
+                        "load average"], rows, "camera end-to-end (feeder publish → latent here) and CPU"))
+    s = h["stops"]
+    lines.append(f"stops: {s['clean']}/{s['n']} exit 0 without traceback; exit codes " +
+                 ", ".join(f"{k}: {v}" for k, v in s["exit_codes"].items()))
+    return "\n".join(lines)
+
+
 # -- section 5: Fast DDS profile ----------------------------------------------------------------------------------
 def section_fastdds(b: Bench, profile: str) -> dict:
     out = {"profile": profile, "cases": {}}
@@ -633,7 +906,7 @@ def section_fastdds(b: Bench, profile: str) -> dict:
 
 # -- targets and tables -------------------------------------------------------------------------------------------
 def compute_targets(res: dict) -> list:
-    rows = []
+    rows = headline_targets(res["headline"]) if res.get("headline") else []
     lat = res.get("latency") or {}
     for kind, r in lat.items():
         v = (r.get("node_to_onnxruntime") or {}).get("p50")
@@ -668,6 +941,8 @@ def compute_targets(res: dict) -> list:
 
 def format_results(res: dict) -> str:
     out = []
+    if res.get("headline"):
+        out.append(format_headline(res["headline"]))
     b = res["bundle"]
     out.append(f"bundle: {b['origin']} {b['path']} (model_id {b['model_id']}); onnxruntime and torch "
                f"{res['config']['threads']} thread(s); Fast DDS profile for the nodes: "
@@ -782,10 +1057,13 @@ def run(args) -> int:
     for key, val in base.items():
         if getattr(args, key, None) is None:
             setattr(args, key, val)
-    for key in ("samples", "repeats", "pings"):
+    if args.baseline_tree and not os.path.isfile(os.path.join(args.baseline_tree, "m2vae_fusion", "ros",
+                                                                "fusion_node.py")):
+        raise UserError(f"--baseline-tree {args.baseline_tree}: no m2vae_fusion/ros/fusion_node.py there")
+    for key in ("samples", "repeats", "pings", "stops"):
         if getattr(args, key) <= 0:
             raise UserError(f"--{key} must be positive")
-    for key in ("latency_rate", "rate_seconds", "scaling_seconds"):
+    for key in ("latency_rate", "rate_seconds", "scaling_seconds", "headline_seconds", "eight_seconds"):
         if not getattr(args, key) > 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive")
     _numbers(args.rates, float, "rates")
@@ -822,7 +1100,7 @@ def run(args) -> int:
         res = {"benchmark": "runtime", "format_version": 1,
                "config": {k: getattr(args, k) for k in (*FULL, "quick", "threads", "seed", "camera_rate", "lidar_rate",
                                                         "reflectance_rate", "agents_per_feeder", "scaling_camera_size",
-                                                        "no_exchange", "skip")},
+                                                        "no_exchange", "skip", "baseline_tree")},
                "machine": machine_info(), "load_average_start": load0,
                "bundle": {"path": model_dir, "origin": origin, "model_id": manifest["model_id"],
                           "feature_dim": manifest["feature_dim"], "latent_dim": manifest["latent_dim"],
@@ -842,6 +1120,12 @@ def run(args) -> int:
         rclpy.init()
         bench = Bench(args, tmp, logs, model_dir, manifest, obs_path)
         latent = belief = None
+        if "headline" not in args.skip:
+            print("[0/5] headline figures: echo node, reference chain, fusion node, 8 agents (idle, 2 busy "
+                  "processes), stops ...", flush=True)
+            t = time.monotonic()
+            res["headline"] = section_headline(bench)
+            res["section_seconds"]["headline"] = time.monotonic() - t
         if "rate" not in args.skip and "latency" not in args.skip:  # start-up overlaps the latency node's
             bench.rate_node = bench.node("bench_rate", **rate_node_params(args))
         if "latency" not in args.skip:

@@ -39,16 +39,19 @@ from m2vae_fusion.core.reasons import DropReason
 
 class FusionError(ValueError):
     """Evidence that cannot be fused (wrong size, non-finite values, unknown modality, stale, other model), or a
-    fusion whose outputs are not finite.
+    fusion whose outputs are not finite or out of range.
+
+    ``reason``: a :class:`~m2vae_fusion.core.reasons.DropReason` (e.g. ``STALE`` for evidence older than the slot
+    held, ``NON_FINITE``, ``OUT_OF_RANGE``, else ``FUSION``); match on it, never on the message text.
 
     Args:
         message: what was refused and why.
-        reason: the typed drop reason (:class:`~m2vae_fusion.core.reasons.DropReason`), ``reason`` attribute.
+        reason: the typed drop reason, kept as the ``reason`` attribute.
     """
 
     def __init__(self, message: str, reason: DropReason = DropReason.FUSION):
         super().__init__(message)
-        self.reason = reason
+        self.reason = DropReason(reason)
 
 
 @dataclass(frozen=True)

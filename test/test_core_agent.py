@@ -1,0 +1,234 @@
+"""The agent's policy (m2vae_fusion.core.agent) without ROS, on a linear bundle whose fusion is exact."""
+import math
+
+import numpy as np
+import pytest
+
+from linear_bundle import make_linear_bundle
+from m2vae_fusion.core.agent import (FORMAT_VERSION, Agent, AgentConfig, Drop, PeerLatent, ns_to_s,
+                                     peer_from_latent, s_to_ns)
+from m2vae_fusion.core.bundle import Bundle
+from m2vae_fusion.core.fusion import FusionEngine, FusionError
+from m2vae_fusion.core.preprocess import DEFAULT_CONFIGS
+from m2vae_fusion.core.reasons import DropReason
+
+D = 4
+
+
+class Clock:
+    def __init__(self, t=100.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return Bundle.load(make_linear_bundle(str(tmp_path_factory.mktemp("agent")), D, D, seed=2))
+
+
+def make_agent(bundle, agent_id="a", clock=None, **cfg):
+    clock = clock or Clock()
+    return Agent(FusionEngine(bundle, clock=clock), AgentConfig(agent_id=agent_id, **cfg), clock=clock), clock
+
+
+def camera(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def lidar(seed=0):
+    n = DEFAULT_CONFIGS["lidar"]["beams"]
+    return np.random.default_rng(seed).uniform(0.2, 3.0, n).astype(np.float32)
+
+
+def fuse(agent, modality, stamp, raw, now=None):
+    target = agent.admit(modality, stamp, stamp if now is None else now)
+    assert target is not None
+    return agent.observe(modality, stamp, raw, target)
+
+
+def test_stamp_roundtrip_is_exact():
+    for ns in (0, 1_700_000_000_123_456_789, 999):
+        s = ns_to_s(ns)
+        assert s_to_ns(s) == ns - ns % 1000 and ns_to_s(s_to_ns(s)) == s
+
+
+def test_target_timeline_and_no_target(bundle):
+    agent, _ = make_agent(bundle)
+    assert agent.admit("camera", 10.0, 10.0) is None and agent.counts["no_target.camera"] == 1
+    assert agent.on_target(5.0, "t1", "map", (1, 2, 0)) and not agent.on_target(5.0, "t1", "map", (1, 2, 0))
+    assert agent.on_target(8.0, "")          # "no target" from 8 s on
+    assert agent.on_target(7.0, "t2", "odom")  # out of order: the timeline stays sorted
+    assert agent.target_at(4.9) is None
+    assert agent.target_at(6.0).target_id == "t1"
+    t = agent.target_at(7.5)
+    assert (t.target_id, t.frame_id) == ("t2", "odom")
+    assert agent.target_at(9.0) is None
+    assert agent.current_target == ""
+
+
+def test_stamp_checks_raise_typed_reasons(bundle):
+    agent, _ = make_agent(bundle, max_message_age=2.0, future_tolerance=0.5)
+    agent.on_target(0.0, "t")
+    with pytest.raises(Drop) as e:
+        agent.admit("camera", 7.0, 10.0)
+    assert e.value.reason is DropReason.STALE
+    with pytest.raises(Drop) as e:
+        agent.admit("camera", 10.6, 10.0)
+    assert e.value.reason is DropReason.FUTURE
+    assert agent.admit("camera", 8.5, 10.0).target_id == "t"
+    off, _ = make_agent(bundle, max_message_age=0.0)
+    off.on_target(0.0, "t")
+    assert off.admit("camera", 1.0, 1000.0) is not None  # age check off
+
+
+def test_observe_publishes_latent_belief_and_share(bundle):
+    agent, clock = make_agent(bundle, shared_latent_rate=10.0)
+    agent.on_target(0.0, "t", "map")
+    out = fuse(agent, "camera", 1.0, camera())
+    lat = out.latent
+    assert lat.format_version == FORMAT_VERSION == 2
+    assert (lat.agent_id, lat.target_id, lat.model_id, lat.frame_id) == ("a", "t", bundle.model_id, "map")
+    assert lat.modalities == ("camera",) and lat.modality_sources == ("a",) and lat.contributors == ("a",)
+    assert lat.stamp_ns == lat.modality_stamps_ns[0] == 1_000_000_000
+    assert lat.mean.shape == (D,) and lat.mean.dtype == np.float32
+    assert out.belief is not None and out.belief.class_names == bundle.class_names
+    assert abs(float(out.belief.probabilities.sum()) - 1.0) < 1e-5
+    assert out.shared is lat  # first latent of the target goes out at once
+    # a second update within the share period waits, a third replaces it
+    clock.t += 0.02
+    out2 = fuse(agent, "lidar", 1.02, lidar())
+    assert out2.shared is None and out2.latent.modalities == ("camera", "lidar")
+    clock.t += 0.02
+    out3 = fuse(agent, "camera", 1.04, camera(1))
+    assert out3.shared is None and agent.counts["shared.coalesced"] == 1
+    assert agent.due_shares() == []
+    assert math.isclose(agent.next_share_due(), 0.06, abs_tol=1e-9)
+    clock.t += 0.061
+    due = agent.due_shares()
+    assert [d.stamp_ns for d in due] == [out3.latent.stamp_ns] and agent.next_share_due() is None
+    assert agent.counts["shared.sent"] == 2
+
+
+def test_observe_drops_typed(bundle):
+    agent, _ = make_agent(bundle)
+    agent.on_target(0.0, "t")
+    fuse(agent, "camera", 2.0, camera())
+    with pytest.raises(Drop) as e:  # older than the camera slot held: FusionError.reason, not the message text
+        fuse(agent, "camera", 1.5, camera())
+    assert e.value.reason is DropReason.STALE
+    with pytest.raises(Drop) as e:
+        fuse(agent, "camera", 3.0, np.zeros((4, 4), np.float32))
+    assert e.value.reason is DropReason.PREPROCESS
+
+    class Unreadable(ValueError):
+        reason = "truncated"
+
+    def bad():
+        raise Unreadable("buffer too short")
+
+    with pytest.raises(Drop) as e:
+        fuse(agent, "camera", 3.0, bad)
+    assert e.value.reason is DropReason.TRUNCATED
+
+
+def test_fusion_error_carries_reason(bundle):
+    engine = FusionEngine(bundle)
+    b = engine.observe(None, "t", "camera", np.zeros(D, np.float32), 2.0, "a")
+    with pytest.raises(FusionError) as e:
+        engine.observe(b, "t", "camera", np.zeros(D, np.float32), 1.0, "a")
+    assert e.value.reason is DropReason.STALE
+    with pytest.raises(FusionError) as e:
+        engine.observe(b, "t", "camera", np.full(D, np.nan, np.float32), 3.0, "a")
+    assert e.value.reason is DropReason.FUSION
+
+
+def test_screen_peer(bundle):
+    agent, _ = make_agent(bundle, trusted=frozenset({"b"}))
+    agent.screen_peer("b", bundle.model_id, FORMAT_VERSION)
+    cases = [(("b", bundle.model_id, 3), DropReason.FORMAT_VERSION), (("b", bundle.model_id, 1),
+                                                                       DropReason.FORMAT_VERSION),
+             (("x", bundle.model_id, 2), DropReason.UNTRUSTED), (("b", "other", 2), DropReason.MODEL_ID)]
+    for args, reason in cases:
+        with pytest.raises(Drop) as e:
+            agent.screen_peer(*args)
+        assert e.value.reason is reason
+    assert agent.is_own("a") and not agent.is_own("b")
+
+
+def test_two_agents_converge_and_merge_only_new_evidence(bundle):
+    a, ca = make_agent(bundle, "a")
+    b, cb = make_agent(bundle, "b")
+    for ag in (a, b):
+        ag.on_target(0.0, "t", "map")
+    la = fuse(a, "camera", 1.0, camera()).latent
+    lb = fuse(b, "lidar", 1.1, lidar()).latent
+    ca.t += 1.0  # a's camera latent was shared just now: let the share period pass
+    out = a.merge(peer_from_latent(lb), 1.2)
+    assert out is not None and out.latent.modalities == ("camera", "lidar")
+    assert out.latent.modality_sources == ("a", "b") and out.latent.contributors == ("a", "b")
+    assert out.shared is not None  # news for b: a's camera slot
+    back = b.merge(peer_from_latent(out.latent), 1.3)
+    assert back is not None and back.shared is None  # adopted a's latent: nothing b's peers lack
+    np.testing.assert_allclose(back.latent.mean, out.latent.mean, atol=1e-6)
+    # the same latent again, and an older one: no new evidence, nothing published, no decoding
+    assert b.merge(peer_from_latent(out.latent), 1.3) is None
+    assert b.merge(peer_from_latent(la), 1.3) is None
+    assert b.counts["redundant.peer"] == 2
+
+
+def test_merge_refuses_spoofed_untrusted_and_stale(bundle):
+    a, _ = make_agent(bundle, "a", trusted=frozenset({"b"}), belief_ttl=5.0)
+    a.on_target(0.0, "t")
+    fuse(a, "camera", 1.0, camera())
+    z = np.zeros(D, np.float32)
+
+    def peer(sources, stamps_s, contributors=("b",), mods=None):
+        mods = mods or ("camera", "lidar")[:len(sources)]
+        return PeerLatent("b", "t", bundle.model_id, s_to_ns(max(stamps_s)), tuple(mods),
+                          tuple(s_to_ns(s) for s in stamps_s), tuple(sources), tuple(contributors), z, z)
+
+    with pytest.raises(Drop) as e:  # claims a camera observation of a that a never made (newer than its newest)
+        a.merge(peer(("a",), (1.5,)), 2.0)
+    assert e.value.reason is DropReason.SPOOFED
+    with pytest.raises(Drop) as e:  # relays evidence of an untrusted agent
+        a.merge(peer(("b", "x"), (1.5, 1.5), ("b", "x")), 2.0)
+    assert e.value.reason is DropReason.UNTRUSTED
+    with pytest.raises(Drop) as e:  # max_latent_age 0: the belief TTL (5 s)
+        a.merge(peer(("b",), (1.5,), mods=("lidar",)), 7.0)
+    assert e.value.reason is DropReason.STALE
+    with pytest.raises(Drop) as e:
+        a.merge(peer(("b",), (3.0,), mods=("lidar",)), 2.0)
+    assert e.value.reason is DropReason.FUTURE
+    # a's own camera evidence relayed back (not newer than a observed) is accepted with b's lidar
+    out = a.merge(peer(("a", "b"), (1.0, 1.5), ("a", "b")), 2.0)
+    assert out is not None and out.latent.modalities == ("camera", "lidar")
+
+
+def test_reconfigure_runtime_safe_only(bundle):
+    agent, clock = make_agent(bundle, belief_ttl=30.0)
+    agent.on_target(0.0, "t")
+    fuse(agent, "camera", 1.0, camera())
+    agent.reconfigure(belief_ttl=1.0, trusted=["b", ""], shared_latent_rate=0.0)
+    assert agent.config.trusted == frozenset({"b"}) and agent.config.share_period == 0.0
+    clock.t += 2.0
+    assert agent.expire() == ["t"]
+    with pytest.raises(ValueError, match="agent_id"):
+        agent.reconfigure(agent_id="other")
+
+
+def test_reset_forgets_beliefs_and_waiting_shares(bundle):
+    agent, clock = make_agent(bundle)
+    agent.on_target(0.0, "t")
+    fuse(agent, "camera", 1.0, camera())
+    clock.t += 0.01
+    fuse(agent, "lidar", 1.01, lidar())
+    assert agent.next_share_due() is not None
+    assert agent.reset() == 1
+    assert agent.next_share_due() is None and agent.store_stats()["beliefs"] == 0
+
+
+def test_config_validation(bundle):
+    with pytest.raises(ValueError, match="sonar"):
+        make_agent(bundle, modalities=("camera", "sonar"))
