@@ -260,6 +260,10 @@ def test_hostile_scan_headers_are_refused(kw, reason):
     with pytest.raises(conv.ConversionError) as e:
         conv.scan_to_ranges(msg, LIDAR)
     assert _reason(e) is reason
+    with pytest.raises(conv.ConversionError) as e:
+        conv.check_laser_scan(msg)  # the header check alone gives the same reason
+    assert _reason(e) is reason
+    conv.check_laser_scan(_hostile())
 
 
 def test_beam_count_claiming_240_degrees_is_refused():

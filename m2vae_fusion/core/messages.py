@@ -254,6 +254,21 @@ def check_scan_angles(n: int, angle_min: float, angle_max: float, angle_incremen
                                                      f"{inc:g} rad give {expected:.1f}")
 
 
+def check_laser_scan(msg) -> None:
+    """Every header check :func:`scan_to_ranges` makes, without reading the ranges (e.g. to choose a bag's first
+    usable LiDAR message as the data set's beam grid).
+
+    Raises:
+        ConversionError: ``non_finite``, ``empty``, ``mismatch`` (increment 0 with more than one beam),
+            ``bad_angles``, ``beam_count``, ``bad_range_limits``.
+    """
+    _check_scan_header(msg)
+    if len(msg.ranges) == 0:
+        raise ConversionError(DropReason.EMPTY, "scan has no ranges")
+    check_scan_angles(len(msg.ranges), msg.angle_min, msg.angle_max, msg.angle_increment)
+    _check_range_limits(msg)
+
+
 def _invalid_to_nan(ranges: np.ndarray, range_min: float, range_max: float, max_invalid: float,
                     what: str = "scan") -> tuple[np.ndarray, np.ndarray]:
     """(copy with finite ranges outside [range_min, range_max] set to NaN, mask of those beams).
@@ -339,12 +354,9 @@ def scan_to_ranges(msg, cfg: Mapping, max_invalid: float = MAX_INVALID_FRACTION)
             :func:`check_scan_angles`), ``bad_range_limits``, ``too_many_invalid``, ``no_return`` when every beam is
             ±inf (nothing observed).
     """
-    _check_scan_header(msg)
-    ranges = np.frombuffer(msg.ranges, dtype=np.float32) if len(msg.ranges) else np.zeros(0, np.float32)
-    if ranges.size == 0:
-        raise ConversionError(DropReason.EMPTY, "scan has no ranges")
-    check_scan_angles(ranges.size, msg.angle_min, msg.angle_max, msg.angle_increment)
-    rmin, rmax = _check_range_limits(msg)
+    check_laser_scan(msg)
+    ranges = np.frombuffer(msg.ranges, dtype=np.float32)
+    rmin, rmax = float(msg.range_min), float(msg.range_max)
     ranges, _ = _invalid_to_nan(ranges, rmin, rmax, max_invalid)
     inc = float(msg.angle_increment) if msg.angle_increment != 0.0 else float(cfg["angle_increment"])
     if not np.any(np.isfinite(ranges)):
