@@ -460,6 +460,26 @@ def test_cloud_layouts(datatype, big):
     np.testing.assert_allclose(conv.pointcloud2_to_xyz(msg), pts.reshape(-1, 3), rtol=1e-6)
 
 
+def test_cloud_with_a_huge_row_step_reads_without_a_huge_copy():
+    import tracemalloc
+
+    pts = RNG.normal(size=(4, 3)).astype(np.float32)
+    msg = conv.xyz_to_pointcloud2(pts)
+    msg.row_step = 2 ** 32 - 1  # one row: the data holds its points, row_step claims 4 GiB
+    tracemalloc.start()
+    try:
+        out = conv.pointcloud2_to_xyz(msg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, pts)
+    assert peak < 1 << 20  # it padded a copy to 8 GiB before
+    msg.height, msg.width = 2, 2  # two rows 4 GiB apart: the data cannot hold them
+    with pytest.raises(conv.ConversionError) as e:
+        conv.pointcloud2_to_xyz(msg)
+    assert _reason(e) is DropReason.TRUNCATED
+
+
 def _fake_sensor_msgs_py(calls):
     """A stand-in for ``sensor_msgs_py`` (not on PyPI) with its documented ``point_cloud2.read_points`` /
     ``read_points_numpy`` behaviour, faults included: the points are viewed as ``width × height`` consecutive records

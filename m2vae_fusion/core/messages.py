@@ -433,6 +433,8 @@ def pointcloud2_to_xyz(msg) -> np.ndarray:
     Raises:
         ConversionError: ``no_xyz`` (a field x, y or z is missing), ``empty`` (no points), ``truncated`` (``data``
             shorter than the declared layout, or fields beyond ``point_step``).
+
+    Memory use is proportional to the points read (``point_step`` · width · height), whatever ``row_step`` claims.
     """
     fields = {f.name: f for f in msg.fields}
     missing = [c for c in "xyz" if c not in fields]
@@ -458,9 +460,9 @@ def pointcloud2_to_xyz(msg) -> np.ndarray:
     dtype = np.dtype({"names": ["x", "y", "z"],
                       "formats": [endian + _PF_DTYPES[fields[c].datatype] for c in "xyz"],
                       "offsets": [fields[c].offset for c in "xyz"], "itemsize": ps})
-    if buf.size < rs * h:  # last row shorter than row_step: pad a copy so every row can be viewed alike
-        buf = np.concatenate([buf, np.zeros(rs * h - buf.size, np.uint8)])
-    rows = buf[: rs * h].reshape(h, rs)[:, : ps * w]
+    # a strided view of the rows' points (in bounds: checked above), copied to (h, ps * w): memory follows the points,
+    # never row_step (a hostile row_step of 2^32 - 1 padded a copy to 8 GiB before)
+    rows = np.lib.stride_tricks.as_strided(buf, (h, ps * w), (rs, 1), writeable=False)
     pts = np.ascontiguousarray(rows).view(dtype).reshape(-1)
     return np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float32, copy=False)
 
