@@ -321,6 +321,39 @@ def test_resample_never_overflows_an_index():
         assert _reason(e) is DropReason.BAD_ANGLES
 
 
+def test_random_hostile_scans_are_refused_or_give_finite_model_inputs():
+    """2,000 scans with header fields and ranges drawn from hostile values (seeded): every one either is refused with
+    a ConversionError / PreprocessError or gives a finite model input in [0, 1]; nothing else is raised."""
+    from m2vae_fusion.core.preprocess import PreprocessError, preprocess
+
+    rng = np.random.default_rng(13)
+    palette = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1e-5, 0.0063, -0.0063, 0.1, 1.0, math.pi, 4.0, 100.0,
+                        1e30, -1e30, 3e38, -3e38, -1.0, 5.6, math.inf, -math.inf, math.nan], np.float64)
+    refused = converted = 0
+    fields = ("angle_min", "angle_max", "angle_increment", "range_min", "range_max")
+    for _ in range(2000):
+        n = int(rng.choice([1, 2, 10, 667, 5000]))
+        inc = float(rng.choice([-1, 1]) * rng.uniform(0.3, 1.0) * 2 * math.pi / max(n, 10))
+        a0 = float(rng.uniform(-math.pi, math.pi))
+        msg = LaserScan(angle_min=a0, angle_max=a0 + inc * (n - 1), angle_increment=inc, range_min=0.02,
+                        range_max=5.6)
+        for f in rng.choice(fields, size=int(rng.choice([0, 0, 1, 2])), replace=False):  # 0-2 hostile fields
+            setattr(msg, str(f), float(rng.choice(palette)))
+        r = rng.uniform(0.0, 6.0, n)
+        k = rng.random(n) < rng.random()
+        r[k] = rng.choice(palette, size=int(k.sum()))
+        msg.ranges = r.astype(np.float32)
+        try:
+            x = preprocess("lidar", conv.scan_to_ranges(msg, LIDAR), LIDAR)
+        except (conv.ConversionError, PreprocessError):
+            refused += 1
+            continue
+        converted += 1
+        assert x.shape == (1, 1, LIDAR["beams"]) and np.all(np.isfinite(x)) and np.all((x >= 0) & (x <= 1))
+    print(f"hostile scans: {refused} refused, {converted} converted")
+    assert refused > 100 and converted > 100  # both paths exercised
+
+
 def _nearest_beam_oracle(ranges, a0, inc, cfg):
     """Brute force: every target beam takes the source beam at the smallest angular distance (mod 2π) if it lies
     within half a step of it (or the scan covers the whole circle), else NaN."""
