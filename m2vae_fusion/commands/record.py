@@ -48,13 +48,6 @@ def run(args) -> int:
     import signal
     import threading
 
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    from m2vae_fusion.ros.record import BagRecorder
-
-    say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     stop = {"signal": None}
     stopping = threading.Event()
 
@@ -63,8 +56,16 @@ def run(args) -> int:
             stop["signal"] = f"stopped by {signal.Signals(signum).name}"
         stopping.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)  # kept until the process exits: a late signal never raises a traceback
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the slow imports below; kept until the process exits, so
+        signal.signal(sig, on_signal)            # a late signal never raises a traceback
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from m2vae_fusion.ros.record import BagRecorder
+
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     rclpy.init(args=["m2vae_record"], signal_handler_options=SignalHandlerOptions.NO)
     node = None
     rec = None
