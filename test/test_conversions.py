@@ -217,7 +217,7 @@ def test_reversed_and_partial_scans():
     ([1.0] * 10, {"angle_increment": math.inf}, "non_finite"),
     ([1.0] * 10, {"range_max": math.nan}, "non_finite"),
     ([1.0] * 10, {"angle_increment": 0.0}, "mismatch"),
-    ([1.0] * 10, {"angle_min": 3.0, "angle_increment": 0.001}, "mismatch"),  # behind the model's field of view
+    ([1.0] * 10, {"angle_min": 3.0, "angle_max": 3.009, "angle_increment": 0.001}, "mismatch"),  # behind the FOV
 ])
 def test_bad_scans(ranges, kw, reason):
     msg = LaserScan(angle_min=-0.5, angle_max=0.5, angle_increment=0.1, range_min=0.0, range_max=5.0)
@@ -227,6 +227,188 @@ def test_bad_scans(ranges, kw, reason):
     with pytest.raises(conv.ConversionError) as e:
         conv.scan_to_ranges(msg, LIDAR)
     assert _reason(e) == reason
+
+
+# hostile scans found from outside (issue 13): each refused with its own reason, never an exception of another type
+def _hostile(n=10, **kw):
+    """n beams of 1 m at 0.1 rad from -0.5 rad (angle_max consistent), with the fields of ``kw`` set."""
+    msg = LaserScan(angle_min=-0.5, angle_max=-0.5 + 0.1 * (n - 1), angle_increment=0.1, range_min=0.0,
+                    range_max=5.0)
+    msg.ranges = np.full(n, 1.0, np.float32)
+    for k, v in kw.items():
+        setattr(msg, k, v)
+    return msg
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(angle_increment=1e-30), DropReason.BAD_ANGLES),   # overflowed an int64 beam index before (IndexError)
+    (dict(angle_increment=-1e-30), DropReason.BAD_ANGLES),
+    (dict(angle_increment=1e-45), DropReason.BAD_ANGLES),   # a float32 denormal
+    (dict(angle_increment=1e30), DropReason.BAD_ANGLES),    # was fused into beliefs
+    (dict(angle_increment=-1e30), DropReason.BAD_ANGLES),
+    (dict(angle_increment=4.0), DropReason.BAD_ANGLES),     # beams more than half a turn apart
+    (dict(angle_min=1e30, angle_max=1e30), DropReason.BAD_ANGLES),
+    (dict(angle_min=-0.5, angle_max=100.0), DropReason.BAD_ANGLES),
+    (dict(n=30, angle_max=0.5), DropReason.BEAM_COUNT),  # 30 beams, the angles give 11
+    (dict(range_min=-5.0), DropReason.BAD_RANGE_LIMITS),
+    (dict(range_min=2.0, range_max=1.0), DropReason.BAD_RANGE_LIMITS),
+    (dict(range_min=math.inf), DropReason.NON_FINITE),
+    (dict(angle_max=math.nan), DropReason.NON_FINITE),
+])
+def test_hostile_scan_headers_are_refused(kw, reason):
+    msg = _hostile(**kw)
+    with pytest.raises(conv.ConversionError) as e:
+        conv.scan_to_ranges(msg, LIDAR)
+    assert _reason(e) is reason
+    with pytest.raises(conv.ConversionError) as e:
+        conv.check_laser_scan(msg)  # the header check alone gives the same reason
+    assert _reason(e) is reason
+    conv.check_laser_scan(_hostile())
+
+
+def test_beam_count_claiming_240_degrees_is_refused():
+    # 5000 beams at the model's increment, angle_max claiming +120° (667 beams): refused, not resampled
+    inc = LIDAR["angle_increment"]
+    msg = _hostile(n=5000, angle_min=-math.radians(120), angle_max=math.radians(120), angle_increment=inc)
+    with pytest.raises(conv.ConversionError) as e:
+        conv.scan_to_ranges(msg, LIDAR)
+    assert _reason(e) is DropReason.BEAM_COUNT
+    # the tolerance: one beam (angle_max one step past the last beam) is accepted, five are not
+    for n, ok in [(667, True), (666, True), (668, True), (662, False), (672, False)]:
+        msg = _hostile(n=n, angle_min=LIDAR["angle_min"], angle_increment=inc,
+                       angle_max=LIDAR["angle_min"] + inc * 666, range_max=5.6)
+        if ok:
+            assert conv.scan_to_ranges(msg, LIDAR).shape == (LIDAR["beams"],)
+        else:
+            with pytest.raises(conv.ConversionError) as e:
+                conv.scan_to_ranges(msg, LIDAR)
+            assert _reason(e) is DropReason.BEAM_COUNT
+
+
+def test_ranges_outside_the_scan_limits():
+    # all -1 m: was fused into beliefs; now more than half the beams contradict range_min
+    msg = conv.ranges_to_scan(np.full(LIDAR["beams"], -1.0), LIDAR)
+    with pytest.raises(conv.ConversionError) as e:
+        conv.scan_to_ranges(msg, LIDAR)
+    assert _reason(e) is DropReason.TOO_MANY_INVALID
+    # a few invalid beams (below range_min, above range_max) are no return (NaN), the rest is kept
+    r = RNG.uniform(0.5, 5, LIDAR["beams"]).astype(np.float32)
+    r[:10], r[10:20], r[20:30], r[30:40] = -1.0, 9.0, np.inf, -np.inf
+    out = conv.scan_to_ranges(conv.ranges_to_scan(r, LIDAR), LIDAR)
+    assert np.all(np.isnan(out[:20]))
+    np.testing.assert_array_equal(out[20:], r[20:])  # ±inf keep their REP 117 meaning
+    # the limit: exactly half invalid passes, one beam more does not; max_invalid is a parameter
+    n = LIDAR["beams"]
+    half = np.where(np.arange(n) < n // 2, -1.0, 1.0).astype(np.float32)
+    assert np.isnan(conv.scan_to_ranges(conv.ranges_to_scan(half, LIDAR), LIDAR)).sum() == n // 2
+    half[n // 2] = -1.0
+    with pytest.raises(conv.ConversionError) as e:
+        conv.scan_to_ranges(conv.ranges_to_scan(half, LIDAR), LIDAR)
+    assert _reason(e) is DropReason.TOO_MANY_INVALID
+    with pytest.raises(conv.ConversionError) as e:
+        conv.scan_to_ranges(conv.ranges_to_scan(r, LIDAR), LIDAR, max_invalid=0.01)
+    assert _reason(e) is DropReason.TOO_MANY_INVALID
+
+
+def test_resample_never_overflows_an_index():
+    r = np.ones(10, np.float32)
+    for inc in (1e-30, -1e-30, 1e-45, 5e-324, 1e30, -1e30):
+        out = conv.resample_scan(r, -0.5, inc, LIDAR)  # called directly: no header check in front
+        assert out.shape == (LIDAR["beams"],) and np.all(np.isnan(out) | (out == 1.0))
+    for inc in (0.0, math.nan, math.inf):
+        with pytest.raises(conv.ConversionError) as e:
+            conv.resample_scan(r, -0.5, inc, LIDAR)
+        assert _reason(e) is DropReason.BAD_ANGLES
+
+
+def test_random_hostile_scans_are_refused_or_give_finite_model_inputs():
+    """2,000 scans with header fields and ranges drawn from hostile values (seeded): every one either is refused with
+    a ConversionError / PreprocessError or gives a finite model input in [0, 1]; nothing else is raised."""
+    from m2vae_fusion.core.preprocess import PreprocessError, preprocess
+
+    rng = np.random.default_rng(13)
+    palette = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1e-5, 0.0063, -0.0063, 0.1, 1.0, math.pi, 4.0, 100.0,
+                        1e30, -1e30, 3e38, -3e38, -1.0, 5.6, math.inf, -math.inf, math.nan], np.float64)
+    refused = converted = 0
+    fields = ("angle_min", "angle_max", "angle_increment", "range_min", "range_max")
+    for _ in range(2000):
+        n = int(rng.choice([1, 2, 10, 667, 5000]))
+        inc = float(rng.choice([-1, 1]) * rng.uniform(0.3, 1.0) * 2 * math.pi / max(n, 10))
+        a0 = float(rng.uniform(-math.pi, math.pi))
+        msg = LaserScan(angle_min=a0, angle_max=a0 + inc * (n - 1), angle_increment=inc, range_min=0.02,
+                        range_max=5.6)
+        for f in rng.choice(fields, size=int(rng.choice([0, 0, 1, 2])), replace=False):  # 0-2 hostile fields
+            setattr(msg, str(f), float(rng.choice(palette)))
+        r = rng.uniform(0.0, 6.0, n)
+        k = rng.random(n) < rng.random()
+        r[k] = rng.choice(palette, size=int(k.sum()))
+        msg.ranges = r.astype(np.float32)
+        try:
+            x = preprocess("lidar", conv.scan_to_ranges(msg, LIDAR), LIDAR)
+        except (conv.ConversionError, PreprocessError):
+            refused += 1
+            continue
+        converted += 1
+        assert x.shape == (1, 1, LIDAR["beams"]) and np.all(np.isfinite(x)) and np.all((x >= 0) & (x <= 1))
+    print(f"hostile scans: {refused} refused, {converted} converted")
+    assert refused > 100 and converted > 100  # both paths exercised
+
+
+def _nearest_beam_oracle(ranges, a0, inc, cfg):
+    """Brute force: every target beam takes the source beam at the smallest angular distance (mod 2π) if it lies
+    within half a step of it (or the scan covers the whole circle), else NaN."""
+    n = len(ranges)
+    src = a0 + inc * np.arange(n)
+    theta = cfg["angle_min"] + cfg["angle_increment"] * np.arange(cfg["beams"])
+    d = np.abs(np.mod(theta[:, None] - src[None, :] + math.pi, 2 * math.pi) - math.pi)
+    k = np.argmin(d, axis=1)
+    ok = d[np.arange(len(theta)), k] <= 0.5 * abs(inc) + 1e-12
+    if abs(inc) * n >= 2 * math.pi - 0.5 * abs(inc):
+        ok[:] = True
+    return np.where(ok, np.asarray(ranges, np.float32)[k], np.nan).astype(np.float32)
+
+
+def test_honest_sim_scans_convert_as_before():
+    """Scans of the simulated AMiRo (the sim_world node's writer) on the model grid come back unchanged; on other
+    grids (full circle, reversed, partial, off-grid start) they equal the nearest-beam oracle."""
+    from m2vae_fusion.sim.world import ObjectSpec, World
+
+    w = World(num_agents=1, seed=3, walls=False, clutter=2)
+    try:
+        for x, y in [(0.3, 0.1), (-0.6, 0.4), (0.1, -0.7), (-0.4, -0.5)]:
+            w.add_object(ObjectSpec("red", "cube", "shiny", 0.06, 0.05), x, y)
+        scans, refl = [], []
+        for k in range(4):
+            w.set_agent_pose(0, 0.2 * k - 0.3, -0.2, 0.7 * k)
+            scans.append(w.lidar_scan(0))
+            refl.append(w.reflectance_scan(0))
+        info, rinfo = w.lidar_info(), w.reflectance_info()
+    finally:
+        w.close()
+    checked = checked_outside = 0
+    for r in scans:
+        assert np.any(np.isinf(r)) and np.any(np.isfinite(r))  # honest scans with no-return beams
+        msg = conv.ranges_to_scan(r, info)
+        np.testing.assert_array_equal(conv.scan_to_ranges(msg, LIDAR), r)
+        for a0, inc in [(0.0, 2 * math.pi / len(r)), (-math.pi + 1e-3, 2 * math.pi / len(r)), (1.3, -0.0071),
+                        (-1.0, 0.0043), (2 * math.pi - 0.2, 0.0023)]:
+            msg = conv.ranges_to_scan(r, {"angle_min": a0, "angle_increment": inc, "range_min": 0.02,
+                                          "range_max": 5.6})
+            want = _nearest_beam_oracle(r, a0, inc, LIDAR)
+            if np.any(np.isfinite(want)):
+                np.testing.assert_array_equal(conv.scan_to_ranges(msg, LIDAR), want)
+            else:  # the objects lie outside the model's field of view on this grid
+                with pytest.raises(conv.ConversionError) as e:
+                    conv.scan_to_ranges(msg, LIDAR)
+                assert _reason(e) is DropReason.MISMATCH
+                checked_outside += 1
+            checked += 1
+    assert checked_outside < checked / 2
+    refl_cfg = {"angle_min": 0.0, "angle_increment": 2 * math.pi / rinfo["beams"], "range_min": 0.0,
+                "range_max": rinfo["range_max"]}  # as the sim_world node writes it
+    for s in refl:
+        msg = conv.ranges_to_scan(s[:, 0], refl_cfg, intensities=s[:, 1])
+        np.testing.assert_array_equal(conv.reflectance_to_array(msg, rinfo["beams"]), s)
 
 
 def test_reflectance_scans():
@@ -240,10 +422,26 @@ def test_reflectance_scans():
     for rr, ii, reason in [(r[:5], i[:5], "mismatch"), (r, None, "mismatch"), (r, i[:7], "mismatch"),
                            (r, np.where(np.arange(8) == 3, np.inf, i), "non_finite"),
                            (r, np.where(np.arange(8) == 3, np.nan, i), "non_finite"),
-                           (r, -i - 1, "non_finite"), (r[:0], i[:0], "empty")]:
+                           (r, -i - 1, "non_finite"), (r[:0], i[:0], "empty"),
+                           (np.full(8, -1.0), i, "too_many_invalid"),  # negative ranges: were fused into beliefs
+                           (np.full(8, 5.0), i, "too_many_invalid"),   # beyond range_max
+                           (np.where(np.arange(8) < 5, -0.2, r), i, "too_many_invalid")]:
         with pytest.raises(conv.ConversionError) as e:
             conv.reflectance_to_array(conv.ranges_to_scan(rr, {"range_max": 0.8}, intensities=ii), 8)
         assert _reason(e) == reason
+    # up to half of the beams out of limits: no return (range NaN, intensity 0), the others unchanged
+    rr = np.where(np.arange(8) % 2 == 0, -0.3, r).astype(np.float32)
+    out = conv.reflectance_to_array(conv.ranges_to_scan(rr, {"range_max": 0.8}, intensities=i), 8)
+    assert np.all(np.isnan(out[::2, 0])) and np.all(out[::2, 1] == 0)
+    np.testing.assert_array_equal(out[1::2], np.stack([r, i], axis=1)[1::2])
+    for kw, reason in [(dict(range_min=-1.0), DropReason.BAD_RANGE_LIMITS), (dict(range_max=0.0),
+                       DropReason.BAD_RANGE_LIMITS), (dict(range_max=math.nan), DropReason.NON_FINITE)]:
+        msg = conv.ranges_to_scan(r, {"range_max": 0.8}, intensities=i)
+        for k, v in kw.items():
+            setattr(msg, k, v)
+        with pytest.raises(conv.ConversionError) as e:
+            conv.reflectance_to_array(msg, 8)
+        assert _reason(e) is reason
 
 
 # -- point clouds -------------------------------------------------------------------------------------------------
@@ -293,6 +491,26 @@ def test_cloud_layouts(datatype, big):
     pts = RNG.normal(size=(2, 5, 3))
     msg = _cloud(pts, datatype=datatype, big=big, rows=2, row_pad=6)
     np.testing.assert_allclose(conv.pointcloud2_to_xyz(msg), pts.reshape(-1, 3), rtol=1e-6)
+
+
+def test_cloud_with_a_huge_row_step_reads_without_a_huge_copy():
+    import tracemalloc
+
+    pts = RNG.normal(size=(4, 3)).astype(np.float32)
+    msg = conv.xyz_to_pointcloud2(pts)
+    msg.row_step = 2 ** 32 - 1  # one row: the data holds its points, row_step claims 4 GiB
+    tracemalloc.start()
+    try:
+        out = conv.pointcloud2_to_xyz(msg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, pts)
+    assert peak < 1 << 20  # it padded a copy to 8 GiB before
+    msg.height, msg.width = 2, 2  # two rows 4 GiB apart: the data cannot hold them
+    with pytest.raises(conv.ConversionError) as e:
+        conv.pointcloud2_to_xyz(msg)
+    assert _reason(e) is DropReason.TRUNCATED
 
 
 def _fake_sensor_msgs_py(calls):

@@ -2,7 +2,8 @@
 real rclpy and rosbags, then extracting a data set from the recording (m2vae_fusion.data.from_bag): the bag holds
 the published bytes (compared with what a probe received), QoS follows the publishers, the data set holds the
 node's conversions of the published messages with the ground-truth labels, and the record command stops cleanly on
-SIGTERM with the bag closed."""
+SIGTERM, SIGINT and a process-group Ctrl-C (also with a CPU hog running) with exit 0, no traceback and the bag
+closed."""
 import os
 import signal
 import subprocess
@@ -254,3 +255,54 @@ def test_record_command_stops_cleanly_on_sigterm(world, tmp_path):
         labels_path=labels, progress=False)
     assert ex.labelled == sum(ex.metadata["splits"].values()) > 0
     assert sim.alive()
+
+
+def _start_record(bag, *extra):
+    """`m2vae-fusion record` in its own process group, returned once it records (its output lines so far)."""
+    proc = subprocess.Popen([sys.executable, "-m", "m2vae_fusion", "record", "--out", bag, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    deadline = time.monotonic() + 30
+    while not any(s.startswith("recording ") for s in seen) and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+    return proc, seen
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "group-SIGINT", "group-SIGINT-twice"])
+def test_record_command_stops_cleanly_under_load(world, tmp_path, how):
+    """Each stop under load (the world publishing, plus a busy CPU hog): exit 0, no traceback, the bag closed and
+    readable. ``group-SIGINT`` is Ctrl-C in a terminal / under a launcher (the whole process group gets SIGINT);
+    ``-twice`` sends a second one right after (an impatient user), which must not interrupt closing the bag."""
+    bag = str(tmp_path / "stopbag")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    proc = None
+    try:
+        proc, seen = _start_record(bag, "--namespace", "agent0")
+        assert any(s.startswith("recording ") for s in seen), "".join(seen)
+        time.sleep(1.5)
+        if how.startswith("group"):
+            os.killpg(proc.pid, signal.SIGINT)
+            if how.endswith("twice"):
+                time.sleep(0.05)
+                os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(getattr(signal, how))
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        hog.kill()
+        hog.wait(5)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    text = "".join(seen) + out
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text and "failed to initialize wait set" not in text, text
+    sig = "SIGTERM" if how == "SIGTERM" else "SIGINT"
+    assert f"(stopped by {sig}); bag {bag} closed" in text, text
+    msgs, conns = bag_messages(bag)
+    assert set(conns) <= {"/agent0/camera/image_raw", "/agent0/scan", "/agent0/reflectance",
+                          "/agent0/target_of_interest", "/sim/ground_truth"}
+    assert sum(len(m) for m in msgs.values()) > 0

@@ -3,8 +3,13 @@ default) with rclpy + rosbags, for ``m2vae-fusion dataset --from-bag`` (docs/ret
 
 Without topics it discovers every sensor_msgs/Image, LaserScan, PointCloud2 and m2vae_fusion_msgs/TargetOfInterest
 topic (under ``--namespace`` when given) plus /sim/ground_truth, every 0.5 s. It uses the DDS settings of the
-environment (``ROS_DOMAIN_ID``, ``ROS_AUTOMATIC_DISCOVERY_RANGE``) as they are. Ctrl-C or SIGTERM closes the bag
-cleanly.
+environment (``ROS_DOMAIN_ID``, ``ROS_AUTOMATIC_DISCOVERY_RANGE``) as they are. Ctrl-C (also sent to the whole
+process group by a launcher) or SIGTERM closes the bag cleanly and exits 0 without a traceback.
+
+Shutdown order: rclpy's own signal handlers are not installed (they shut the context down from the signal handler
+while the executor may be building its wait set: "failed to initialize wait set"); SIGINT / SIGTERM only set a stop
+flag, the spin loop ends at its next turn (at most 0.1 s), then the bag is closed, the node destroyed and rclpy shut
+down. Further signals during that sequence are ignored (the flag is set already).
 """
 HELP = "record sensor topics and targets of interest into a rosbag2 bag (mcap) for `dataset --from-bag`"
 
@@ -40,16 +45,31 @@ def run(args) -> int:
             raise UserError(f"cannot write --labels-out {args.labels_out}: its folder does not exist or is not "
                             "writable")
 
+    import signal
+    import threading
+
+    stop = {"signal": None}
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):  # only a flag: the main loop stops, then everything is closed in order
+        if stop["signal"] is None:
+            stop["signal"] = f"stopped by {signal.Signals(signum).name}"
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the slow imports below; kept until the process exits, so
+        signal.signal(sig, on_signal)            # a late signal never raises a traceback
+
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from m2vae_fusion.ros.record import BagRecorder
 
     say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    stop = {"signal": None}
-    rclpy.init(args=["m2vae_record"])  # rclpy's handlers: SIGINT / SIGTERM shut the context down
+    rclpy.init(args=["m2vae_record"], signal_handler_options=SignalHandlerOptions.NO)
     node = None
     rec = None
+    t0 = time.monotonic()
     try:
         node = rclpy.create_node("m2vae_record")
         domain = os.environ.get("ROS_DOMAIN_ID", "0")
@@ -63,14 +83,16 @@ def run(args) -> int:
         executor.add_node(node)
         t0 = time.monotonic()
         try:
-            while rclpy.ok():
+            while not stopping.is_set() and rclpy.ok():
                 if args.duration and time.monotonic() - t0 >= args.duration:
                     break
                 executor.spin_once(timeout_sec=0.1)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            stop["signal"] = "interrupted"
+        except (KeyboardInterrupt, ExternalShutdownException):  # a context shut down by someone else
+            stop["signal"] = stop["signal"] or "interrupted"
+        finally:
+            executor.shutdown(timeout_sec=1.0)  # the spin loop has ended: no wait set is being built any more
         if not rclpy.ok() and stop["signal"] is None:
-            stop["signal"] = "stopped by a signal"
+            stop["signal"] = "stopped: ROS context shut down"
     finally:
         if rec is not None:
             rec.close()

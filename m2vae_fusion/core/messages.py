@@ -187,10 +187,108 @@ def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", stamp_ns: int = 0, fra
 
 
 # -- planar scans -------------------------------------------------------------------------------------------------
+#: sane |angle_increment| range of a LaserScan (rad). Below 1e-5 rad (628,000 beams per turn) no planar sensor exists
+#: and tiny increments only serve to overflow beam indices; above pi the bearing of a beam is ambiguous modulo 2 pi.
+#: A negative increment is a legitimate clockwise scan (REP 103: angles counter-clockwise, so the scan runs
+#: backwards) and is read as such, never flipped or refused.
+ANGLE_INCREMENT_RANGE = (1e-5, math.pi)
+#: largest |angle_min| / |angle_max| (rad) accepted: two turns either way (scans reported 0…2 pi or -pi…pi alike).
+#: It also bounds a scan's span to 8 pi.
+ANGLE_LIMIT = 4.0 * math.pi
+#: beam-count tolerance: a scan has B beams with |B - ((angle_max - angle_min) / angle_increment + 1)| <= 1 +
+#: BEAM_COUNT_REL_TOL * B (one beam for drivers that give angle_max one step past the last beam, plus float32
+#: rounding of the angles).
+BEAM_COUNT_REL_TOL = 1e-3
+#: default largest fraction of a scan's beams with a finite range outside the scan's own [range_min, range_max].
+MAX_INVALID_FRACTION = 0.5
+
+
 def _check_scan_header(msg) -> None:
-    vals = (msg.angle_min, msg.angle_max, msg.angle_increment, msg.range_max)
+    """Finite header values: angle_min, angle_max, angle_increment, range_min, range_max (``non_finite``)."""
+    vals = (msg.angle_min, msg.angle_max, msg.angle_increment, msg.range_min, msg.range_max)
     if not all(math.isfinite(v) for v in vals):
-        raise ConversionError(DropReason.NON_FINITE, "scan has a non-finite angle_min, angle_max, angle_increment or range_max")
+        raise ConversionError(DropReason.NON_FINITE, "scan has a non-finite angle_min, angle_max, angle_increment, "
+                                                     "range_min or range_max")
+
+
+def _check_range_limits(msg, what: str = "scan") -> tuple[float, float]:
+    """(range_min, range_max) of a scan, finite with 0 <= range_min < range_max (``non_finite``,
+    ``bad_range_limits``)."""
+    rmin, rmax = float(msg.range_min), float(msg.range_max)
+    if not (math.isfinite(rmin) and math.isfinite(rmax)):
+        raise ConversionError(DropReason.NON_FINITE, f"{what} has a non-finite range_min or range_max")
+    if rmin < 0.0 or rmax <= rmin:
+        raise ConversionError(DropReason.BAD_RANGE_LIMITS, f"{what} range limits [{rmin:g}, {rmax:g}] m: need "
+                                                           "0 <= range_min < range_max")
+    return rmin, rmax
+
+
+def check_scan_angles(n: int, angle_min: float, angle_max: float, angle_increment: float) -> None:
+    """Sanity of a LaserScan's angular grid for ``n`` beams (sensor_msgs/LaserScan, REP 103).
+
+    Beam i lies at ``angle_min + i * angle_increment``; ``angle_max`` is the last beam's angle, so a scan has
+    ``(angle_max - angle_min) / angle_increment + 1`` beams (within :data:`BEAM_COUNT_REL_TOL`). An increment of 0
+    is accepted for a single beam only (the caller substitutes the model's increment).
+
+    Raises:
+        ConversionError: ``non_finite`` (a non-finite angle), ``mismatch`` (increment 0 with more than one beam),
+            ``bad_angles`` (|angle_increment| outside :data:`ANGLE_INCREMENT_RANGE`, |angle_min| or |angle_max|
+            above :data:`ANGLE_LIMIT`), ``beam_count`` (``n`` disagrees with the angles).
+    """
+    a0, a1, inc = float(angle_min), float(angle_max), float(angle_increment)
+    if not all(math.isfinite(v) for v in (a0, a1, inc)):
+        raise ConversionError(DropReason.NON_FINITE, "scan has a non-finite angle_min, angle_max or angle_increment")
+    if inc == 0.0:
+        if n > 1:
+            raise ConversionError(DropReason.MISMATCH, "scan has angle_increment 0")
+        return
+    lo, hi = ANGLE_INCREMENT_RANGE
+    if not lo <= abs(inc) <= hi:
+        raise ConversionError(DropReason.BAD_ANGLES, f"scan angle_increment {inc:g} rad: |angle_increment| must lie "
+                                                     f"in [{lo:g}, {hi:g}] rad")
+    if abs(a0) > ANGLE_LIMIT or abs(a1) > ANGLE_LIMIT:
+        raise ConversionError(DropReason.BAD_ANGLES, f"scan angles [{a0:g}, {a1:g}] rad exceed ±{ANGLE_LIMIT:g} rad")
+    expected = (a1 - a0) / inc + 1.0  # bounded: |a1 - a0| <= 8 pi and |inc| >= 1e-5
+    if abs(n - expected) > 1.0 + BEAM_COUNT_REL_TOL * n:
+        raise ConversionError(DropReason.BEAM_COUNT, f"scan has {n} beams, its angles [{a0:g}, {a1:g}] rad at "
+                                                     f"{inc:g} rad give {expected:.1f}")
+
+
+def check_laser_scan(msg) -> None:
+    """Every header check :func:`scan_to_ranges` makes, without reading the ranges (e.g. to choose a bag's first
+    usable LiDAR message as the data set's beam grid).
+
+    Raises:
+        ConversionError: ``non_finite``, ``empty``, ``mismatch`` (increment 0 with more than one beam),
+            ``bad_angles``, ``beam_count``, ``bad_range_limits``.
+    """
+    _check_scan_header(msg)
+    if len(msg.ranges) == 0:
+        raise ConversionError(DropReason.EMPTY, "scan has no ranges")
+    check_scan_angles(len(msg.ranges), msg.angle_min, msg.angle_max, msg.angle_increment)
+    _check_range_limits(msg)
+
+
+def _invalid_to_nan(ranges: np.ndarray, range_min: float, range_max: float, max_invalid: float,
+                    what: str = "scan") -> tuple[np.ndarray, np.ndarray]:
+    """(copy with finite ranges outside [range_min, range_max] set to NaN, mask of those beams).
+
+    Such a reading contradicts the sensor's own limits; REP 117 tells consumers to discard it, so it becomes NaN
+    (an erroneous reading, which preprocessing treats as no return). ±inf and NaN are kept (REP 117 meanings).
+
+    Raises:
+        ConversionError: ``too_many_invalid`` when more than ``max_invalid`` of the beams are such readings.
+    """
+    r = np.array(ranges, dtype=np.float32, copy=True)
+    with np.errstate(invalid="ignore"):
+        bad = np.isfinite(r) & ((r < np.float32(range_min)) | (r > np.float32(range_max)))
+    frac = float(bad.mean()) if r.size else 0.0
+    if frac > max_invalid:
+        raise ConversionError(DropReason.TOO_MANY_INVALID, f"{what} has {frac:.0%} of its beams outside its own "
+                                                           f"range limits [{range_min:g}, {range_max:g}] m "
+                                                           f"(limit {max_invalid:.0%})")
+    r[bad] = np.nan
+    return r, bad
 
 
 def resample_scan(ranges: np.ndarray, angle_min: float, angle_increment: float, cfg: Mapping) -> np.ndarray:
@@ -198,18 +296,35 @@ def resample_scan(ranges: np.ndarray, angle_min: float, angle_increment: float, 
 
     Each target beam takes the range of the nearest source beam (angles compared modulo 2π, so a 0…2π scan serves a
     −120°…+120° model); target beams outside the source's coverage get NaN (unobserved). A scan already on the
-    target grid is returned unchanged.
+    target grid is returned unchanged. A negative ``angle_increment`` is a clockwise scan. Beam positions are computed
+    in float64 and clipped to the scan before any integer cast, so no increment can overflow an index.
+
+    Args:
+        ranges: float (N,) metres.
+        angle_min, angle_increment: the source grid (rad); ``angle_increment`` finite and non-zero.
+
+    Returns:
+        float32 (beams,).
+
+    Raises:
+        ConversionError: ``bad_angles`` for a non-finite or zero ``angle_increment`` or non-finite ``angle_min``.
     """
     r = np.asarray(ranges, dtype=np.float32)
     n = r.shape[0]
     beams = int(cfg["beams"])
     b0, db = float(cfg["angle_min"]), float(cfg["angle_increment"])
+    if not (math.isfinite(angle_increment) and math.isfinite(angle_min)) or angle_increment == 0.0:
+        raise ConversionError(DropReason.BAD_ANGLES, f"cannot resample a scan with angle_min {angle_min:g}, "
+                                                     f"angle_increment {angle_increment:g}")
     if n == beams and abs(angle_min - b0) < 0.25 * abs(db) and abs(angle_increment - db) * beams < 0.25 * abs(db):
         return r
     step = abs(angle_increment)
     theta = b0 + db * np.arange(beams, dtype=np.float64)
     t = np.mod((theta - angle_min) * math.copysign(1.0, angle_increment), TWO_PI)  # distance along the scan
-    idx = np.rint(t / step).astype(np.int64)
+    # t / step is computed in float64 (at worst +inf for a denormal step) and clipped to n (one past the last
+    # beam) before the integer cast
+    with np.errstate(over="ignore"):
+        idx = np.minimum(np.rint(t / step), float(n)).astype(np.int64)
     full_circle = step * n >= TWO_PI - 0.5 * step
     if full_circle:
         idx %= n
@@ -223,20 +338,26 @@ def resample_scan(ranges: np.ndarray, angle_min: float, angle_increment: float, 
     return out
 
 
-def scan_to_ranges(msg, cfg: Mapping) -> np.ndarray:
+def scan_to_ranges(msg, cfg: Mapping, max_invalid: float = MAX_INVALID_FRACTION) -> np.ndarray:
     """LiDAR sensor_msgs/LaserScan → float32 ranges (B,) on the bundle's grid (see :func:`resample_scan`).
 
+    Checks, in this order: finite header, beams present, the angular grid (:func:`check_scan_angles`: sane
+    increment and angles, beam count consistent with them; a negative increment is a clockwise scan), range limits
+    (0 <= range_min < range_max), then the ranges (REP 117): ``+inf`` (no return) and ``-inf`` (too close) are kept, a
+    finite range outside the scan's own [range_min, range_max] becomes NaN (erroneous, treated as no return by
+    preprocessing), and more than ``max_invalid`` of such beams refuse the scan.
+
     Raises:
-        ConversionError: ``empty`` (no beams), ``non_finite`` (non-finite angles or range_max), ``mismatch``
-            (zero angle increment, or no finite range within the model's field of view), ``non_finite`` also when no
-            beam has a finite range and some are NaN, ``no_return`` when every beam is ±inf (nothing observed).
+        ConversionError: ``non_finite`` (non-finite angles or range limits; or no beam with a finite range and
+            some NaN), ``empty`` (no beams), ``mismatch`` (zero angle increment with more than one beam, or no finite
+            range within the model's field of view), ``bad_angles``, ``beam_count`` (see
+            :func:`check_scan_angles`), ``bad_range_limits``, ``too_many_invalid``, ``no_return`` when every beam is
+            ±inf (nothing observed).
     """
-    _check_scan_header(msg)
-    ranges = np.frombuffer(msg.ranges, dtype=np.float32) if len(msg.ranges) else np.zeros(0, np.float32)
-    if ranges.size == 0:
-        raise ConversionError(DropReason.EMPTY, "scan has no ranges")
-    if msg.angle_increment == 0.0 and ranges.size > 1:
-        raise ConversionError(DropReason.MISMATCH, "scan has angle_increment 0")
+    check_laser_scan(msg)
+    ranges = np.frombuffer(msg.ranges, dtype=np.float32)
+    rmin, rmax = float(msg.range_min), float(msg.range_max)
+    ranges, _ = _invalid_to_nan(ranges, rmin, rmax, max_invalid)
     inc = float(msg.angle_increment) if msg.angle_increment != 0.0 else float(cfg["angle_increment"])
     if not np.any(np.isfinite(ranges)):
         if np.any(np.isnan(ranges)):
@@ -248,12 +369,19 @@ def scan_to_ranges(msg, cfg: Mapping) -> np.ndarray:
     return out
 
 
-def reflectance_to_array(msg, beams: int) -> np.ndarray:
+def reflectance_to_array(msg, beams: int, max_invalid: float = MAX_INVALID_FRACTION) -> np.ndarray:
     """Few-beam reflectance sensor_msgs/LaserScan (ranges + intensities) → float32 (K, 2) (range, intensity).
+
+    The beams are read by index (beam k of the message is sensor k of the model); the angles are not used. Range
+    limits must be finite with 0 <= range_min < range_max. A beam whose finite range lies outside the scan's own
+    [range_min, range_max] (e.g. negative) is no return: range NaN (erroneous, REP 117; preprocessing reads it as
+    range_max) and intensity 0; more than ``max_invalid`` of such beams refuse the scan. ``+inf``, ``-inf`` and NaN
+    ranges keep their REP 117 meanings.
 
     Raises:
         ConversionError: ``empty`` (no beams), ``mismatch`` (K differs from ``beams`` or intensities missing / of
-            another length), ``non_finite`` (non-finite or negative intensities).
+            another length), ``non_finite`` (non-finite range limits, non-finite or negative intensities),
+            ``bad_range_limits``, ``too_many_invalid``.
     """
     n = len(msg.ranges)
     if n == 0:
@@ -262,10 +390,13 @@ def reflectance_to_array(msg, beams: int) -> np.ndarray:
         raise ConversionError(DropReason.MISMATCH, f"reflectance scan has {n} beams, the model expects {beams}")
     if len(msg.intensities) != n:
         raise ConversionError(DropReason.MISMATCH, f"reflectance scan has {len(msg.intensities)} intensities for {n} ranges")
+    rmin, rmax = _check_range_limits(msg, "reflectance scan")
     r = np.frombuffer(msg.ranges, dtype=np.float32)
-    i = np.frombuffer(msg.intensities, dtype=np.float32)
+    i = np.array(np.frombuffer(msg.intensities, dtype=np.float32))
     if not np.all(np.isfinite(i)) or np.any(i < 0):
         raise ConversionError(DropReason.NON_FINITE, "reflectance intensities must be finite and non-negative")
+    r, bad = _invalid_to_nan(r, rmin, rmax, max_invalid, "reflectance scan")
+    i[bad] = 0.0
     return np.stack([r, i], axis=1)
 
 
@@ -302,6 +433,8 @@ def pointcloud2_to_xyz(msg) -> np.ndarray:
     Raises:
         ConversionError: ``no_xyz`` (a field x, y or z is missing), ``empty`` (no points), ``truncated`` (``data``
             shorter than the declared layout, or fields beyond ``point_step``).
+
+    Memory use is proportional to the points read (``point_step`` · width · height), whatever ``row_step`` claims.
     """
     fields = {f.name: f for f in msg.fields}
     missing = [c for c in "xyz" if c not in fields]
@@ -327,9 +460,9 @@ def pointcloud2_to_xyz(msg) -> np.ndarray:
     dtype = np.dtype({"names": ["x", "y", "z"],
                       "formats": [endian + _PF_DTYPES[fields[c].datatype] for c in "xyz"],
                       "offsets": [fields[c].offset for c in "xyz"], "itemsize": ps})
-    if buf.size < rs * h:  # last row shorter than row_step: pad a copy so every row can be viewed alike
-        buf = np.concatenate([buf, np.zeros(rs * h - buf.size, np.uint8)])
-    rows = buf[: rs * h].reshape(h, rs)[:, : ps * w]
+    # a strided view of the rows' points (in bounds: checked above), copied to (h, ps * w): memory follows the points,
+    # never row_step (a hostile row_step of 2^32 - 1 padded a copy to 8 GiB before)
+    rows = np.lib.stride_tricks.as_strided(buf, (h, ps * w), (rs, 1), writeable=False)
     pts = np.ascontiguousarray(rows).view(dtype).reshape(-1)
     return np.stack([pts["x"], pts["y"], pts["z"]], axis=1).astype(np.float32, copy=False)
 

@@ -20,6 +20,11 @@ class DropReason(StrEnum):
     NON_FINITE = "non_finite"            # NaN / inf where finite values are required
     NO_RETURN = "no_return"              # a scan / cloud with nothing observed
     NO_XYZ = "no_xyz"                    # a cloud without usable x/y/z fields
+    BAD_ANGLES = "bad_angles"            # scan angles outside the sane range (|angle_increment| outside
+    #                                      [1e-5, pi] rad, |angle_min| or |angle_max| above 4 pi rad)
+    BEAM_COUNT = "beam_count"            # scan beam count disagrees with (angle_max - angle_min) / angle_increment + 1
+    BAD_RANGE_LIMITS = "bad_range_limits"  # scan range_min < 0 or range_max <= range_min
+    TOO_MANY_INVALID = "too_many_invalid"  # more than half of a scan's beams outside its own [range_min, range_max]
     # preprocessing and the model
     PREPROCESS = "preprocess"            # refused by m2vae_fusion.core.preprocess
     # the agent's policy
