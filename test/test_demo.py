@@ -87,3 +87,20 @@ def test_bad_arguments_exit_2(tmp_path):
         r = demo(args, tmp_path)
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_demo_domain_honours_ros_domain_id(monkeypatch):
+    from m2vae_fusion.errors import UserError
+    from m2vae_fusion.ros.demo import isolate_dds
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", "17")
+    assert isolate_dds() == 17 and os.environ["ROS_DOMAIN_ID"] == "17"
+    assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    for bad in ("abc", "-1", "233"):
+        monkeypatch.setenv("ROS_DOMAIN_ID", bad)
+        with pytest.raises(UserError, match="ROS_DOMAIN_ID"):
+            isolate_dds()
+    monkeypatch.delenv("ROS_DOMAIN_ID")
+    picked = isolate_dds()
+    assert 101 <= picked <= 200 and os.environ["ROS_DOMAIN_ID"] == str(picked)
+    assert isolate_dds(42) == 42

@@ -62,10 +62,30 @@ def parse_rig(spec: str) -> list:
 
 def isolate_dds(domain_id: int | None = None) -> int:
     """Keep DDS discovery on this machine and on a domain of its own; use the shared-memory profile. Must run
-    before ``rclpy.init()``; child processes inherit it. Returns the domain id."""
+    before ``rclpy.init()``; child processes inherit it.
+
+    The domain is ``domain_id`` if given, else the caller's ``ROS_DOMAIN_ID`` when set (so a demo can be held to an
+    assigned domain), else one of 101..200 from the process id (away from the default 0 and the tests' 1..100).
+
+    Returns:
+        the domain id in use (int, 0..232).
+
+    Raises:
+        UserError: ``ROS_DOMAIN_ID`` is set but is not an integer in 0..232 (the range ROS 2 accepts on Linux).
+    """
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     if domain_id is None:
-        domain_id = 101 + os.getpid() % 100  # 101..200: away from the default 0 and from the tests' 1..100
+        given = os.environ.get("ROS_DOMAIN_ID", "").strip()
+        if given:
+            try:
+                domain_id = int(given)
+            except ValueError:
+                domain_id = -1
+            if not 0 <= domain_id <= 232:
+                raise UserError(f"ROS_DOMAIN_ID={given!r}: expected an integer in 0..232 (or unset it to let the "
+                                "demo pick a domain of its own)")
+        else:
+            domain_id = 101 + os.getpid() % 100
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
     profile = share_path("config", "fastdds_shm.xml")
     if os.path.isfile(profile):
