@@ -141,7 +141,7 @@ def test_fusion_error_carries_reason(bundle):
     assert e.value.reason is DropReason.STALE
     with pytest.raises(FusionError) as e:
         engine.observe(b, "t", "camera", np.full(D, np.nan, np.float32), 3.0, "a")
-    assert e.value.reason is DropReason.FUSION
+    assert e.value.reason is DropReason.NON_FINITE
 
 
 def test_screen_peer(bundle):
