@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from m2vae_fusion.core.modalities import MODALITIES
 from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionError, Slot
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 from m2vae_fusion.core.reasons import DropReason
@@ -85,7 +86,7 @@ class AgentConfig:
     """
 
     agent_id: str
-    modalities: tuple = ("camera", "lidar", "reflectance")
+    modalities: tuple = MODALITIES
     trusted: frozenset = frozenset()
     belief_ttl: float = 30.0
     max_targets: int = 16

@@ -20,7 +20,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-MODALITIES = ("camera", "lidar", "reflectance")
+from m2vae_fusion.core.modalities import MODALITIES  # noqa: F401  (re-exported)
 
 #: Defaults of the simulated AMiRo sensors; a data set's metadata overrides them.
 DEFAULT_CONFIGS = {

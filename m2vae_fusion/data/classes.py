@@ -14,8 +14,10 @@ import it.
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
+from m2vae_fusion.core.modalities import MODALITIES as _MODALITIES
+
 #: Modalities, in this order everywhere (subset order, ``present`` columns, manifest lists).
-MODALITIES: List[str] = ["camera", "lidar", "reflectance"]
+MODALITIES: List[str] = list(_MODALITIES)
 
 #: The paper's single-sensor setup: the attribute each modality alone determines (both worlds).
 SENSOR_ATTRIBUTE: Dict[str, str] = {"camera": "colour", "lidar": "shape", "reflectance": "material"}

@@ -39,7 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from m2vae_fusion.bags import CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
 
-MODALITIES = ("camera", "lidar", "reflectance")
+from m2vae_fusion.core.modalities import MODALITIES
 #: message types accepted per role
 ROLE_TYPES = {"camera": (IMAGE,), "lidar": (SCAN, CLOUD), "reflectance": (SCAN,), "target": (TARGET,)}
 NONE_TOPIC = ("", "-", "none")

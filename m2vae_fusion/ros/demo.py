@@ -22,7 +22,7 @@ from m2vae_fusion.paths import share_path
 from m2vae_fusion.report import BeliefEvent, LatentEvent, RunRecord
 
 CLASS_NAMES = [f"{c}_{s}_{m}" for c in ("red", "green") for s in ("cylinder", "cube") for m in ("matte", "shiny")]
-SENSORS = ("camera", "lidar", "reflectance")
+from m2vae_fusion.core.modalities import MODALITIES as SENSORS
 
 
 @dataclass
@@ -33,7 +33,7 @@ class DemoConfig:
     ``hard`` (None: the world the bundle was trained on, see :func:`bundle_world`); ``duration``: seconds of the tour
     (None: every agent inspects every object once); ``exchange``: agents subscribe to each other's latents."""
 
-    agents: list = field(default_factory=lambda: ["camera", "lidar", "reflectance"])
+    agents: list = field(default_factory=lambda: list(SENSORS))
     objects: list | None = None
     world: str | None = None
     num_objects: int | None = None

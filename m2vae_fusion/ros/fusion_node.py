@@ -58,6 +58,7 @@ from std_srvs.srv import Trigger
 from m2vae_fusion.core.agent import (FORMAT_VERSION, Agent, AgentConfig, Drop, LatentOutput, drop_from, ns_to_s,
                                      s_to_ns)
 from m2vae_fusion.core.bundle import Bundle
+from m2vae_fusion.core.modalities import MODALITIES
 from m2vae_fusion.core.fusion import FusionEngine
 from m2vae_fusion.core.reasons import DropReason
 from m2vae_fusion.errors import UserError
@@ -68,7 +69,6 @@ from m2vae_fusion.ros.spin import run_node
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array
 
 MODEL_NAME = "amiro"
-SENSORS = ("camera", "lidar", "reflectance")
 __all__ = ["FusionNode", "default_model_dir", "main", "ns_to_s", "s_to_ns"]
 
 #: parameters that may change while the node is configured (applied at once); the agent's runtime fields first
@@ -178,7 +178,7 @@ class FusionNode(LifecycleNode):
         ("model_dir", "", "Model bundle directory (manifest.json + ONNX); empty: share/m2vae_fusion/models/amiro "
                           "of the installed package, else the repository's models/amiro"),
         ("check_sums", True, "Verify the sha256 of every bundle file at start-up"),
-        ("modalities", ["camera", "lidar", "reflectance"], "Sensors of this agent to subscribe to and fuse "
+        ("modalities", list(MODALITIES), "Sensors of this agent to subscribe to and fuse "
                                                            "(subset of the bundle's modalities)"),
         ("camera_topic", "camera/image_raw", "sensor_msgs/Image topic (rgb8, bgr8, rgba8, bgra8, mono8)"),
         ("lidar_topic", "scan", "LiDAR topic (sensor_msgs/LaserScan or PointCloud2, see lidar_type)"),

@@ -43,7 +43,7 @@ from m2vae_fusion.ros.spin import run_node
 from m2vae_fusion.ros.params import declare_parameters
 from m2vae_fusion_msgs.msg import TargetOfInterest
 
-SENSORS = ("camera", "lidar", "reflectance")
+from m2vae_fusion.core.modalities import MODALITIES as SENSORS
 CLASS_NAMES = [f"{c}_{s}_{m}" for c in ("red", "green") for s in ("cylinder", "cube") for m in ("matte", "shiny")]
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 
 from m2vae_fusion.errors import UserError
 
-MODALITIES = ("camera", "lidar", "reflectance")
+from m2vae_fusion.core.modalities import MODALITIES
 
 DEFAULTS: Dict[str, Any] = {
     "seed": 0,
