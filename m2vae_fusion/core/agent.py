@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from m2vae_fusion.core.messages import LatentData
 from m2vae_fusion.core.modalities import MODALITIES
 from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionError, Slot
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
@@ -164,22 +165,10 @@ class Outputs:
     shared: Optional[LatentOutput]
 
 
-@dataclass(frozen=True)
-class PeerLatent:
-    """A peer's latent, validated against the bundle (sizes, finite values, known distinct modalities in bundle
-    order); the fields of :class:`LatentOutput` (any object with these attributes is accepted)."""
-
-    agent_id: str
-    target_id: str
-    model_id: str
-    stamp_ns: int
-    modalities: tuple
-    modality_stamps_ns: tuple
-    modality_sources: tuple
-    contributors: tuple
-    mean: np.ndarray
-    log_variance: np.ndarray
-    frame_id: str = ""
+#: A peer's latent: the content of a LatentEmbedding message (:class:`m2vae_fusion.core.messages.LatentData`, the
+#: same record the conversions produce); validated against the bundle by :meth:`Agent.merge` (sizes, finite
+#: values, known distinct modalities in bundle order). Any object with these attributes is accepted.
+PeerLatent = LatentData
 
 
 class Agent:
