@@ -48,6 +48,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.subscription import ContentFilterOptions
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -76,6 +77,11 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
                   "max_message_age": "max_message_age", "max_latent_age": "max_latent_age",
                   "future_tolerance": "future_tolerance", "trusted_agents": "trusted",
                   "output_frame_id": "output_frame_id", "warn_throttle": None}
+
+
+#: seconds from a new reader matching the shared-topic publisher to the re-share of every held belief: the writer
+#: side matches first, and a volatile reader that has not yet matched this writer misses what is sent meanwhile
+RESYNC_DELAY = 0.5
 
 
 def default_model_dir() -> str:
@@ -125,17 +131,18 @@ class _ShareFlusher:
 
 
 def latent_msg(out: LatentOutput) -> LatentEmbedding:
-    """:class:`LatentOutput` → m2vae_fusion_msgs/LatentEmbedding (format 2)."""
+    """:class:`LatentOutput` → m2vae_fusion_msgs/LatentEmbedding (format 3)."""
     msg = conv.latent_to_msg(conv.LatentData(
         agent_id=out.agent_id, target_id=out.target_id, model_id=out.model_id, stamp_ns=out.stamp_ns,
         modalities=out.modalities, modality_stamps_ns=out.modality_stamps_ns, modality_sources=out.modality_sources,
-        contributors=out.contributors, mean=out.mean, log_variance=out.log_variance, frame_id=out.frame_id))
+        contributors=out.contributors, mean=out.mean, log_variance=out.log_variance, frame_id=out.frame_id,
+        incarnation=out.incarnation, modality_source_incarnations=out.modality_source_incarnations))
     msg.format_version = out.format_version
     return msg
 
 
 def belief_msg(out, latent: LatentEmbedding | None = None) -> ClassBelief:
-    """:class:`~m2vae_fusion.core.agent.BeliefOutput` → m2vae_fusion_msgs/ClassBelief (format 2)."""
+    """:class:`~m2vae_fusion.core.agent.BeliefOutput` → m2vae_fusion_msgs/ClassBelief (format 3)."""
     lat = out.latent
     msg = ClassBelief(header=latent.header if latent is not None else conv.make_header(lat.stamp_ns, lat.frame_id),
                       agent_id=lat.agent_id, target_id=lat.target_id, model_id=lat.model_id,
@@ -316,7 +323,10 @@ class FusionNode(LifecycleNode):
             max_latent_age=p["max_latent_age"], future_tolerance=p["future_tolerance"],
             target_history=p["target_history"], shared_latent_rate=p["shared_latent_rate"],
             share=bool(p["shared_latent_topic"]), output_frame_id=p["output_frame_id"])
-        self.agent = Agent(FusionEngine(bundle), config, count=self.stats.inc)
+        # this process's incarnation: its start stamp on the ROS clock (the stamps' time base); the wall clock while a
+        # simulated clock has not started
+        incarnation = self.get_clock().now().nanoseconds or time.time_ns()
+        self.agent = Agent(FusionEngine(bundle), config, count=self.stats.inc, incarnation=incarnation)
         self.bundle, self.p = bundle, p
         self.modalities = list(modalities)
         self.config_error = None
@@ -336,7 +346,8 @@ class FusionNode(LifecycleNode):
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.VOLATILE)
         self.pub_latent = self.create_publisher(LatentEmbedding, p["latent_topic"], reliable)
-        self.pub_shared = (self.create_publisher(LatentEmbedding, p["shared_latent_topic"], reliable)
+        self.pub_shared = (self.create_publisher(LatentEmbedding, p["shared_latent_topic"], reliable,
+                                                 event_callbacks=PublisherEventCallbacks(matched=self._on_matched))
                            if p["shared_latent_topic"] else None)
         self.pub_belief = self.create_publisher(ClassBelief, p["belief_topic"], reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
@@ -501,6 +512,8 @@ class FusionNode(LifecycleNode):
             data = conv.latent_from_msg(msg, self.bundle.modalities, self.bundle.latent_dim)
         except conv.ConversionError as exc:
             raise drop_from(exc, DropReason.MISMATCH, f"latent from {msg.agent_id!r}: ") from None
+        if self.agent.note_peer(data.agent_id, data.incarnation):  # a peer started or restarted: share what we hold
+            self._resync(f"peer {data.agent_id!r} incarnation {data.incarnation}")
         out = self.agent.merge(data, self._now_s())
         if out is None:  # adds no evidence
             return
@@ -508,6 +521,18 @@ class FusionNode(LifecycleNode):
         self.stats.inc("processed.peer")
         self.stats.inc("processed.total")
         self.stats.latency("peer", (time.perf_counter_ns() - recv) * 1e-9)
+
+    def _on_matched(self, info) -> None:
+        """A subscription matched (or unmatched) the shared-latent publisher: a new reader (a peer that started or
+        restarted) gets every held belief now instead of at the next change."""
+        if info.current_count_change > 0 and self.agent is not None:
+            self._resync(f"{info.current_count_change} new reader(s) of the shared topic", RESYNC_DELAY)
+
+    def _resync(self, why: str, delay: float = 0.0) -> None:
+        n = self.agent.resync(delay)
+        if n and self._flusher is not None:
+            self._flusher.poke()
+            self.get_logger().info(f"re-sharing {n} belief(s): {why}")
 
     def _publish(self, out) -> None:
         msg = latent_msg(out.latent)
@@ -548,11 +573,14 @@ class FusionNode(LifecycleNode):
             self.get_logger().info(f"beliefs expired (ttl {self.agent.config.belief_ttl} s): {gone}")
         values = self.stats.snapshot()
         values.update(self.agent.store_stats())
+        values.update(self.agent.peer_evidence_stats(self._now_s()))
+        values["peers"] = len(self.agent.peers())
         dropped = values.get("dropped.total", 0)
         last, self._last_dropped = self._last_dropped, dropped
         info = {"agent_id": self.agent_id, "model_id": self.bundle.model_id, "model_dir": self.bundle.path,
                 "providers": ",".join(self.bundle.providers), "modalities": ",".join(self.modalities),
                 "target": self.agent.current_target, "format_version": str(FORMAT_VERSION),
+                "incarnation": str(self.agent.incarnation),
                 "state": self.state_label, "own_filter": self.own_filter}
         level = DiagnosticStatus.WARN if dropped > last else DiagnosticStatus.OK
         msg = diagnostic_array(self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: fusion",
