@@ -212,8 +212,14 @@ class FusionNode(LifecycleNode):
                                 "0: belief_ttl; < 0: off"),
         ("future_tolerance", 0.5, "Messages stamped more than this (s) in the future are dropped"),
         ("target_history", 64, "How many TargetOfInterest messages are kept to find the target at a stamp"),
-        ("peer_queue", 64, "History depth of the shared-latent subscription (reliable, keep-last): at most this many "
+        ("peer_queue", 64, "History depth of the shared-latent subscription (keep-last): at most this many "
                            "peer latents wait while the node is busy"),
+        ("peer_qos_reliability", "best_effort", "Shared-latent subscription's reliability: best_effort (default: a "
+                                                "lost latent is superseded by the next one instead of holding back "
+                                                "newer ones until it is repaired; measured under 20 % loss: newest "
+                                                "peer evidence age p99 0.40 s vs 1.07 s reliable) or reliable. The "
+                                                "shared-topic publisher is always reliable, so reliable readers "
+                                                "(recorders, ros2 topic echo) match it"),
         ("ort_threads", 1, "onnxruntime intra-op threads per network"),
         ("ort_providers", ["CPUExecutionProvider"], "onnxruntime execution providers in order of preference "
                                                     "(unavailable ones are skipped)"),
@@ -295,6 +301,9 @@ class FusionNode(LifecycleNode):
         for name in ("max_targets", "sensor_qos_depth", "target_history", "peer_queue", "ort_threads"):
             if p[name] < 1:
                 raise ConfigError(f"parameter {name} must be at least 1, got {p[name]}")
+        if p["peer_qos_reliability"] not in ("best_effort", "reliable"):
+            raise ConfigError("parameter peer_qos_reliability must be best_effort or reliable, got "
+                              f"{p['peer_qos_reliability']!r}")
         if p["sensor_qos_reliability"] not in ("best_effort", "reliable"):
             raise ConfigError("parameter sensor_qos_reliability must be best_effort or reliable, got "
                               f"{p['sensor_qos_reliability']!r}")
@@ -384,7 +393,9 @@ class FusionNode(LifecycleNode):
         """The shared-topic subscription. Own latents are excluded by DDS with a content filter (``agent_id <> own``;
         never delivered, never deserialized: measured 0.3 % vs 7 % of a core at 200 own latents/s) where the
         middleware supports it; else the callback ignores them first thing (``ignored.own``)."""
-        qos = QoSProfile(depth=max(1, self.p["peer_queue"]), reliability=ReliabilityPolicy.RELIABLE)
+        qos = QoSProfile(depth=max(1, self.p["peer_queue"]),
+                         reliability=(ReliabilityPolicy.BEST_EFFORT if self.p["peer_qos_reliability"] == "best_effort"
+                                      else ReliabilityPolicy.RELIABLE))
         me = self.agent.agent_id.replace("'", "''")
         try:
             sub = self.create_subscription(LatentEmbedding, topic, self._on_latent, qos,
