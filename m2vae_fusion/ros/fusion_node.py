@@ -48,7 +48,6 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.subscription import ContentFilterOptions
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -79,8 +78,8 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
                   "output_frame_id": "output_frame_id", "warn_throttle": None}
 
 
-#: seconds from a new reader matching the shared-topic publisher to the re-share of every held belief: the writer
-#: side matches first, and a volatile reader that has not yet matched this writer misses what is sent meanwhile
+#: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
+#: side may match first, and a volatile reader that has not yet matched this writer misses what is sent meanwhile
 RESYNC_DELAY = 0.5
 
 
@@ -355,9 +354,9 @@ class FusionNode(LifecycleNode):
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.VOLATILE)
         self.pub_latent = self.create_publisher(LatentEmbedding, p["latent_topic"], reliable)
-        self.pub_shared = (self.create_publisher(LatentEmbedding, p["shared_latent_topic"], reliable,
-                                                 event_callbacks=PublisherEventCallbacks(matched=self._on_matched))
+        self.pub_shared = (self.create_publisher(LatentEmbedding, p["shared_latent_topic"], reliable)
                            if p["shared_latent_topic"] else None)
+        self._readers = 0
         self.pub_belief = self.create_publisher(ClassBelief, p["belief_topic"], reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self._active = [x for x in (self.pub_latent, self.pub_shared, self.pub_belief, self.pub_diag) if x]
@@ -533,11 +532,14 @@ class FusionNode(LifecycleNode):
         self.stats.inc("processed.total")
         self.stats.latency("peer", (time.perf_counter_ns() - recv) * 1e-9)
 
-    def _on_matched(self, info) -> None:
-        """A subscription matched (or unmatched) the shared-latent publisher: a new reader (a peer that started or
-        restarted) gets every held belief now instead of at the next change."""
-        if info.current_count_change > 0 and self.agent is not None:
-            self._resync(f"{info.current_count_change} new reader(s) of the shared topic", RESYNC_DELAY)
+    def _check_readers(self) -> None:
+        """More readers of the shared-latent topic than at the last check (a peer started or restarted): it gets every
+        held belief now instead of at the next change. Polled from the diagnostics timer: rclpy 9.1.2 nodes under
+        the EventsExecutor hung in ``deactivate`` when the publisher had a ``matched`` event callback."""
+        n = self.pub_shared.get_subscription_count()
+        if n > self._readers:
+            self._resync(f"{n - self._readers} new reader(s) of the shared topic", RESYNC_DELAY)
+        self._readers = n
 
     def _resync(self, why: str, delay: float = 0.0) -> None:
         n = self.agent.resync(delay)
@@ -579,6 +581,8 @@ class FusionNode(LifecycleNode):
         return response
 
     def _on_diag_timer(self) -> None:
+        if self.pub_shared is not None:
+            self._check_readers()
         gone = self.agent.expire()
         if gone:
             self.get_logger().info(f"beliefs expired (ttl {self.agent.config.belief_ttl} s): {gone}")
