@@ -28,9 +28,11 @@ def bundle(tmp_path_factory):
     return Bundle.load(make_linear_bundle(str(tmp_path_factory.mktemp("agent")), D, D, seed=2))
 
 
-def make_agent(bundle, agent_id="a", clock=None, **cfg):
+def make_agent(bundle, agent_id="a", clock=None, incarnation=1, **cfg):
+    """An agent whose process started at ``incarnation`` ns (default 1 ns: before every stamp of these tests)."""
     clock = clock or Clock()
-    return Agent(FusionEngine(bundle, clock=clock), AgentConfig(agent_id=agent_id, **cfg), clock=clock), clock
+    return Agent(FusionEngine(bundle, clock=clock), AgentConfig(agent_id=agent_id, **cfg), clock=clock,
+                 incarnation=incarnation), clock
 
 
 def camera(seed=0):
@@ -88,7 +90,7 @@ def test_observe_publishes_latent_belief_and_share(bundle):
     agent.on_target(0.0, "t", "map")
     out = fuse(agent, "camera", 1.0, camera())
     lat = out.latent
-    assert lat.format_version == FORMAT_VERSION == 2
+    assert lat.format_version == FORMAT_VERSION == 3
     assert (lat.agent_id, lat.target_id, lat.model_id, lat.frame_id) == ("a", "t", bundle.model_id, "map")
     assert lat.modalities == ("camera",) and lat.modality_sources == ("a",) and lat.contributors == ("a",)
     assert lat.stamp_ns == lat.modality_stamps_ns[0] == 1_000_000_000
@@ -147,7 +149,8 @@ def test_fusion_error_carries_reason(bundle):
 def test_screen_peer(bundle):
     agent, _ = make_agent(bundle, trusted=frozenset({"b"}))
     agent.screen_peer("b", bundle.model_id, FORMAT_VERSION)
-    cases = [(("b", bundle.model_id, 3), DropReason.FORMAT_VERSION), (("b", bundle.model_id, 1),
+    agent.screen_peer("b", bundle.model_id, 2)  # format 2: read, incarnations unknown
+    cases = [(("b", bundle.model_id, 4), DropReason.FORMAT_VERSION), (("b", bundle.model_id, 1),
                                                                        DropReason.FORMAT_VERSION),
              (("x", bundle.model_id, 2), DropReason.UNTRUSTED), (("b", "other", 2), DropReason.MODEL_ID)]
     for args, reason in cases:
@@ -232,3 +235,126 @@ def test_reset_forgets_beliefs_and_waiting_shares(bundle):
 def test_config_validation(bundle):
     with pytest.raises(ValueError, match="sonar"):
         make_agent(bundle, modalities=("camera", "sonar"))
+
+
+# -- restart identity, late joiners, peer-evidence age (issue 13 items 3 and 4) --------------------------------------
+S = 1_000_000_000  # ns per s
+
+
+def relay(bundle, sources, stamps_s, incarnations, mods=("camera", "lidar"), sender="b"):
+    """A latent of ``sender`` relaying slots of ``sources`` with the given source incarnations (ns)."""
+    z = np.zeros(D, np.float32)
+    mods = mods[:len(sources)]
+    return PeerLatent(sender, "t", bundle.model_id, s_to_ns(max(stamps_s)), tuple(mods),
+                      tuple(s_to_ns(x) for x in stamps_s), tuple(sources), tuple(sorted(set(sources))), z, z,
+                      "", 5 * S, tuple(incarnations))
+
+
+def test_incarnation_travels_with_own_evidence(bundle):
+    a, ca = make_agent(bundle, "a", incarnation=10 * S)
+    b, _ = make_agent(bundle, "b", incarnation=5 * S)
+    for ag in (a, b):
+        ag.on_target(0.0, "t")
+    la = fuse(a, "camera", 11.0, camera()).latent
+    assert la.incarnation == 10 * S and la.modality_source_incarnations == (10 * S,)
+    lb = fuse(b, "lidar", 11.1, lidar()).latent
+    merged = b.merge(peer_from_latent(la), 11.2).latent
+    assert merged.modality_sources == ("a", "b")
+    assert merged.modality_source_incarnations == (10 * S, 5 * S) and merged.incarnation == 5 * S
+    assert lb.modality_source_incarnations == (5 * S,)
+
+
+def test_restarted_agent_accepts_its_earlier_evidence_not_spoofs(bundle):
+    """Agent a ran from 10 s, observed its camera at 11 s, crashed and restarted at 20 s under the same id: a peer's
+    relay of the pre-crash slot is accepted (no spoof drop), any claim the new process cannot own is refused."""
+    a1, _ = make_agent(bundle, "a", incarnation=10 * S)
+    b, _ = make_agent(bundle, "b", incarnation=5 * S)
+    for ag in (a1, b):
+        ag.on_target(0.0, "t")
+    lb = fuse(b, "lidar", 11.5, lidar()).latent
+    held = b.merge(peer_from_latent(fuse(a1, "camera", 11.0, camera()).latent), 11.6).latent
+    assert held.modality_sources == ("a", "b")
+    a2, _ = make_agent(bundle, "a", incarnation=20 * S)  # the restart: nothing observed yet
+    a2.on_target(0.0, "t")
+    out = a2.merge(peer_from_latent(held), 20.5)
+    assert out is not None and out.latent.modalities == ("camera", "lidar")
+    assert out.latent.modality_sources == ("a", "b")
+    assert out.latent.modality_source_incarnations == (10 * S, 5 * S)  # still the earlier process's evidence
+    assert a2.counts["provenance.earlier_incarnation"] == 1
+    # format 2 (incarnation unknown): own evidence stamped before this start is accepted too
+    assert a2.merge(relay(bundle, ["a"], [12.0], [0]), 20.6) is not None
+    bad = [(["a"], [20.4], [20 * S], "never observed"),        # current incarnation, newer than anything observed
+           (["a"], [20.4], [10 * S], "lifetime"),              # earlier incarnation, stamped after the restart
+           (["a"], [9.0], [10 * S], "lifetime"),               # earlier incarnation, stamped before it started
+           (["a"], [12.0], [30 * S], "later than this process"),  # a later incarnation than this process
+           (["a"], [20.4], [0], "never observed")]             # unknown incarnation, after the restart
+    for sources, stamps, incs, why in bad:
+        with pytest.raises(Drop, match=why) as e:
+            a2.merge(relay(bundle, sources, stamps, incs), 20.6)
+        assert e.value.reason is DropReason.SPOOFED
+    # once the new process observed, its own evidence relayed back is accepted
+    own = fuse(a2, "camera", 20.45, camera(1)).latent
+    assert own.modality_source_incarnations[0] == 20 * S
+    assert a2.merge(relay(bundle, ["a", "b"], [20.45, 20.5], [20 * S, 5 * S]), 20.6) is not None
+
+
+def test_agent_incarnation_defaults_to_wall_clock_and_must_be_positive(bundle):
+    import time
+
+    t0 = time.time_ns()
+    agent = Agent(FusionEngine(bundle), AgentConfig(agent_id="a"))
+    assert t0 <= agent.incarnation <= time.time_ns() and agent.start_s == ns_to_s(agent.incarnation)
+    with pytest.raises(ValueError, match="incarnation"):
+        Agent(FusionEngine(bundle), AgentConfig(agent_id="a"), incarnation=0)
+
+
+def test_note_peer_reports_new_and_restarted_peers(bundle):
+    a, _ = make_agent(bundle, "a")
+    assert a.note_peer("b", 5 * S) and not a.note_peer("b", 5 * S)
+    assert not a.note_peer("b", 4 * S)     # an older incarnation is no news
+    assert a.note_peer("b", 6 * S)         # b restarted
+    assert not a.note_peer("a", 9 * S) and not a.note_peer("c", 0)
+    assert a.peers() == {"b": 6 * S}
+    assert a.counts["peers.new"] == 1 and a.counts["peers.restarted"] == 1
+
+
+def test_resync_shares_every_belief_within_the_rate(bundle):
+    a, clock = make_agent(bundle, "a", shared_latent_rate=10.0)
+    a.on_target(0.0, "t1", "map")
+    fuse(a, "camera", 1.0, camera())
+    a.on_target(2.0, "t2", "odom")
+    fuse(a, "camera", 2.5, camera(1))
+    assert a.due_shares() == []            # both were shared when observed
+    assert a.resync() == 2 and a.counts["shared.resync"] == 2
+    assert a.due_shares() == [] and a.next_share_due() == pytest.approx(0.1)  # within the share period: wait
+    clock.t += 0.11
+    sent = a.due_shares()
+    assert sorted((x.target_id, x.frame_id) for x in sent) == [("t1", "map"), ("t2", "odom")]
+    assert {x.target_id: x.modality_stamps_ns for x in sent} == {"t1": (s_to_ns(1.0),), "t2": (s_to_ns(2.5),)}
+    a.resync()
+    a.resync()                              # repeated resyncs coalesce: one latent per target and period
+    clock.t += 0.11
+    assert len(a.due_shares()) == 2
+    quiet, _ = make_agent(bundle, "q", share=False)
+    quiet.on_target(0.0, "t")
+    fuse(quiet, "camera", 1.0, camera())
+    assert quiet.resync() == 0
+
+
+def test_peer_evidence_age(bundle):
+    a, _ = make_agent(bundle, "a")
+    b, _ = make_agent(bundle, "b")
+    for ag in (a, b):
+        ag.on_target(0.0, "t")
+    assert a.peer_evidence_age(5.0) is None and a.peer_evidence_stats(5.0) == {}
+    fuse(a, "camera", 1.0, camera())
+    a.merge(peer_from_latent(fuse(b, "lidar", 1.5, lidar()).latent), 1.6)
+    assert a.peer_evidence_age(2.0) == pytest.approx(0.5)
+    for now in (1.7, 1.8, 1.9, 2.0):
+        a.admit("camera", now, now)
+    st = a.peer_evidence_stats(2.5)
+    assert st["peer_evidence.age_s"] == pytest.approx(1.0)
+    assert st["peer_evidence.age_s.max"] == pytest.approx(0.5) and st["peer_evidence.age_samples"] == 4
+    assert st["peer_evidence.age_s.p50"] == pytest.approx(0.35)
+    a.reset()
+    assert a.peer_evidence_age(3.0) is None

@@ -9,6 +9,18 @@ An :class:`Agent` owns one :class:`~m2vae_fusion.core.fusion.FusionEngine` and o
   (``future_tolerance``);
 - **trust and provenance**: peer latents from agents outside ``trusted`` are refused, also when they relay evidence
   of such agents; a latent claiming evidence of this agent newer than anything this agent observed is spoofed;
+- **restart identity** (message format 3): every agent process has an ``incarnation`` (its start stamp, int ns, in
+  the stamps' time base); each slot carries its source's incarnation. Own evidence of an earlier incarnation that is
+  stamped before this process started is accepted from relays (an agent restarted under the same id gets its
+  pre-crash evidence back, no false ``spoofed``); evidence claimed for the current incarnation must not be newer than
+  what this process observed, and evidence claimed for a later incarnation, or for an earlier one but stamped after
+  this start, is spoofed (:meth:`Agent.check_provenance`). These are consistency checks among cooperating agents,
+  not authentication (README, "Reliability and threat model");
+- **late joiners**: :meth:`Agent.note_peer` tells when a peer appears (a new agent id or a new incarnation), and
+  :meth:`Agent.resync` queues every held belief to share now, so a new or restarted peer gets the current
+  beliefs without waiting for a change;
+- **peer-evidence age**: now minus the stamp of the newest peer slot held, sampled at every admitted observation and
+  every merged peer latent (:meth:`Agent.peer_evidence_age`, :meth:`Agent.peer_evidence_stats`);
 - **format and model checks**: a message of another format version or another ``model_id`` is refused;
 - **merge only when the peer adds evidence** (a newer slot; FUSION 2019, Eq. 18 applied to latents, see
   :meth:`FusionEngine.merge`), otherwise the latent is counted as redundant and nothing is published;
@@ -43,9 +55,11 @@ from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 from m2vae_fusion.core.reasons import DropReason
 
 #: Version of the LatentEmbedding / ClassBelief message format this agent writes and accepts (docs/formats.md).
-FORMAT_VERSION = 2
-#: Versions a receiver accepts.
-ACCEPTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+FORMAT_VERSION = 3
+#: Versions a receiver accepts: 3, and 2 read with every incarnation unknown (0).
+ACCEPTED_FORMAT_VERSIONS = frozenset({2, FORMAT_VERSION})
+#: How many peer-evidence age samples :meth:`Agent.peer_evidence_stats` summarises.
+PEER_AGE_WINDOW = 1000
 
 
 def ns_to_s(ns: int) -> float:
@@ -126,9 +140,11 @@ class Target:
 
 @dataclass(frozen=True)
 class LatentOutput:
-    """What a LatentEmbedding message carries (format 2, docs/formats.md). Stamps are integer ns.
+    """What a LatentEmbedding message carries (format 3, docs/formats.md). Stamps are integer ns.
 
     ``mean`` / ``log_variance``: float32 (Dz,). Per-slot tuples have the length and order of ``modalities``.
+    ``incarnation``: the publisher's process start stamp (int ns); ``modality_source_incarnations``: per slot, the
+    source's (0: unknown).
     """
 
     agent_id: str
@@ -143,6 +159,8 @@ class LatentOutput:
     mean: np.ndarray
     log_variance: np.ndarray
     format_version: int = FORMAT_VERSION
+    incarnation: int = 0
+    modality_source_incarnations: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -179,18 +197,26 @@ class Agent:
         config: :class:`AgentConfig`; the modalities must be in the bundle.
         clock: monotonic clock (s) for share throttling and the belief store's time-to-live.
         count: ``count(key, n=1)`` for counters (default: :attr:`counts`, a ``collections.Counter``).
+        incarnation: this process's start stamp (int ns > 0, same time base as the stamps, e.g. the ROS clock at
+            start-up); None: the wall clock now (``time.time_ns()``). A restarted agent must get a larger value than
+            its earlier process had.
 
     Raises:
         ValueError: a modality not in the bundle, or ``max_targets`` / ``target_history`` < 1.
     """
 
     def __init__(self, engine: FusionEngine, config: AgentConfig, clock: Callable[[], float] = time.monotonic,
-                 count: Callable[..., None] | None = None):
+                 count: Callable[..., None] | None = None, incarnation: int | None = None):
         bad = [m for m in config.modalities if m not in engine.order]
         if bad:
             raise ValueError(f"modalities {bad} are not in the bundle's modalities {list(engine.order)}")
         if config.target_history < 1:
             raise ValueError("target_history must be at least 1")
+        incarnation = time.time_ns() if incarnation is None else int(incarnation)
+        if incarnation <= 0:
+            raise ValueError(f"incarnation must be a positive start stamp in ns, got {incarnation}")
+        self.incarnation = incarnation
+        self.start_s = ns_to_s(incarnation)
         self.engine = engine
         self.bundle = engine.bundle
         self.config = config
@@ -206,6 +232,9 @@ class Agent:
         self._share_lock = threading.Lock()
         self._share_last: dict = {}               # target → clock() of its last shared latent
         self._share_pending: dict = {}            # target → newest LatentOutput waiting for its turn
+        self._peers: dict = {}                    # peer agent id → newest incarnation seen
+        self._peer_newest = -math.inf             # stamp (s) of the newest peer slot merged into a held belief
+        self._peer_ages: deque = deque(maxlen=PEER_AGE_WINDOW)  # (now − _peer_newest) samples, s
 
     def _own_count(self, key: str, n: int = 1) -> None:
         self.counts[key] += n
@@ -303,6 +332,7 @@ class Agent:
         Raises:
             Drop: STALE / FUTURE.
         """
+        self._sample_peer_age(now_s)
         self.check_stamp(stamp, self.config.max_message_age, now_s)
         target = self.target_at(stamp)
         if target is None:
@@ -346,6 +376,7 @@ class Agent:
                                              feature[0], stamp, self.config.agent_id)
             except FusionError as exc:
                 raise drop_from(exc, DropReason.FUSION) from None
+            belief.slots[modality] = replace(belief.slots[modality], incarnation=self.incarnation)
             self.store.put(belief)
             self._own_newest[modality] = max(stamp, self._own_newest.get(modality, -math.inf))
             return self._outputs(belief, target.frame_id, share=True)
@@ -363,8 +394,8 @@ class Agent:
             ``redundant.peer``, nothing to publish).
 
         Raises:
-            Drop: UNTRUSTED (relays evidence of an agent not trusted), SPOOFED (claims evidence of this agent newer
-                than it observed), STALE / FUTURE (newest slot), FUSION.
+            Drop: UNTRUSTED (relays evidence of an agent not trusted), SPOOFED (claims evidence of this agent that
+                it cannot have produced, :meth:`check_provenance`), STALE / FUTURE (newest slot), FUSION.
         """
         me = self.config.agent_id
         trusted = self.config.trusted
@@ -374,16 +405,17 @@ class Agent:
                 raise Drop(DropReason.UNTRUSTED,
                            f"latent from {peer.agent_id!r} holds evidence of untrusted agents {others}")
         stamps = [ns_to_s(s) for s in peer.modality_stamps_ns]
+        incs = tuple(getattr(peer, "modality_source_incarnations", ()) or ()) or (0,) * len(stamps)
+        self._sample_peer_age(now_s)
         with self._lock:
-            for m, s, src in zip(peer.modalities, stamps, peer.modality_sources):
-                if src == me and s > self._own_newest.get(m, -math.inf):
-                    raise Drop(DropReason.SPOOFED, f"latent from {peer.agent_id!r} claims {m} evidence of this "
-                                                   "agent that it never observed")
+            for m, s, src, inc in zip(peer.modalities, stamps, peer.modality_sources, incs):
+                if src == me:
+                    self.check_provenance(m, s, int(inc), peer.agent_id)
         if not stamps:
             raise Drop(DropReason.EMPTY, f"latent from {peer.agent_id!r} names no modalities")
         self.check_stamp(max(stamps), self.config.latent_age_limit, now_s)  # newest slot: not stale, not future
-        slots = {m: Slot(s, src or peer.agent_id) for m, s, src in
-                 zip(peer.modalities, stamps, peer.modality_sources)}
+        slots = {m: Slot(s, src or peer.agent_id, int(inc)) for m, s, src, inc in
+                 zip(peer.modalities, stamps, peer.modality_sources, incs)}
         with self._lock:
             own = self.store.get(peer.target_id)
             if own is not None and not any(m not in own.slots or s.stamp > own.slots[m].stamp
@@ -399,9 +431,120 @@ class Agent:
                 self._count("redundant.peer")
                 return None
             self.store.put(belief)
+            newest_peer = max((sl.stamp for sl in belief.slots.values() if sl.agent != me), default=-math.inf)
+            self._peer_newest = max(self._peer_newest, newest_peer)
             # tell the others only when the merged belief holds something the sender's latent does not
             news = any(belief.slots[m] != slots.get(m) for m in belief.slots)
             return self._outputs(belief, peer.frame_id, share=news)
+
+    def check_provenance(self, modality: str, stamp: float, incarnation: int, sender: str = "") -> None:
+        """Whether a relayed slot that names this agent as its source can be this agent's evidence.
+
+        Args:
+            modality: the slot; stamp: its evidence stamp (s); incarnation: the source incarnation the slot claims
+                (int ns; 0: unknown, message format 2); sender: the relaying agent (for the message).
+
+        Accepted: the current incarnation with a stamp not newer than this process's newest own observation of the
+        modality; an earlier incarnation (0 < incarnation < this one) with ``incarnation ≤ stamp <`` this
+        process's start (evidence of a process that ran before this one); unknown (0) with a stamp before this
+        process's start, or not newer than its newest own observation.
+
+        Raises:
+            Drop: SPOOFED otherwise (a later incarnation than this process, evidence of an earlier one stamped
+                after this process started, or current-incarnation evidence this process never produced).
+        """
+        def spoofed(why: str) -> Drop:
+            return Drop(DropReason.SPOOFED, f"latent from {sender!r} claims {modality} evidence of this agent "
+                                            f"stamped {stamp:.6f} s {why}")
+        me = self.incarnation
+        if incarnation > me:
+            raise spoofed(f"by incarnation {incarnation}, later than this process ({me})")
+        if 0 < incarnation < me:
+            if not ns_to_s(incarnation) <= stamp < self.start_s:
+                raise spoofed(f"by the earlier incarnation {incarnation}, outside its lifetime (before this "
+                              f"process started at {self.start_s:.6f} s)")
+            self._count("provenance.earlier_incarnation")
+            return
+        if incarnation == 0 and stamp < self.start_s:
+            self._count("provenance.earlier_incarnation")
+            return
+        with self._lock:
+            if stamp > self._own_newest.get(modality, -math.inf):
+                raise spoofed("that this process never observed")
+
+    def note_peer(self, agent_id: str, incarnation: int) -> bool:
+        """Record that ``agent_id`` runs as ``incarnation`` (int ns; 0: unknown, not recorded). Returns True when
+        this is news, i.e. a peer not seen before or a newer incarnation of one (it started or restarted): then the
+        host should share :meth:`resync`. Counted as ``peers.new`` / ``peers.restarted``."""
+        if agent_id == self.config.agent_id or incarnation <= 0:
+            return False
+        with self._lock:
+            old = self._peers.get(agent_id)
+            if old is not None and incarnation <= old:
+                return False
+            self._peers[agent_id] = incarnation
+        self._count("peers.new" if old is None else "peers.restarted")
+        return True
+
+    def peers(self) -> dict:
+        """peer agent id → newest incarnation (int ns) seen."""
+        with self._lock:
+            return dict(self._peers)
+
+    def resync(self, delay: float = 0.0) -> int:
+        """Queue every held belief for the shared topic (for a peer that just appeared: it gets the current beliefs
+        without waiting for a change). Each replaces its target's waiting shared latent and goes out through
+        :meth:`due_shares` ``delay`` s from now at the earliest, and not within one share period of that target's
+        last shared latent (so repeated resyncs never exceed ``shared_latent_rate``). Returns how many were queued
+        (counted as ``shared.resync``); 0 when sharing is off."""
+        if not self.config.share:
+            return 0
+        with self._lock:
+            beliefs = [self.store.get(t) for t in self.store.targets()]
+            out = [self.latent_output(b, self._frame_of(b.target_id)) for b in beliefs if b is not None]
+        not_before = self.clock() + max(0.0, float(delay)) - self.config.share_period  # as if last shared then
+        with self._share_lock:
+            for lat in out:
+                self._share_pending[lat.target_id] = lat
+                if delay > 0:
+                    self._share_last[lat.target_id] = max(self._share_last.get(lat.target_id, -math.inf),
+                                                          not_before)
+        if out:
+            self._count("shared.resync", len(out))
+        return len(out)
+
+    def _frame_of(self, target_id: str) -> str:
+        """Frame of the newest announcement of ``target_id`` ('' when none is remembered)."""
+        with self._targets_lock:
+            for t in reversed(self._targets):
+                if t.target_id == target_id:
+                    return t.frame_id
+        return ""
+
+    # -- peer-evidence age ------------------------------------------------------------------------------------
+    def peer_evidence_age(self, now_s: float) -> float | None:
+        """Seconds from the stamp of the newest peer slot merged into a held belief to ``now_s`` (None: none yet)."""
+        newest = self._peer_newest
+        return now_s - newest if newest > -math.inf else None
+
+    def _sample_peer_age(self, now_s: float) -> None:
+        age = self.peer_evidence_age(now_s)
+        if age is not None:
+            self._peer_ages.append(age)
+
+    def peer_evidence_stats(self, now_s: float) -> dict:
+        """The peer-evidence age now and over the last :data:`PEER_AGE_WINDOW` samples (taken at every admitted
+        observation and every peer latent reaching :meth:`merge`): ``peer_evidence.age_s`` (now),
+        ``peer_evidence.age_s.{p50,p90,p99,max}`` and ``peer_evidence.age_samples`` (window size); empty before any
+        peer evidence was merged."""
+        age = self.peer_evidence_age(now_s)
+        if age is None:
+            return {}
+        a = np.asarray(list(self._peer_ages) or [age], dtype=np.float64)
+        p50, p90, p99 = np.percentile(a, [50, 90, 99])
+        return {"peer_evidence.age_s": age, "peer_evidence.age_s.p50": float(p50),
+                "peer_evidence.age_s.p90": float(p90), "peer_evidence.age_s.p99": float(p99),
+                "peer_evidence.age_s.max": float(a.max()), "peer_evidence.age_samples": len(self._peer_ages)}
 
     # -- outputs and sharing ----------------------------------------------------------------------------------
     def latent_output(self, belief: Belief, frame_id: str) -> LatentOutput:
@@ -412,7 +555,8 @@ class Agent:
             stamp_ns=s_to_ns(belief.stamp), frame_id=self.config.output_frame_id or frame_id, modalities=mods,
             modality_stamps_ns=tuple(s_to_ns(belief.slots[m].stamp) for m in mods),
             modality_sources=tuple(belief.slots[m].agent for m in mods), contributors=belief.contributors,
-            mean=belief.mean, log_variance=belief.log_variance)
+            mean=belief.mean, log_variance=belief.log_variance, incarnation=self.incarnation,
+            modality_source_incarnations=tuple(int(belief.slots[m].incarnation) for m in mods))
 
     def _outputs(self, belief: Belief, frame_id: str, share: bool) -> Outputs:
         latent = self.latent_output(belief, frame_id)
@@ -467,6 +611,8 @@ class Agent:
             n = self.store.clear()
         with self._share_lock:
             self._share_pending.clear()
+        self._peer_newest = -math.inf
+        self._peer_ages.clear()
         return n
 
     def expire(self) -> list:
@@ -491,9 +637,9 @@ def peer_from_latent(latent: LatentOutput) -> PeerLatent:
     return PeerLatent(latent.agent_id, latent.target_id, latent.model_id, latent.stamp_ns, tuple(latent.modalities),
                       tuple(latent.modality_stamps_ns), tuple(latent.modality_sources), tuple(latent.contributors),
                       np.asarray(latent.mean, np.float32), np.asarray(latent.log_variance, np.float32),
-                      latent.frame_id)
+                      latent.frame_id, latent.incarnation, tuple(latent.modality_source_incarnations))
 
 
-__all__ = ["ACCEPTED_FORMAT_VERSIONS", "Agent", "AgentConfig", "BeliefOutput", "Drop", "FORMAT_VERSION",
+__all__ = ["ACCEPTED_FORMAT_VERSIONS", "PEER_AGE_WINDOW", "Agent", "AgentConfig", "BeliefOutput", "Drop", "FORMAT_VERSION",
            "LatentOutput", "Outputs", "PeerLatent", "Target", "drop_from", "ns_to_s", "peer_from_latent",
            "s_to_ns"]

@@ -56,10 +56,13 @@ class FusionError(ValueError):
 
 @dataclass(frozen=True)
 class Slot:
-    """Evidence held for one modality: ``stamp`` (s, the observation's time) and the observing ``agent``."""
+    """Evidence held for one modality: ``stamp`` (s, the observation's time) and the observing ``agent``;
+    ``incarnation``: start stamp (int ns) of the observing agent's process, 0 when unknown (message format 2). Not
+    part of equality: the same observation is the same evidence whoever relays it."""
 
     stamp: float
     agent: str
+    incarnation: int = field(default=0, compare=False)
 
 
 @dataclass

@@ -531,6 +531,10 @@ class LatentData:
     mean: np.ndarray
     log_variance: np.ndarray
     frame_id: str = ""
+    #: format 3: start stamp (int ns) of the publisher's process (0: unknown, format 2)
+    incarnation: int = 0
+    #: format 3: per slot (same order as ``modalities``), the start stamp (int ns) of the source's process (0: unknown)
+    modality_source_incarnations: tuple = ()
 
 
 def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> LatentData:
@@ -540,6 +544,9 @@ def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> Late
         ConversionError: ``empty`` (no agent, target or modality), ``mismatch`` (wrong vector size, unknown or
             repeated modality, per-slot lists of another length), ``non_finite`` (NaN / inf in mean or
             log-variance).
+
+    ``incarnation`` and ``modality_source_incarnations`` (format 3) are read as 0 (unknown) where absent or empty
+    (format 2).
     """
     if not msg.agent_id or not msg.target_id:
         raise ConversionError(DropReason.EMPTY, "latent without agent_id or target_id")
@@ -556,6 +563,10 @@ def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> Late
     sources = tuple(msg.modality_sources)
     if sources and len(sources) != len(mods):
         raise ConversionError(DropReason.MISMATCH, f"latent has {len(sources)} modality sources for {len(mods)} modalities")
+    incs = tuple(int(i) for i in getattr(msg, "modality_source_incarnations", ()))  # absent before format 3
+    if incs and len(incs) != len(mods):
+        raise ConversionError(DropReason.MISMATCH, f"latent has {len(incs)} modality source incarnations for "
+                                                   f"{len(mods)} modalities")
     if len(msg.mean) != latent_dim or len(msg.log_variance) != latent_dim:
         raise ConversionError(DropReason.MISMATCH, f"latent sizes {len(msg.mean)}/{len(msg.log_variance)}, "
                                           f"the model's latent_dim is {latent_dim}")
@@ -571,7 +582,9 @@ def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> Late
         stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
         modalities=tuple(mods[i] for i in order), modality_stamps_ns=tuple(stamps[i] for i in order),
         modality_sources=tuple(sources[i] for i in order) if sources else tuple(msg.agent_id for _ in order),
-        contributors=tuple(sorted(set(msg.contributors) | {msg.agent_id})), mean=mean, log_variance=logvar)
+        contributors=tuple(sorted(set(msg.contributors) | {msg.agent_id})), mean=mean, log_variance=logvar,
+        incarnation=int(getattr(msg, "incarnation", 0)),
+        modality_source_incarnations=tuple(incs[i] for i in order) if incs else tuple(0 for _ in order))
 
 
 def latent_to_msg(data: LatentData):
@@ -582,6 +595,8 @@ def latent_to_msg(data: LatentData):
                           target_id=data.target_id, model_id=data.model_id, modalities=list(data.modalities),
                           modality_stamps=[ns_to_stamp(s) for s in data.modality_stamps_ns],
                           modality_sources=list(data.modality_sources), contributors=list(data.contributors))
+    msg.incarnation = int(data.incarnation)
+    msg.modality_source_incarnations = [int(i) for i in data.modality_source_incarnations]
     msg.mean = np.asarray(data.mean, dtype=np.float32).ravel()
     msg.log_variance = np.asarray(data.log_variance, dtype=np.float32).ravel()
     return msg
