@@ -720,7 +720,11 @@ def part_stops(ctx, opts, say) -> dict:
         for how in SIGNALS:
             rr = [r for r in rows if r["program"] == prog and r["signal"] == how]
             if rr:
+                codes = {}
+                for r in rr:
+                    codes[str(r["exit"])] = codes.get(str(r["exit"]), 0) + 1
                 summary[f"{prog}/{how}"] = {"n": len(rr), "exit_0": sum(r["exit"] == 0 for r in rr),
+                                            "exit_codes": codes, "stop_s_max": max(r["stop_s"] for r in rr),
                                             "tracebacks": sum(r["tracebacks"] for r in rr),
                                             "not_ready": sum(not r["ready"] for r in rr)}
     return {"rows": rows, "summary": summary, "n": len(rows), "exit_0": sum(r["exit"] == 0 for r in rows),
@@ -750,6 +754,9 @@ def run(args) -> int:
     from m2vae_fusion.paths import share_path
     from m2vae_fusion.ros.demo import DemoConfig, resolve_world
 
+    # a benchmark started in the background (``cmd &``) inherits SIGINT ignored, and so would every program it
+    # starts: give them the default disposition (Ctrl-C works), as in a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     base = QUICK if args.quick else FULL
     opts = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in base.items()}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -903,8 +910,10 @@ def format_report(res: dict) -> str:
             "Soak"))
     st = res.get("stops") or {}
     if "summary" in st:
-        body = [[k, v["n"], v["exit_0"], v["tracebacks"], v["not_ready"]] for k, v in st["summary"].items()]
-        out.append(table(["program/signal", "stops", "exit 0", "tracebacks", "not ready"], body, "Stops"))
+        body = [[k, v["n"], v["exit_0"], " ".join(f"{c}x{n}" for c, n in sorted(v["exit_codes"].items())),
+                 v["tracebacks"], v["not_ready"], fmt(v["stop_s_max"], 1)] for k, v in st["summary"].items()]
+        out.append(table(["program/signal", "stops", "exit 0", "exit statuses", "tracebacks", "not ready",
+                          "max stop s"], body, "Stops"))
     for part in PARTS:
         if "error" in (res.get(part) or {}):
             out.append(f"{part}: failed: {res[part]['error']}")
