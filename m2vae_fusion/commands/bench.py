@@ -7,7 +7,8 @@ Mixture-of-Gaussians, Table I) is defined here.
 """
 import importlib
 
-HELP = "benchmarks: runtime (node latency, sizes, rates, scaling), training (throughput), mog (FUSION 2019 Table I)"
+HELP = ("benchmarks: runtime (node latency, sizes, rates, scaling), training (throughput), mog (FUSION 2019 Table I), "
+        "reliability (fuzz, restart, packet loss, soak, stops)")
 
 MOG_HELP = "bimodal Mixture-of-Gaussians (FUSION 2019 Sec. IV/V-A, Table I): naive Bayes on raw vs M2VAE embeddings"
 
@@ -59,6 +60,7 @@ BENCHMARKS = {
     "training": "m2vae_fusion.benchmarks.training",
     "chain": "m2vae_fusion.benchmarks.chain",
     "alpha": "m2vae_fusion.benchmarks.alpha",
+    "reliability": "m2vae_fusion.benchmarks.reliability",
 }
 
 
