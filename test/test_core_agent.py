@@ -88,7 +88,7 @@ def test_observe_publishes_latent_belief_and_share(bundle):
     agent.on_target(0.0, "t", "map")
     out = fuse(agent, "camera", 1.0, camera())
     lat = out.latent
-    assert lat.format_version == FORMAT_VERSION == 2
+    assert lat.format_version == FORMAT_VERSION == 3
     assert (lat.agent_id, lat.target_id, lat.model_id, lat.frame_id) == ("a", "t", bundle.model_id, "map")
     assert lat.modalities == ("camera",) and lat.modality_sources == ("a",) and lat.contributors == ("a",)
     assert lat.stamp_ns == lat.modality_stamps_ns[0] == 1_000_000_000
@@ -147,7 +147,7 @@ def test_fusion_error_carries_reason(bundle):
 def test_screen_peer(bundle):
     agent, _ = make_agent(bundle, trusted=frozenset({"b"}))
     agent.screen_peer("b", bundle.model_id, FORMAT_VERSION)
-    cases = [(("b", bundle.model_id, 3), DropReason.FORMAT_VERSION), (("b", bundle.model_id, 1),
+    cases = [(("b", bundle.model_id, 4), DropReason.FORMAT_VERSION), (("b", bundle.model_id, 1),
                                                                        DropReason.FORMAT_VERSION),
              (("x", bundle.model_id, 2), DropReason.UNTRUSTED), (("b", "other", 2), DropReason.MODEL_ID)]
     for args, reason in cases:

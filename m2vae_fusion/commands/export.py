@@ -28,6 +28,12 @@ def configure(parser):
     parser.add_argument("--bounds-data", metavar="DATASET_DIR",
                         help="data set directory whose train split gives the latent bounds (format v3); "
                              "use the networks' training set")
+    parser.add_argument("--novelty-data", metavar="DATASET_DIR",
+                        help="data set directory whose --novelty-split calibrates the novelty score (manifest "
+                             "\"novelty\" block: in-distribution intervals of the β-VAE ELBO terms); use held-out "
+                             "in-distribution data of the networks' training distribution")
+    parser.add_argument("--novelty-split", default="val", choices=("train", "val", "test"),
+                        help="split of --novelty-data to calibrate on (default: val)")
     parser.add_argument("--feature-dim", type=int, default=10, help="β-VAE latent size D_* (--untrained)")
     parser.add_argument("--latent-dim", type=int, default=10, help="M2VAE latent size D_z (--untrained)")
 
@@ -63,6 +69,13 @@ def run(args) -> int:
         out = export_run(args.run, args.out, seed=args.seed)
         if bounds is not None:
             add_latent_bounds(out, bounds)
+    nov = args.novelty_data
+    if nov is not None:
+        if not os.path.isfile(os.path.join(nov, "metadata.json")):
+            raise UserError(f"{os.path.join(nov, 'metadata.json')}: missing; --novelty-data must be a data set "
+                            "directory (m2vae-fusion dataset --out)")
+        from m2vae_fusion.training.export import add_novelty_calibration
+        add_novelty_calibration(out, nov, split=args.novelty_split)
     manifest = read_manifest(out)
     n_chains = sum(len(b) for b in manifest["chains"].values())
     print(f"wrote {out}: format_version {manifest['format_version']}, objective {manifest['objective']}, "
@@ -81,4 +94,11 @@ def run(args) -> int:
               f"{lb['margin_fraction']:g}·range + {lb['margin_absolute']:g}")
     else:
         print("  no latent_bounds (format v2: outputs checked for finiteness only; add --bounds-data DATASET_DIR)")
+    nb = manifest.get("novelty")
+    if nb is not None:
+        data = nb.get("data", {})
+        print(f"  novelty calibrated on {data.get('samples')} {data.get('split')} samples for "
+              f"{sorted(nb['modalities'])} (tail {nb['tail']:g} per side, threshold {nb['threshold']:g})")
+    else:
+        print("  no novelty calibration (nothing is ever novel; add --novelty-data DATASET_DIR)")
     return 0

@@ -38,14 +38,15 @@ import numpy as np
 
 from m2vae_fusion.core.messages import LatentData
 from m2vae_fusion.core.modalities import MODALITIES
-from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionError, Slot
+from m2vae_fusion.core.fusion import Accumulation, Belief, BeliefStore, FusionEngine, FusionError, Slot
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 from m2vae_fusion.core.reasons import DropReason
 
 #: Version of the LatentEmbedding / ClassBelief message format this agent writes and accepts (docs/formats.md).
-FORMAT_VERSION = 2
-#: Versions a receiver accepts.
-ACCEPTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+FORMAT_VERSION = 3
+#: Versions a receiver accepts: format 2 (no per-contribution provenance: each slot counts as the one observation
+#: its stamp and source name) and format 3.
+ACCEPTED_FORMAT_VERSIONS = frozenset({2, FORMAT_VERSION})
 
 
 def ns_to_s(ns: int) -> float:
@@ -98,10 +99,23 @@ class AgentConfig:
     shared_latent_rate: float = 10.0
     share: bool = True
     output_frame_id: str = ""
+    #: evidence accumulation (:class:`~m2vae_fusion.core.fusion.Accumulation`): forgetting factor λ in [0, 1]
+    #: (0: each observation replaces its slot), outlier gate and outliers that confirm a change
+    forgetting_factor: float = 0.8
+    outlier_gate: float = 1.25
+    change_confirmations: int = 4
+    #: novelty threshold (:mod:`m2vae_fusion.core.novelty`): 0: the bundle's calibrated one; < 0: off
+    novelty_threshold: float = 0.0
 
     #: fields that may change while the agent runs (:meth:`Agent.reconfigure`)
     RUNTIME = ("trusted", "belief_ttl", "max_message_age", "max_latent_age", "future_tolerance",
-               "shared_latent_rate", "output_frame_id")
+               "shared_latent_rate", "output_frame_id", "forgetting_factor", "outlier_gate",
+               "change_confirmations", "novelty_threshold")
+
+    @property
+    def accumulation(self) -> Accumulation:
+        """The engine's accumulation settings (raises ValueError when out of range)."""
+        return Accumulation(float(self.forgetting_factor), float(self.outlier_gate), int(self.change_confirmations))
 
     @property
     def share_period(self) -> float:
@@ -143,16 +157,28 @@ class LatentOutput:
     mean: np.ndarray
     log_variance: np.ndarray
     format_version: int = FORMAT_VERSION
+    #: format 3, provenance per contribution (parallel tuples, slot order, oldest first within a slot)
+    contribution_modalities: tuple = ()
+    contribution_sources: tuple = ()
+    contribution_stamps_ns: tuple = ()
+    #: format 3: float32 (len(modalities), D*) accumulated β-VAE feature and precision per slot (rows of slots
+    #: known only through a latent are NaN), or None
+    slot_features: Optional[np.ndarray] = None
+    slot_precisions: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
 class BeliefOutput:
-    """What a ClassBelief message carries: the class-belief head's probabilities float32 (C,) for ``latent``."""
+    """What a ClassBelief message carries: the class-belief head's probabilities float32 (C,) for ``latent``;
+    ``novelty``: the novelty score of the observation that produced it (−1: none, e.g. a merge or an uncalibrated
+    bundle), ``novelty_threshold`` the threshold in force (−1: off)."""
 
     latent: LatentOutput
     class_names: tuple
     probabilities: np.ndarray
     format_version: int = FORMAT_VERSION
+    novelty: float = -1.0
+    novelty_threshold: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +220,9 @@ class Agent:
         self.engine = engine
         self.bundle = engine.bundle
         self.config = config
+        engine.accumulation = config.accumulation
+        #: modality → novelty score of its newest scored observation (fused or not)
+        self.novelty_last: dict = {}
         self.clock = clock
         self.counts: Counter = Counter()
         self._count = count or self._own_count
@@ -227,7 +256,9 @@ class Agent:
         if "trusted" in changes:
             changes["trusted"] = frozenset(a for a in changes["trusted"] if a)
         with self._lock:
-            self.config = replace(self.config, **changes)
+            new = replace(self.config, **changes)
+            self.engine.accumulation = new.accumulation
+            self.config = new
             ttl = self.config.belief_ttl
             self.store.ttl_s = ttl if ttl and ttl > 0 else math.inf
         return self.config
@@ -337,18 +368,44 @@ class Agent:
             x = preprocess(modality, x, self.cfg[modality])
         except PreprocessError as exc:
             raise Drop(DropReason.PREPROCESS, str(exc)) from None
-        feature, _ = self.bundle.encode_feature(modality, x)
-        if not np.all(np.isfinite(feature)):
+        feature, logvar = self.bundle.encode_feature(modality, x)
+        if not (np.all(np.isfinite(feature)) and np.all(np.isfinite(logvar))):
             raise Drop(DropReason.NON_FINITE, "the encoder returned non-finite features")
+        score = self.novelty_score(modality, x, feature, logvar)
+        threshold = self.novelty_threshold
+        if score is not None and threshold > 0 and not score <= threshold:
+            raise Drop(DropReason.NOVEL, f"{modality} observation is novel (score {score:.3g} > threshold "
+                                         f"{threshold:.3g}): not fused")
         with self._lock:
             try:
                 belief = self.engine.observe(self.store.get(target.target_id), target.target_id, modality,
-                                             feature[0], stamp, self.config.agent_id)
+                                             feature[0], stamp, self.config.agent_id, log_variance=logvar[0])
             except FusionError as exc:
                 raise drop_from(exc, DropReason.FUSION) from None
             self.store.put(belief)
             self._own_newest[modality] = max(stamp, self._own_newest.get(modality, -math.inf))
-            return self._outputs(belief, target.frame_id, share=True)
+            if belief.held_back:
+                self._count(f"held_back.{modality}")
+            return self._outputs(belief, target.frame_id, share=not belief.held_back,
+                                 novelty=-1.0 if score is None else score)
+
+    @property
+    def novelty_threshold(self) -> float:
+        """The novelty threshold in force: the config's, or the bundle's calibrated one for 0; ≤ 0 when off."""
+        t = self.config.novelty_threshold
+        return self.bundle.novelty.threshold if t == 0 else t
+
+    def novelty_score(self, modality: str, x, feature, log_variance) -> float | None:
+        """Novelty score (:mod:`m2vae_fusion.core.novelty`) of one preprocessed observation ``x`` (1, *shape) with
+        β-VAE posterior ``feature`` / ``log_variance`` (1, D*); None for an uncalibrated modality or when novelty is
+        off (no β-VAE decoder run then). Remembered in :attr:`novelty_last`."""
+        nov = self.bundle.novelty
+        if self.config.novelty_threshold < 0 or not nov.has(modality):
+            return None
+        recon = self.bundle.decode_feature(modality, feature)
+        score = float(nov.score_observation(modality, x, feature, log_variance, recon)[0])
+        self.novelty_last[modality] = score
+        return score
 
     # -- peers ------------------------------------------------------------------------------------------------
     def merge(self, peer, now_s: float) -> Outputs | None:
@@ -369,21 +426,24 @@ class Agent:
         me = self.config.agent_id
         trusted = self.config.trusted
         if trusted:  # evidence relayed by a trusted agent must come from trusted agents too
-            others = sorted({*peer.modality_sources, *peer.contributors} - trusted - {me})
+            others = sorted({*peer.modality_sources, *peer.contributors,
+                             *getattr(peer, "contribution_sources", ())} - trusted - {me})
             if others:
                 raise Drop(DropReason.UNTRUSTED,
                            f"latent from {peer.agent_id!r} holds evidence of untrusted agents {others}")
         stamps = [ns_to_s(s) for s in peer.modality_stamps_ns]
         with self._lock:
-            for m, s, src in zip(peer.modalities, stamps, peer.modality_sources):
+            for m, s, src in [*zip(peer.modalities, stamps, peer.modality_sources),
+                              *zip(getattr(peer, "contribution_modalities", ()),
+                                   map(ns_to_s, getattr(peer, "contribution_stamps_ns", ())),
+                                   getattr(peer, "contribution_sources", ()))]:
                 if src == me and s > self._own_newest.get(m, -math.inf):
                     raise Drop(DropReason.SPOOFED, f"latent from {peer.agent_id!r} claims {m} evidence of this "
                                                    "agent that it never observed")
         if not stamps:
             raise Drop(DropReason.EMPTY, f"latent from {peer.agent_id!r} names no modalities")
         self.check_stamp(max(stamps), self.config.latent_age_limit, now_s)  # newest slot: not stale, not future
-        slots = {m: Slot(s, src or peer.agent_id) for m, s, src in
-                 zip(peer.modalities, stamps, peer.modality_sources)}
+        slots = peer_slots(peer, stamps)
         with self._lock:
             own = self.store.get(peer.target_id)
             if own is not None and not any(m not in own.slots or s.stamp > own.slots[m].stamp
@@ -407,17 +467,30 @@ class Agent:
     def latent_output(self, belief: Belief, frame_id: str) -> LatentOutput:
         """The LatentEmbedding content of ``belief`` (stamp = its newest evidence)."""
         mods = belief.modalities(self.bundle.modalities)
+        contrib = [(m, a, s) for m in mods for a, s in belief.slots[m].evidence]
+        held = [belief.slots[m] for m in mods]
+        feats = precs = None
+        if any(sl.feature is not None for sl in held):
+            nan = np.full(self.bundle.feature_dim, np.nan, np.float32)
+            feats = np.stack([nan if sl.feature is None else sl.feature for sl in held]).astype(np.float32)
+            precs = np.stack([nan if sl.precision is None else sl.precision for sl in held]).astype(np.float32)
         return LatentOutput(
+            contribution_modalities=tuple(c[0] for c in contrib), contribution_sources=tuple(c[1] for c in contrib),
+            contribution_stamps_ns=tuple(s_to_ns(c[2]) for c in contrib), slot_features=feats,
+            slot_precisions=precs,
             agent_id=self.config.agent_id, target_id=belief.target_id, model_id=self.bundle.model_id,
             stamp_ns=s_to_ns(belief.stamp), frame_id=self.config.output_frame_id or frame_id, modalities=mods,
             modality_stamps_ns=tuple(s_to_ns(belief.slots[m].stamp) for m in mods),
             modality_sources=tuple(belief.slots[m].agent for m in mods), contributors=belief.contributors,
             mean=belief.mean, log_variance=belief.log_variance)
 
-    def _outputs(self, belief: Belief, frame_id: str, share: bool) -> Outputs:
+    def _outputs(self, belief: Belief, frame_id: str, share: bool, novelty: float = -1.0) -> Outputs:
         latent = self.latent_output(belief, frame_id)
         probs = self.engine.classify(belief)
-        out_belief = (BeliefOutput(latent, tuple(self.bundle.class_names), probs) if probs is not None else None)
+        t = self.novelty_threshold
+        out_belief = (BeliefOutput(latent, tuple(self.bundle.class_names), probs, novelty=float(novelty),
+                                   novelty_threshold=float(t) if t > 0 and self.config.novelty_threshold >= 0 else -1.0)
+                      if probs is not None else None)
         shared = self._share(latent) if share and self.config.share else None
         return Outputs(latent, out_belief, shared)
 
@@ -491,7 +564,30 @@ def peer_from_latent(latent: LatentOutput) -> PeerLatent:
     return PeerLatent(latent.agent_id, latent.target_id, latent.model_id, latent.stamp_ns, tuple(latent.modalities),
                       tuple(latent.modality_stamps_ns), tuple(latent.modality_sources), tuple(latent.contributors),
                       np.asarray(latent.mean, np.float32), np.asarray(latent.log_variance, np.float32),
-                      latent.frame_id)
+                      latent.frame_id, contribution_modalities=tuple(latent.contribution_modalities),
+                      contribution_sources=tuple(latent.contribution_sources),
+                      contribution_stamps_ns=tuple(latent.contribution_stamps_ns),
+                      slot_features=latent.slot_features, slot_precisions=latent.slot_precisions)
+
+
+def peer_slots(peer, stamps) -> dict:
+    """modality → :class:`Slot` of a peer latent: newest stamp and source per slot, the contributions listed for
+    it (format 3; a format-2 latent's slot is its one observation) and its accumulated feature / precision when the
+    latent carries them (a row with a NaN: none)."""
+    contrib: dict = {}
+    for m, a, s in zip(getattr(peer, "contribution_modalities", ()), getattr(peer, "contribution_sources", ()),
+                       getattr(peer, "contribution_stamps_ns", ())):
+        contrib.setdefault(m, []).append((a, ns_to_s(s)))
+    feats = getattr(peer, "slot_features", None)
+    precs = getattr(peer, "slot_precisions", None)
+    slots = {}
+    for i, (m, s, src) in enumerate(zip(peer.modalities, stamps, peer.modality_sources)):
+        f = p = None
+        if feats is not None and precs is not None and i < len(feats) and i < len(precs):
+            if np.isfinite(feats[i]).all() and np.isfinite(precs[i]).all():
+                f, p = np.asarray(feats[i], np.float32), np.asarray(precs[i], np.float32)
+        slots[m] = Slot(s, src or peer.agent_id, f, p, tuple(contrib.get(m, ())))
+    return slots
 
 
 __all__ = ["ACCEPTED_FORMAT_VERSIONS", "Agent", "AgentConfig", "BeliefOutput", "Drop", "FORMAT_VERSION",

@@ -27,6 +27,8 @@ class DropReason(StrEnum):
     TOO_MANY_INVALID = "too_many_invalid"  # more than half of a scan's beams outside its own [range_min, range_max]
     # preprocessing and the model
     PREPROCESS = "preprocess"            # refused by m2vae_fusion.core.preprocess
+    NOVEL = "novel"                      # out of distribution for the bundle's β-VAE (novelty score beyond the
+    #                                      threshold, m2vae_fusion.core.novelty): not fused
     # the agent's policy
     STALE = "stale"                      # older than allowed (or older than the evidence held)
     FUTURE = "future"                    # stamped too far in the future
