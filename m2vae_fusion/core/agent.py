@@ -355,8 +355,9 @@ class Agent:
             :class:`Outputs` of the new belief.
 
         Raises:
-            Drop: the raw reader's reason, PREPROCESS, NON_FINITE (encoder output), STALE (older than the slot
-                held), FUSION.
+            Drop: the raw reader's reason, PREPROCESS, NON_FINITE (encoder output), NOVEL (novelty score beyond the
+                threshold: not fused), OUTLIER (held back by evidence accumulation), STALE (older than the slot held),
+                FUSION.
         """
         try:
             x = raw() if callable(raw) else raw
@@ -383,11 +384,11 @@ class Agent:
             except FusionError as exc:
                 raise drop_from(exc, DropReason.FUSION) from None
             self.store.put(belief)
+            if belief.held_back:  # the slot remembers it (a change needs several); the belief did not change
+                raise Drop(DropReason.OUTLIER, f"{modality} observation held back: far from the evidence its slot "
+                                               "holds (accumulation)")
             self._own_newest[modality] = max(stamp, self._own_newest.get(modality, -math.inf))
-            if belief.held_back:
-                self._count(f"held_back.{modality}")
-            return self._outputs(belief, target.frame_id, share=not belief.held_back,
-                                 novelty=-1.0 if score is None else score)
+            return self._outputs(belief, target.frame_id, share=True, novelty=-1.0 if score is None else score)
 
     @property
     def novelty_threshold(self) -> float:

@@ -79,11 +79,17 @@ class Slot:
     contributions: tuple = ()
     history: tuple = field(default=(), compare=False, repr=False)
     pending: tuple = field(default=(), compare=False, repr=False)
+    #: the last observation of this slot was held back (an outlier or a stray), not fused
+    stray: bool = field(default=False, compare=False, repr=False)
 
     @property
     def evidence(self) -> tuple:
         """``((agent, stamp), ...)``: the observations this slot holds (provenance per contribution)."""
         return self.contributions or ((self.agent, self.stamp),)
+
+
+#: the change rule counts change support among the last ``confirm + WINDOW_EXTRA`` observations of a slot
+WINDOW_EXTRA = 0
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,13 @@ class Accumulation:
 
     An observation whose feature lies farther than ``gate`` from the held feature (rms over dimensions, in units of
     the calibrated in-distribution feature spread, manifest ``novelty.modalities.<m>.feature_std``, else 1) is an
-    *outlier*: it is held back, not fused. When ``confirm`` of the last ``confirm + 1`` observations of the slot were
-    outliers, the object changed: the slot is replaced by the product of the held-back outliers. So one misread, or
-    a burst of up to ``confirm − 1``, never moves the belief, and a swapped object wins by its ``confirm + 1``-th
-    observation at the latest.
+    *outlier*: it is held back, not fused. While n outliers are held back, an observation within ``gate·√(1 + 1/n)``
+    of their mean and nearer to it than to the held feature supports a change (held back too); one beyond ``gate`` of both is
+    a stray (held back, supports nothing). When ``confirm`` of the last ``confirm + 1`` observations of the slot
+    supported a change, the object changed: the slot is replaced by the product of the held-back outliers (forgotten
+    once no observation of the last ``confirm + 1`` supported a change). So one misread, or a burst of up to
+    ``confirm − 1``, never moves the belief, and a swapped object wins by its ``confirm + 1``-th observation at the
+    latest (when its observations lie within ``gate`` of each other).
 
     Attributes:
         forgetting: λ in [0, 1]; 0 turns accumulation off (each observation replaces the slot, as in the paper).
@@ -126,6 +135,11 @@ class Accumulation:
     @property
     def enabled(self) -> bool:
         return self.forgetting > 0
+
+    @property
+    def window(self) -> int:
+        """How many recent observations of a slot the change rule looks at."""
+        return int(self.confirm) + WINDOW_EXTRA
 
 
 @dataclass
@@ -429,7 +443,7 @@ class FusionEngine:
         slot = self._accumulate(belief, modality, f, prec.astype(np.float32), float(stamp), str(agent))
         slots = dict(belief.slots) if belief is not None else {}
         slots[modality] = slot
-        if slot.history and slot.history[-1]:
+        if slot.stray:
             # held back as an outlier: the belief keeps its latent, the slot records the pending observation
             return Belief(target_id, belief.mean, belief.log_variance, slots, belief.updated, held_back=True)
         have = belief.modalities(self.order) if belief is not None else ()
@@ -470,19 +484,33 @@ class FusionEngine:
             _check_features(f"decoding the {modality} slot", {modality: h_feat})
             h_prec = prec
         scale = self.feature_scale[modality]
-        distance = float(np.sqrt(np.mean(((f - h_feat) / scale) ** 2)))
-        outlier = distance > acc.gate
-        history = (*held.history, outlier)[-(acc.confirm + 1):]
-        if not outlier:
+        d_held = float(np.sqrt(np.mean(((f - h_feat) / scale) ** 2)))
+        d_pend = (float(np.sqrt(np.mean(((f - np.mean([p[0] for p in held.pending], axis=0)) / scale) ** 2)))
+                  if held.pending else math.inf)
+        # a mean of n held-back observations is noisier than the held evidence: its gate widens by √(1 + 1/n)
+        if held.pending and d_pend < d_held and d_pend <= acc.gate * math.sqrt(1.0 + 1.0 / len(held.pending)):
+            kind = "change"       # supports the change the held-back outliers suggest
+        elif d_held <= acc.gate:
+            kind = "inlier"
+        elif held.pending:
+            kind = "stray"        # far from both: held back, supports nothing
+        else:
+            kind = "change"       # the first outlier
+        history = (*held.history, kind == "change")[-acc.window:]
+        if kind == "inlier":
             lam = acc.forgetting
             p = lam * h_prec + prec
             mean = (lam * h_prec * h_feat + prec * f) / p
             contributions = (*held.evidence, (agent, stamp))[-acc.max_contributions:]
             return Slot(stamp, agent, mean.astype(np.float32), p.astype(np.float32), contributions, history,
-                        held.pending)
+                        held.pending if any(history) else ())
+        if kind == "stray":
+            return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history,
+                        held.pending, stray=True)
         pending = (*held.pending, (f, prec, agent, stamp))[-acc.confirm:]
         if sum(history) < acc.confirm:
-            return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history, pending)
+            return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history, pending,
+                        stray=True)
         # the object changed: the slot becomes the product of the held-back outliers
         slot = None
         for pf, pp, pa, ps in pending:
