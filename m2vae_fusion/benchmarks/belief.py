@@ -178,38 +178,58 @@ def run(args) -> int:
     from m2vae_fusion.core.bundle import Bundle
     from m2vae_fusion.errors import UserError
     from m2vae_fusion.paths import share_path
-    from m2vae_fusion.training.export import compute_novelty_block
-
     if args.samples < 80 or args.repeats < 1:
         raise UserError("--samples must be ≥ 80 and --repeats ≥ 1")
-    bundle = Bundle.load(args.model_dir or share_path("models", "amiro"))
-    data = generate(bundle, args.samples, args.seed)
+    import shutil
+    import tempfile
+
+    from m2vae_fusion.training.export import add_novelty_calibration
+
+    source = Bundle.load(args.model_dir or share_path("models", "amiro"))
+    data = generate(source, args.samples, args.seed)
     half = args.samples // 2
     cal = {k: v[:half] for k, v in data.items()}
     held = {k: v[half:] for k, v in data.items()}
-    res = {"model_dir": bundle.path, "model_id": bundle.model_id, "samples": args.samples, "seed": args.seed,
+    tmp = tempfile.mkdtemp(prefix="bench-belief-")
+    try:
+        # a copy calibrated on the first half: novelty intervals and the feature spreads of the outlier gate
+        shutil.copytree(source.path, os.path.join(tmp, "bundle"))
+        add_novelty_calibration(os.path.join(tmp, "bundle"), cal)
+        bundle = Bundle.load(os.path.join(tmp, "bundle"))
+        return _run(args, source, bundle, held)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, source, bundle, held) -> int:
+    import json
+    import os
+
+    from m2vae_fusion.core import novelty as nv
+    res = {"model_dir": source.path, "model_id": source.model_id, "samples": args.samples, "seed": args.seed,
            "misreads": {}, "novelty": {}}
     traces = {}
     for m in bundle.modalities:
         rows = {}
         for label, cfg in (("accumulation", {}), ("replace", {"forgetting_factor": 0.0})):
-            flips, switches = 0, []
+            flips, switches, learnt = 0, [], 0
             for r in range(args.repeats):
                 out = run_misreads(bundle, held, m, seed=args.seed + r, **cfg)
-                before = out["top"][GOOD - 1:GOOD + 10 + BURST - 1 + 1]
+                learnt += int(out["top"][GOOD - 1] == out["a"])
                 flips += int((out["top"][GOOD:GOOD + 14] != out["a"]).any())
                 switches.append(out["switch_after"])
                 if r == 0:
                     traces[(m, label)] = out
             ok = [s for s in switches if s is not None]
-            rows[label] = {"runs_with_a_flip": flips, "runs": args.repeats,
+            rows[label] = {"runs_with_a_flip": flips, "runs": args.repeats, "switch_after": switches,
+                           "right_after_20": learnt,
                            "switch_after_max": max(ok) if ok else None, "never_switched": switches.count(None)}
-            print(f"{m:12s} {label:13s}: belief flipped by misreads in {flips}/{args.repeats} runs; new object on "
+            print(f"{m:12s} {label:13s}: right after 20 observations in {learnt}/{args.repeats} runs; belief "
+                  f"flipped by misreads in {flips}/{args.repeats}; new object on "
                   f"top after ≤ {rows[label]['switch_after_max']} observations "
                   f"({switches.count(None)} runs never)")
         res["misreads"][m] = rows
-    block = compute_novelty_block(bundle.path, bundle.manifest, cal, split="calibration")
-    nov = nv.Novelty(block)
+    nov = bundle.novelty
     thr = nov.threshold
     ood = flat_inputs(bundle)
     for m in bundle.modalities:
