@@ -60,6 +60,7 @@ def ATTR(modality):
 def test_novelty_flags_flat_and_empty_inputs_and_few_in_distribution(calibrated, data):
     nov = calibrated.novelty
     assert nov.threshold == 1.0 and all(nov.has(m) for m in calibrated.modalities)
+    assert nov.statistics == ("kl", "feature_distance") and not nov.needs_reconstruction
     ood = bb.flat_inputs(calibrated)
     flagged = {m: bb.novelty_scores(calibrated, nov, m, list(ood[m].values())) > nov.threshold for m in ood}
     names = {m: dict(zip(ood[m], flagged[m])) for m in ood}
@@ -248,3 +249,45 @@ def test_node_drops_novel_scans_counts_them_and_publishes_the_score(calibrated, 
             assert code == 0 and "Traceback" not in proc.log(), proc.log()[-3000:]
         probe.close()
         rclpy.try_shutdown()
+
+
+def test_slot_accumulation_is_a_product_of_gaussian_experts_with_forgetting(tmp_path):
+    """Exact check on the linear test bundle: two inliers give the precision-weighted mean with forgetting λ
+    (MoPoE-VAE Eq. 8 closed form), an outlier is held back without changing the belief, 4 consecutive agreeing
+    outliers replace the slot, and a peer's slot holding a subset of the own contributions never wins."""
+    from linear_bundle import make_linear_bundle
+
+    from m2vae_fusion.core.fusion import Accumulation, Belief, FusionError, Slot
+
+    bundle = Bundle.load(make_linear_bundle(str(tmp_path / "lin"), 4, 4, seed=1))
+    eng = FusionEngine(bundle, clock=lambda: 0.0, accumulation=Accumulation(forgetting=0.5, gate=1.0, confirm=4))
+    f1, f2 = np.array([0.1, 0.2, 0.0, 0.1], np.float32), np.array([0.3, 0.0, 0.2, 0.1], np.float32)
+    lv1, lv2 = np.zeros(4, np.float32), np.full(4, np.log(0.5), np.float32)  # precisions 1 and 2
+    b = eng.observe(None, "t", "lidar", f1, 1.0, "a", log_variance=lv1)
+    b = eng.observe(b, "t", "lidar", f2, 2.0, "a", log_variance=lv2)
+    sl = b.slots["lidar"]
+    np.testing.assert_allclose(sl.precision, 0.5 * 1 + 2, rtol=1e-6)
+    np.testing.assert_allclose(sl.feature, (0.5 * 1 * f1 + 2 * f2) / 2.5, rtol=1e-5)
+    assert sl.evidence == (("a", 1.0), ("a", 2.0))
+    # the belief is the subset encoder of the accumulated feature (exact linear bundle: its encoding)
+    ref = eng.observe(None, "t", "lidar", sl.feature, 2.0, "a")
+    np.testing.assert_allclose(b.mean, ref.mean, atol=1e-5)
+    far = np.array([3.0, -3.0, 3.0, -3.0], np.float32)
+    held = b
+    for k in range(3):  # a burst of 3 agreeing outliers: held back, the belief does not move
+        held = eng.observe(held, "t", "lidar", far + 0.01 * k, 3.0 + k, "a")
+        assert held.held_back and np.array_equal(held.mean, b.mean) and held.slots["lidar"].evidence == sl.evidence
+    changed = eng.observe(held, "t", "lidar", far, 6.0, "a")  # the 4th: the object changed
+    assert not changed.held_back and [s for _, s in changed.slots["lidar"].evidence] == [3.0, 4.0, 5.0, 6.0]
+    with pytest.raises(FusionError) as e:
+        eng.observe(b, "t", "lidar", f1, 0.5, "a")
+    assert e.value.reason == DropReason.STALE
+    # merge: a peer slot listing only contributions the own slot holds adds nothing
+    relay = Belief("t", b.mean, b.log_variance, {"lidar": Slot(2.0, "a", contributions=(("a", 2.0),))})
+    assert eng.merge(b, relay) == (b, False)
+    # forgetting 0: the paper's replace-the-slot fusion
+    eng.accumulation = Accumulation(forgetting=0.0)
+    rep = eng.observe(b, "t", "lidar", far, 9.0, "a")
+    assert not rep.held_back and rep.slots["lidar"].evidence == (("a", 9.0),)
+    with pytest.raises(ValueError):
+        Accumulation(forgetting=1.5)

@@ -34,6 +34,10 @@ def configure(parser):
                              "in-distribution data of the networks' training distribution")
     parser.add_argument("--novelty-split", default="val", choices=("train", "val", "test"),
                         help="split of --novelty-data to calibrate on (default: val)")
+    parser.add_argument("--novelty-statistics", default="kl,feature_distance",
+                        help="comma-separated novelty statistics to calibrate: kl, feature_distance, "
+                             "reconstruction_error (the last costs a β-VAE decoder run per observation; "
+                             "default kl,feature_distance)"),
     parser.add_argument("--feature-dim", type=int, default=10, help="β-VAE latent size D_* (--untrained)")
     parser.add_argument("--latent-dim", type=int, default=10, help="M2VAE latent size D_z (--untrained)")
 
@@ -75,7 +79,11 @@ def run(args) -> int:
             raise UserError(f"{os.path.join(nov, 'metadata.json')}: missing; --novelty-data must be a data set "
                             "directory (m2vae-fusion dataset --out)")
         from m2vae_fusion.training.export import add_novelty_calibration
-        add_novelty_calibration(out, nov, split=args.novelty_split)
+        names = tuple(n.strip() for n in args.novelty_statistics.split(",") if n.strip())
+        from m2vae_fusion.core.novelty import STATISTICS
+        if not names or not set(names) <= set(STATISTICS):
+            raise UserError(f"--novelty-statistics {args.novelty_statistics!r}: name one or more of {list(STATISTICS)}")
+        add_novelty_calibration(out, nov, split=args.novelty_split, statistics=names)
     manifest = read_manifest(out)
     n_chains = sum(len(b) for b in manifest["chains"].values())
     print(f"wrote {out}: format_version {manifest['format_version']}, objective {manifest['objective']}, "

@@ -399,12 +399,13 @@ class Agent:
     def novelty_score(self, modality: str, x, feature, log_variance) -> float | None:
         """Novelty score (:mod:`m2vae_fusion.core.novelty`) of one preprocessed observation ``x`` (1, *shape) with
         β-VAE posterior ``feature`` / ``log_variance`` (1, D*); None for an uncalibrated modality or when novelty is
-        off (no β-VAE decoder run then). Remembered in :attr:`novelty_last`."""
+        off. The β-VAE decoder runs only when the bundle calibrated ``reconstruction_error``. Remembered in
+        :attr:`novelty_last`."""
         nov = self.bundle.novelty
         if self.config.novelty_threshold < 0 or not nov.has(modality):
             return None
-        recon = self.bundle.decode_feature(modality, feature)
-        score = float(nov.score_observation(modality, x, feature, log_variance, recon)[0])
+        score = float(nov.score_observation(modality, x, feature, log_variance,
+                                            lambda f: self.bundle.decode_feature(modality, f))[0])
         self.novelty_last[modality] = score
         return score
 

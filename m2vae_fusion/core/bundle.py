@@ -351,9 +351,10 @@ class Bundle:
                 self._files[(f"chain_{kind}", s)] = chains[kind][s]
         # open every network the fusion path needs now, so a corrupt file stops start-up, not the first message
         for key in self._files:
-            if key[0] != "betavae_decoder" or self.novelty.has(key[1]):  # novelty scoring runs the β-VAE decoder
-                self._session(key)
-        missing = [m for m in self.modalities if self.novelty.has(m) and ("betavae_decoder", m) not in self._files]
+            if key[0] != "betavae_decoder" or (self.novelty.needs_reconstruction and self.novelty.has(key[1])):
+                self._session(key)  # novelty with reconstruction_error runs the β-VAE decoder
+        missing = [m for m in self.modalities if self.novelty.needs_reconstruction and self.novelty.has(m)
+                   and ("betavae_decoder", m) not in self._files]
         if missing:
             raise BundleError(f"{os.path.join(path, MANIFEST)}: novelty calibrated for {missing} without their "
                               "β-VAE decoders")

@@ -13,7 +13,8 @@ test on the ELBO misses them; instead each statistic is tested two-sided (a typi
 
 The score of one statistic is the distance from the calibration median in units of that half-interval:
 ``(u − median) / (high − median)`` above the median, ``(median − u) / (median − low)`` below it; the observation's
-novelty score is the largest over the statistics. A score ≤ 1 lies within the calibrated central interval of every
+novelty score is the largest over the statistics the bundle calibrated (manifest ``novelty.statistics``; by default
+the KL and the feature distance, :data:`DEFAULT_STATISTICS`). A score ≤ 1 lies within the calibrated central interval of every
 statistic; the default threshold (:data:`DEFAULT_THRESHOLD`) flags an observation beyond it. The interval is the
 quantiles ``tail`` and ``1 − tail`` of the calibration split (manifest ``novelty`` block, docs/formats.md), computed by
 :func:`calibrate` on in-distribution data only.
@@ -27,8 +28,12 @@ from typing import Mapping
 
 import numpy as np
 
-#: statistics of one observation, in this order (manifest keys)
+#: statistics of one observation this runtime knows, in this order (manifest keys)
 STATISTICS = ("reconstruction_error", "kl", "feature_distance")
+#: the statistics ``export`` calibrates by default: on the shipped bundle the reconstruction error flagged no
+#: out-of-distribution input the other two missed (its LiDAR β-VAE reconstructs every scan alike) while costing one
+#: β-VAE decoder run per observation (``bench belief``); ``export --novelty-statistics`` adds it
+DEFAULT_STATISTICS = ("kl", "feature_distance")
 #: ``u = log(s + EPS)``: keeps a perfect reconstruction (e = 0) finite
 EPS = 1e-12
 #: default tail probability of each side of each statistic's calibration interval
@@ -43,14 +48,15 @@ class NoveltyError(ValueError):
     """A malformed manifest ``novelty`` block (the message names the file)."""
 
 
-def statistics(x: np.ndarray, mean: np.ndarray, log_variance: np.ndarray, reconstruction: np.ndarray,
+def statistics(x: np.ndarray, mean: np.ndarray, log_variance: np.ndarray, reconstruction: np.ndarray | None,
                feature_mean=None, feature_precision=None) -> dict:
     """The statistics of a batch of observations (see the module docstring).
 
     Args:
         x: preprocessed inputs float32 (N, *input_shape).
         mean, log_variance: β-VAE encoder posterior float32 (N, D*).
-        reconstruction: β-VAE decoder mean of ``mean``, float32 (N, *input_shape).
+        reconstruction: β-VAE decoder mean of ``mean``, float32 (N, *input_shape), or None (no
+            ``reconstruction_error``).
         feature_mean, feature_precision: (D*,), (D*, D*) Gaussian fit of in-distribution encoder means (None: no
             ``feature_distance``).
 
@@ -59,11 +65,12 @@ def statistics(x: np.ndarray, mean: np.ndarray, log_variance: np.ndarray, recons
         squared error per input value; KL in nats; squared Mahalanobis distance).
     """
     n = len(x)
-    diff = np.asarray(reconstruction, np.float64).reshape(n, -1) - np.asarray(x, np.float64).reshape(n, -1)
     mu = np.asarray(mean, np.float64)
     lv = np.asarray(log_variance, np.float64)
-    out = {"reconstruction_error": (diff ** 2).mean(axis=1),
-           "kl": 0.5 * (np.exp(lv) + mu ** 2 - 1.0 - lv).sum(axis=1)}
+    out = {"kl": 0.5 * (np.exp(lv) + mu ** 2 - 1.0 - lv).sum(axis=1)}
+    if reconstruction is not None:
+        diff = np.asarray(reconstruction, np.float64).reshape(n, -1) - np.asarray(x, np.float64).reshape(n, -1)
+        out["reconstruction_error"] = (diff ** 2).mean(axis=1)
     if feature_mean is not None and feature_precision is not None:
         c = mu - np.asarray(feature_mean, np.float64)
         out["feature_distance"] = np.einsum("nd,de,ne->n", c, np.asarray(feature_precision, np.float64), c)
@@ -82,15 +89,17 @@ def _log(s) -> np.ndarray:
         return np.log(np.maximum(np.asarray(s, np.float64), 0.0) + EPS)
 
 
-def calibrate(stats: Mapping[str, np.ndarray], tail: float = DEFAULT_TAIL) -> dict:
+def calibrate(stats: Mapping[str, np.ndarray], tail: float = DEFAULT_TAIL,
+              names: tuple = DEFAULT_STATISTICS) -> dict:
     """One modality's calibration entry from the statistics of in-distribution observations.
 
     Args:
         stats: :func:`statistics` of the calibration observations (at least 20), with ``feature_distance``.
         tail: probability of each side outside the interval (0 < tail < 0.5).
+        names: the statistics to calibrate (a subset of :data:`STATISTICS`).
 
     Returns:
-        ``{"samples": N, "<statistic>": {"low", "median", "high"} (log units)}`` for each of :data:`STATISTICS`.
+        ``{"samples": N, "<statistic>": {"low", "median", "high"} (log units)}`` for each of ``names``.
 
     Raises:
         ValueError: fewer than 20 observations, non-finite statistics or a bad ``tail``.
@@ -98,7 +107,7 @@ def calibrate(stats: Mapping[str, np.ndarray], tail: float = DEFAULT_TAIL) -> di
     if not 0.0 < tail < 0.5:
         raise ValueError(f"tail must be in (0, 0.5), got {tail}")
     out: dict = {}
-    for name in STATISTICS:
+    for name in names:
         u = _log(stats[name])
         if u.size < 20:
             raise ValueError(f"novelty calibration needs at least 20 observations, got {u.size}")
@@ -129,6 +138,8 @@ class Novelty:
         self.block = block
         self.entries: dict = {}
         self.threshold = DEFAULT_THRESHOLD
+        #: the statistics the block calibrates (a subset of :data:`STATISTICS`)
+        self.statistics: tuple = ()
         if block is None:
             return
         if not isinstance(block, Mapping) or block.get("version") != BLOCK_VERSION:
@@ -136,10 +147,14 @@ class Novelty:
                                f"is not {BLOCK_VERSION}")
         try:
             self.threshold = float(block.get("threshold", DEFAULT_THRESHOLD))
+            self.statistics = tuple(str(n) for n in block["statistics"])
+            if not self.statistics or not set(self.statistics) <= set(STATISTICS):
+                raise NoveltyError(f"{where}: novelty.statistics {list(self.statistics)} must be a non-empty subset "
+                                   f"of {list(STATISTICS)}")
             mods = dict(block["modalities"])
             for m, entry in mods.items():
                 e = {}
-                for name in STATISTICS:
+                for name in self.statistics:
                     lo, med, hi = (float(entry[name][k]) for k in ("low", "median", "high"))
                     if not (np.isfinite([lo, med, hi]).all() and lo <= med <= hi):
                         raise NoveltyError(f"{where}: novelty.modalities.{m}.{name} must have finite "
@@ -169,11 +184,18 @@ class Novelty:
         e = self.entries.get(modality)
         return (None, None) if e is None else (e["feature_mean"], e["feature_precision"])
 
-    def score_observation(self, modality: str, x, mean, log_variance, reconstruction) -> np.ndarray | None:
-        """:meth:`score` of observations given their preprocessed input, β-VAE posterior and reconstruction."""
+    @property
+    def needs_reconstruction(self) -> bool:
+        """True when the score needs the β-VAE decoder (``reconstruction_error`` is calibrated)."""
+        return "reconstruction_error" in self.statistics
+
+    def score_observation(self, modality: str, x, mean, log_variance, reconstruct) -> np.ndarray | None:
+        """:meth:`score` of observations given their preprocessed input float32 (N, *shape), β-VAE posterior
+        (N, D*) and ``reconstruct(mean)`` → β-VAE decoder mean (called only when :attr:`needs_reconstruction`)."""
         if modality not in self.entries:
             return None
-        return self.score(modality, statistics(x, mean, log_variance, reconstruction, *self.reference(modality)))
+        rec = reconstruct(mean) if self.needs_reconstruction else None
+        return self.score(modality, statistics(x, mean, log_variance, rec, *self.reference(modality)))
 
     def score(self, modality: str, stats: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """Novelty scores float64 (N,) of observations with :func:`statistics` ``stats`` (≥ 0; > 1 beyond the
@@ -182,7 +204,7 @@ class Novelty:
         if e is None:
             return None
         worst = None
-        for name in STATISTICS:
+        for name in self.statistics:
             lo, med, hi = e[name]
             u = _log(stats[name])
             up = (u - med) / max(hi - med, 1e-9)
@@ -193,9 +215,9 @@ class Novelty:
 
 
 def make_block(entries: Mapping[str, Mapping], *, tail: float, threshold: float = DEFAULT_THRESHOLD,
-               data: Mapping | None = None) -> dict:
-    """The manifest ``novelty`` block from per-modality :func:`calibrate` entries."""
-    block = {"version": BLOCK_VERSION, "statistics": list(STATISTICS), "transform": "log(s + 1e-12)",
+               data: Mapping | None = None, names: tuple = DEFAULT_STATISTICS) -> dict:
+    """The manifest ``novelty`` block from per-modality :func:`calibrate` entries of statistics ``names``."""
+    block = {"version": BLOCK_VERSION, "statistics": list(names), "transform": "log(s + 1e-12)",
              "tail": float(tail), "threshold": float(threshold), "modalities": {m: dict(e) for m, e in entries.items()}}
     if data is not None:
         block["data"] = dict(data)

@@ -466,13 +466,14 @@ def add_latent_bounds(bundle_dir: str, data, split: str = "train") -> Dict:
 # ---------------------------------------------------------------------------------------------------- novelty
 
 def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: str = "val", batch: int = 256,
-                          tail: Optional[float] = None) -> Dict:
+                          tail: Optional[float] = None, statistics: Optional[Sequence[str]] = None) -> Dict:
     """The manifest's ``novelty`` block (docs/formats.md, :mod:`m2vae_fusion.core.novelty`) from in-distribution
     data, without torch.
 
     Every sample of ``split`` holding modality m is preprocessed with the bundle's configs and run through m's β-VAE
-    encoder and decoder (ONNX); the reconstruction error and the KL of the posterior to N(0, I) (the two ELBO terms)
-    give the calibration interval of each (quantiles ``tail`` and ``1 − tail`` of their logarithm). Also recorded per
+    encoder and decoder (ONNX); each of ``statistics`` (default :data:`m2vae_fusion.core.novelty.DEFAULT_STATISTICS`:
+    the KL of the posterior to N(0, I) and the feature distance; ``reconstruction_error`` may be added) gets its
+    calibration interval (quantiles ``tail`` and ``1 − tail`` of its logarithm). Also recorded per
     modality: ``feature_std`` (per-dimension spread of the encoder means, the unit of the accumulation's outlier
     gate) and ``precision_max`` (highest posterior precision per dimension, the cap of accumulated precision).
 
@@ -487,27 +488,32 @@ def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: st
     from m2vae_fusion.core import novelty
 
     tail = novelty.DEFAULT_TAIL if tail is None else float(tail)
+    names = tuple(statistics or novelty.DEFAULT_STATISTICS)
+    if not names or not set(names) <= set(novelty.STATISTICS):
+        raise BundleError(f"novelty statistics {list(names)} must be a non-empty subset of {list(novelty.STATISTICS)}")
     split_data, info = _bounds_arrays(bundle_dir, manifest, data, split)
     mods = list(manifest["modalities"])
     nets = manifest["networks"]
     entries = {}
     for i, m in enumerate(mods):
-        dec = (nets.get("betavae_decoder") or {}).get(m)
-        if not dec:
-            raise BundleError(f"{os.path.join(bundle_dir, 'manifest.json')}: no β-VAE decoder for {m}: novelty "
-                              "needs it")
         enc_s = _session(os.path.join(bundle_dir, nets["betavae_encoder"][m]))
-        dec_s = _session(os.path.join(bundle_dir, dec))
-        dec_in = dec_s.get_inputs()[0].name
+        dec_s = None
+        if "reconstruction_error" in names:
+            dec = (nets.get("betavae_decoder") or {}).get(m)
+            if not dec:
+                raise BundleError(f"{os.path.join(bundle_dir, 'manifest.json')}: no β-VAE decoder for {m}: the "
+                                  "reconstruction_error statistic needs it")
+            dec_s = _session(os.path.join(bundle_dir, dec))
         x_all = split_data.inputs[m][split_data.present[:, i]]
-        stats = {k: [] for k in novelty.STATISTICS if k != "feature_distance"}
+        stats = {k: [] for k in names if k != "feature_distance"}
         mus, lvs = [], []
         for a in range(0, len(x_all), batch):
             x = np.ascontiguousarray(x_all[a:a + batch])
             mu, lv = enc_s.run(["mean", "log_variance"], {"x": x})
-            rec = dec_s.run(None, {dec_in: mu})[0]
+            rec = None if dec_s is None else dec_s.run(None, {dec_s.get_inputs()[0].name: mu})[0]
             for k, v in novelty.statistics(x, mu, lv, rec).items():
-                stats[k].append(v)
+                if k in stats:
+                    stats[k].append(v)
             mus.append(mu)
             lvs.append(lv)
         if not mus:
@@ -518,7 +524,7 @@ def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: st
         c = mu.astype(np.float64) - f_mean
         stats["feature_distance"] = np.einsum("nd,de,ne->n", c, f_prec, c)
         try:
-            entry = novelty.calibrate(stats, tail)
+            entry = novelty.calibrate(stats, tail, names)
         except ValueError as exc:
             raise BundleError(f"novelty data ({split}), {m}: {exc}") from None
         entry["feature_mean"] = [float(v) for v in f_mean]
@@ -526,11 +532,12 @@ def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: st
         entry["feature_std"] = [float(v) for v in np.maximum(mu.std(axis=0), 1e-6)]
         entry["precision_max"] = [float(v) for v in np.exp(-lv.min(axis=0))]
         entries[m] = entry
-    return novelty.make_block(entries, tail=tail, data={"split": split, "samples": len(split_data),
-                                                         "dataset": info})
+    return novelty.make_block(entries, tail=tail, names=names,
+                              data={"split": split, "samples": len(split_data), "dataset": info})
 
 
-def add_novelty_calibration(bundle_dir: str, data, split: str = "val", tail: Optional[float] = None) -> Dict:
+def add_novelty_calibration(bundle_dir: str, data, split: str = "val", tail: Optional[float] = None,
+                            statistics: Optional[Sequence[str]] = None) -> Dict:
     """Compute the ``novelty`` block (:func:`compute_novelty_block`) for the bundle in ``bundle_dir`` and rewrite its
     manifest with it (every file kept byte for byte; the format version and ``model_id`` do not change: the block is
     optional and does not change the latent space). No torch.
@@ -545,7 +552,8 @@ def add_novelty_calibration(bundle_dir: str, data, split: str = "val", tail: Opt
 
     manifest = _read(bundle_dir)
     verify_sums(bundle_dir, manifest)
-    manifest["novelty"] = compute_novelty_block(bundle_dir, manifest, data, split=split, tail=tail)
+    manifest["novelty"] = compute_novelty_block(bundle_dir, manifest, data, split=split, tail=tail,
+                                                statistics=statistics)
     manifest = _order_manifest(manifest)
     tmp = os.path.join(bundle_dir, ".manifest.json.tmp")
     with open(tmp, "w") as f:
