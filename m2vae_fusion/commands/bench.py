@@ -61,6 +61,7 @@ BENCHMARKS = {
     "chain": "m2vae_fusion.benchmarks.chain",
     "alpha": "m2vae_fusion.benchmarks.alpha",
     "reliability": "m2vae_fusion.benchmarks.reliability",
+    "belief": "m2vae_fusion.benchmarks.belief",
 }
 
 

@@ -28,6 +28,16 @@ def configure(parser):
     parser.add_argument("--bounds-data", metavar="DATASET_DIR",
                         help="data set directory whose train split gives the latent bounds (format v3); "
                              "use the networks' training set")
+    parser.add_argument("--novelty-data", metavar="DATASET_DIR",
+                        help="data set directory whose --novelty-split calibrates the novelty score (manifest "
+                             "\"novelty\" block: in-distribution intervals of the β-VAE ELBO terms); use held-out "
+                             "in-distribution data of the networks' training distribution")
+    parser.add_argument("--novelty-split", default="val", choices=("train", "val", "test"),
+                        help="split of --novelty-data to calibrate on (default: val)")
+    parser.add_argument("--novelty-statistics", default="kl,feature_distance",
+                        help="comma-separated novelty statistics to calibrate: kl, feature_distance, "
+                             "reconstruction_error (the last costs a β-VAE decoder run per observation; "
+                             "default kl,feature_distance)"),
     parser.add_argument("--feature-dim", type=int, default=10, help="β-VAE latent size D_* (--untrained)")
     parser.add_argument("--latent-dim", type=int, default=10, help="M2VAE latent size D_z (--untrained)")
 
@@ -63,6 +73,17 @@ def run(args) -> int:
         out = export_run(args.run, args.out, seed=args.seed)
         if bounds is not None:
             add_latent_bounds(out, bounds)
+    nov = args.novelty_data
+    if nov is not None:
+        if not os.path.isfile(os.path.join(nov, "metadata.json")):
+            raise UserError(f"{os.path.join(nov, 'metadata.json')}: missing; --novelty-data must be a data set "
+                            "directory (m2vae-fusion dataset --out)")
+        from m2vae_fusion.training.export import add_novelty_calibration
+        names = tuple(n.strip() for n in args.novelty_statistics.split(",") if n.strip())
+        from m2vae_fusion.core.novelty import STATISTICS
+        if not names or not set(names) <= set(STATISTICS):
+            raise UserError(f"--novelty-statistics {args.novelty_statistics!r}: name one or more of {list(STATISTICS)}")
+        add_novelty_calibration(out, nov, split=args.novelty_split, statistics=names)
     manifest = read_manifest(out)
     n_chains = sum(len(b) for b in manifest["chains"].values())
     print(f"wrote {out}: format_version {manifest['format_version']}, objective {manifest['objective']}, "
@@ -81,4 +102,11 @@ def run(args) -> int:
               f"{lb['margin_fraction']:g}·range + {lb['margin_absolute']:g}")
     else:
         print("  no latent_bounds (format v2: outputs checked for finiteness only; add --bounds-data DATASET_DIR)")
+    nb = manifest.get("novelty")
+    if nb is not None:
+        data = nb.get("data", {})
+        print(f"  novelty calibrated on {data.get('samples')} {data.get('split')} samples for "
+              f"{sorted(nb['modalities'])} (tail {nb['tail']:g} per side, threshold {nb['threshold']:g})")
+    else:
+        print("  no novelty calibration (nothing is ever novel; add --novelty-data DATASET_DIR)")
     return 0

@@ -50,13 +50,14 @@ import numpy as np
 
 from m2vae_fusion.core.messages import LatentData
 from m2vae_fusion.core.modalities import MODALITIES
-from m2vae_fusion.core.fusion import Belief, BeliefStore, FusionEngine, FusionError, Slot
+from m2vae_fusion.core.fusion import Accumulation, Belief, BeliefStore, FusionEngine, FusionError, Slot
 from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 from m2vae_fusion.core.reasons import DropReason
 
 #: Version of the LatentEmbedding / ClassBelief message format this agent writes and accepts (docs/formats.md).
 FORMAT_VERSION = 3
-#: Versions a receiver accepts: 3, and 2 read with every incarnation unknown (0).
+#: Versions a receiver accepts: format 2 (incarnations unknown = 0; no per-contribution provenance: each slot counts
+#: as the one observation its stamp and source name) and format 3.
 ACCEPTED_FORMAT_VERSIONS = frozenset({2, FORMAT_VERSION})
 #: How many peer-evidence age samples :meth:`Agent.peer_evidence_stats` summarises.
 PEER_AGE_WINDOW = 1000
@@ -112,10 +113,23 @@ class AgentConfig:
     shared_latent_rate: float = 10.0
     share: bool = True
     output_frame_id: str = ""
+    #: evidence accumulation (:class:`~m2vae_fusion.core.fusion.Accumulation`): forgetting factor λ in [0, 1]
+    #: (0: each observation replaces its slot), outlier gate and outliers that confirm a change
+    forgetting_factor: float = 0.8
+    outlier_gate: float = 1.25
+    change_confirmations: int = 4
+    #: novelty threshold (:mod:`m2vae_fusion.core.novelty`): 0: the bundle's calibrated one; < 0: off
+    novelty_threshold: float = 0.0
 
     #: fields that may change while the agent runs (:meth:`Agent.reconfigure`)
     RUNTIME = ("trusted", "belief_ttl", "max_message_age", "max_latent_age", "future_tolerance",
-               "shared_latent_rate", "output_frame_id")
+               "shared_latent_rate", "output_frame_id", "forgetting_factor", "outlier_gate",
+               "change_confirmations", "novelty_threshold")
+
+    @property
+    def accumulation(self) -> Accumulation:
+        """The engine's accumulation settings (raises ValueError when out of range)."""
+        return Accumulation(float(self.forgetting_factor), float(self.outlier_gate), int(self.change_confirmations))
 
     @property
     def share_period(self) -> float:
@@ -161,16 +175,28 @@ class LatentOutput:
     format_version: int = FORMAT_VERSION
     incarnation: int = 0
     modality_source_incarnations: tuple = ()
+    #: format 3, provenance per contribution (parallel tuples, slot order, oldest first within a slot)
+    contribution_modalities: tuple = ()
+    contribution_sources: tuple = ()
+    contribution_stamps_ns: tuple = ()
+    #: format 3: float32 (len(modalities), D*) accumulated β-VAE feature and precision per slot (rows of slots
+    #: known only through a latent are NaN), or None
+    slot_features: Optional[np.ndarray] = None
+    slot_precisions: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
 class BeliefOutput:
-    """What a ClassBelief message carries: the class-belief head's probabilities float32 (C,) for ``latent``."""
+    """What a ClassBelief message carries: the class-belief head's probabilities float32 (C,) for ``latent``;
+    ``novelty``: the novelty score of the observation that produced it (−1: none, e.g. a merge or an uncalibrated
+    bundle), ``novelty_threshold`` the threshold in force (−1: off)."""
 
     latent: LatentOutput
     class_names: tuple
     probabilities: np.ndarray
     format_version: int = FORMAT_VERSION
+    novelty: float = -1.0
+    novelty_threshold: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +246,9 @@ class Agent:
         self.engine = engine
         self.bundle = engine.bundle
         self.config = config
+        engine.accumulation = config.accumulation
+        #: modality → novelty score of its newest scored observation (fused or not)
+        self.novelty_last: dict = {}
         self.clock = clock
         self.counts: Counter = Counter()
         self._count = count or self._own_count
@@ -256,7 +285,9 @@ class Agent:
         if "trusted" in changes:
             changes["trusted"] = frozenset(a for a in changes["trusted"] if a)
         with self._lock:
-            self.config = replace(self.config, **changes)
+            new = replace(self.config, **changes)
+            self.engine.accumulation = new.accumulation
+            self.config = new
             ttl = self.config.belief_ttl
             self.store.ttl_s = ttl if ttl and ttl > 0 else math.inf
         return self.config
@@ -354,8 +385,9 @@ class Agent:
             :class:`Outputs` of the new belief.
 
         Raises:
-            Drop: the raw reader's reason, PREPROCESS, NON_FINITE (encoder output), STALE (older than the slot
-                held), FUSION.
+            Drop: the raw reader's reason, PREPROCESS, NON_FINITE (encoder output), NOVEL (novelty score beyond the
+                threshold: not fused), OUTLIER (held back by evidence accumulation), STALE (older than the slot held),
+                FUSION.
         """
         try:
             x = raw() if callable(raw) else raw
@@ -367,19 +399,46 @@ class Agent:
             x = preprocess(modality, x, self.cfg[modality])
         except PreprocessError as exc:
             raise Drop(DropReason.PREPROCESS, str(exc)) from None
-        feature, _ = self.bundle.encode_feature(modality, x)
-        if not np.all(np.isfinite(feature)):
+        feature, logvar = self.bundle.encode_feature(modality, x)
+        if not (np.all(np.isfinite(feature)) and np.all(np.isfinite(logvar))):
             raise Drop(DropReason.NON_FINITE, "the encoder returned non-finite features")
+        score = self.novelty_score(modality, x, feature, logvar)
+        threshold = self.novelty_threshold
+        if score is not None and threshold > 0 and not score <= threshold:
+            raise Drop(DropReason.NOVEL, f"{modality} observation is novel (score {score:.3g} > threshold "
+                                         f"{threshold:.3g}): not fused")
         with self._lock:
             try:
                 belief = self.engine.observe(self.store.get(target.target_id), target.target_id, modality,
-                                             feature[0], stamp, self.config.agent_id)
+                                             feature[0], stamp, self.config.agent_id, log_variance=logvar[0])
             except FusionError as exc:
                 raise drop_from(exc, DropReason.FUSION) from None
             belief.slots[modality] = replace(belief.slots[modality], incarnation=self.incarnation)
             self.store.put(belief)
+            if belief.held_back:  # the slot remembers it (a change needs several); the belief did not change
+                raise Drop(DropReason.OUTLIER, f"{modality} observation held back: far from the evidence its slot "
+                                               "holds (accumulation)")
             self._own_newest[modality] = max(stamp, self._own_newest.get(modality, -math.inf))
-            return self._outputs(belief, target.frame_id, share=True)
+            return self._outputs(belief, target.frame_id, share=True, novelty=-1.0 if score is None else score)
+
+    @property
+    def novelty_threshold(self) -> float:
+        """The novelty threshold in force: the config's, or the bundle's calibrated one for 0; ≤ 0 when off."""
+        t = self.config.novelty_threshold
+        return self.bundle.novelty.threshold if t == 0 else t
+
+    def novelty_score(self, modality: str, x, feature, log_variance) -> float | None:
+        """Novelty score (:mod:`m2vae_fusion.core.novelty`) of one preprocessed observation ``x`` (1, *shape) with
+        β-VAE posterior ``feature`` / ``log_variance`` (1, D*); None for an uncalibrated modality or when novelty is
+        off. The β-VAE decoder runs only when the bundle calibrated ``reconstruction_error``. Remembered in
+        :attr:`novelty_last`."""
+        nov = self.bundle.novelty
+        if self.config.novelty_threshold < 0 or not nov.has(modality):
+            return None
+        score = float(nov.score_observation(modality, x, feature, log_variance,
+                                            lambda f: self.bundle.decode_feature(modality, f))[0])
+        self.novelty_last[modality] = score
+        return score
 
     # -- peers ------------------------------------------------------------------------------------------------
     def merge(self, peer, now_s: float) -> Outputs | None:
@@ -400,7 +459,8 @@ class Agent:
         me = self.config.agent_id
         trusted = self.config.trusted
         if trusted:  # evidence relayed by a trusted agent must come from trusted agents too
-            others = sorted({*peer.modality_sources, *peer.contributors} - trusted - {me})
+            others = sorted({*peer.modality_sources, *peer.contributors,
+                             *getattr(peer, "contribution_sources", ())} - trusted - {me})
             if others:
                 raise Drop(DropReason.UNTRUSTED,
                            f"latent from {peer.agent_id!r} holds evidence of untrusted agents {others}")
@@ -411,11 +471,17 @@ class Agent:
             for m, s, src, inc in zip(peer.modalities, stamps, peer.modality_sources, incs):
                 if src == me:
                     self.check_provenance(m, s, int(inc), peer.agent_id)
+            # contributions carry no incarnation: checked as unknown (0), i.e. own evidence stamped before this
+            # process started, or not newer than what it observed
+            for m, s, src in zip(getattr(peer, "contribution_modalities", ()),
+                                 map(ns_to_s, getattr(peer, "contribution_stamps_ns", ())),
+                                 getattr(peer, "contribution_sources", ())):
+                if src == me:
+                    self.check_provenance(m, s, 0, peer.agent_id)
         if not stamps:
             raise Drop(DropReason.EMPTY, f"latent from {peer.agent_id!r} names no modalities")
         self.check_stamp(max(stamps), self.config.latent_age_limit, now_s)  # newest slot: not stale, not future
-        slots = {m: Slot(s, src or peer.agent_id, int(inc)) for m, s, src, inc in
-                 zip(peer.modalities, stamps, peer.modality_sources, incs)}
+        slots = peer_slots(peer, stamps, incs)
         with self._lock:
             own = self.store.get(peer.target_id)
             if own is not None and not any(m not in own.slots or s.stamp > own.slots[m].stamp
@@ -550,7 +616,17 @@ class Agent:
     def latent_output(self, belief: Belief, frame_id: str) -> LatentOutput:
         """The LatentEmbedding content of ``belief`` (stamp = its newest evidence)."""
         mods = belief.modalities(self.bundle.modalities)
+        contrib = [(m, a, s) for m in mods for a, s in belief.slots[m].evidence]
+        held = [belief.slots[m] for m in mods]
+        feats = precs = None
+        if any(sl.feature is not None for sl in held):
+            nan = np.full(self.bundle.feature_dim, np.nan, np.float32)
+            feats = np.stack([nan if sl.feature is None else sl.feature for sl in held]).astype(np.float32)
+            precs = np.stack([nan if sl.precision is None else sl.precision for sl in held]).astype(np.float32)
         return LatentOutput(
+            contribution_modalities=tuple(c[0] for c in contrib), contribution_sources=tuple(c[1] for c in contrib),
+            contribution_stamps_ns=tuple(s_to_ns(c[2]) for c in contrib), slot_features=feats,
+            slot_precisions=precs,
             agent_id=self.config.agent_id, target_id=belief.target_id, model_id=self.bundle.model_id,
             stamp_ns=s_to_ns(belief.stamp), frame_id=self.config.output_frame_id or frame_id, modalities=mods,
             modality_stamps_ns=tuple(s_to_ns(belief.slots[m].stamp) for m in mods),
@@ -558,10 +634,13 @@ class Agent:
             mean=belief.mean, log_variance=belief.log_variance, incarnation=self.incarnation,
             modality_source_incarnations=tuple(int(belief.slots[m].incarnation) for m in mods))
 
-    def _outputs(self, belief: Belief, frame_id: str, share: bool) -> Outputs:
+    def _outputs(self, belief: Belief, frame_id: str, share: bool, novelty: float = -1.0) -> Outputs:
         latent = self.latent_output(belief, frame_id)
         probs = self.engine.classify(belief)
-        out_belief = (BeliefOutput(latent, tuple(self.bundle.class_names), probs) if probs is not None else None)
+        t = self.novelty_threshold
+        out_belief = (BeliefOutput(latent, tuple(self.bundle.class_names), probs, novelty=float(novelty),
+                                   novelty_threshold=float(t) if t > 0 and self.config.novelty_threshold >= 0 else -1.0)
+                      if probs is not None else None)
         shared = self._share(latent) if share and self.config.share else None
         return Outputs(latent, out_belief, shared)
 
@@ -637,7 +716,34 @@ def peer_from_latent(latent: LatentOutput) -> PeerLatent:
     return PeerLatent(latent.agent_id, latent.target_id, latent.model_id, latent.stamp_ns, tuple(latent.modalities),
                       tuple(latent.modality_stamps_ns), tuple(latent.modality_sources), tuple(latent.contributors),
                       np.asarray(latent.mean, np.float32), np.asarray(latent.log_variance, np.float32),
-                      latent.frame_id, latent.incarnation, tuple(latent.modality_source_incarnations))
+                      latent.frame_id, incarnation=latent.incarnation,
+                      modality_source_incarnations=tuple(latent.modality_source_incarnations),
+                      contribution_modalities=tuple(latent.contribution_modalities),
+                      contribution_sources=tuple(latent.contribution_sources),
+                      contribution_stamps_ns=tuple(latent.contribution_stamps_ns),
+                      slot_features=latent.slot_features, slot_precisions=latent.slot_precisions)
+
+
+def peer_slots(peer, stamps, incarnations=()) -> dict:
+    """modality → :class:`Slot` of a peer latent: newest stamp, source and source incarnation per slot
+    (``incarnations`` parallel to the slots; 0 / absent: unknown), the contributions listed for it (format 3; a
+    format-2 latent's slot is its one observation) and its accumulated feature / precision when the latent carries
+    them (a row with a NaN: none)."""
+    contrib: dict = {}
+    for m, a, s in zip(getattr(peer, "contribution_modalities", ()), getattr(peer, "contribution_sources", ()),
+                       getattr(peer, "contribution_stamps_ns", ())):
+        contrib.setdefault(m, []).append((a, ns_to_s(s)))
+    feats = getattr(peer, "slot_features", None)
+    precs = getattr(peer, "slot_precisions", None)
+    incs = tuple(incarnations) or (0,) * len(stamps)
+    slots = {}
+    for i, (m, s, src, inc) in enumerate(zip(peer.modalities, stamps, peer.modality_sources, incs)):
+        f = p = None
+        if feats is not None and precs is not None and i < len(feats) and i < len(precs):
+            if np.isfinite(feats[i]).all() and np.isfinite(precs[i]).all():
+                f, p = np.asarray(feats[i], np.float32), np.asarray(precs[i], np.float32)
+        slots[m] = Slot(s, src or peer.agent_id, f, p, tuple(contrib.get(m, ())), incarnation=int(inc))
+    return slots
 
 
 __all__ = ["ACCEPTED_FORMAT_VERSIONS", "PEER_AGE_WINDOW", "Agent", "AgentConfig", "BeliefOutput", "Drop", "FORMAT_VERSION",

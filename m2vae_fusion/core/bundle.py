@@ -311,6 +311,14 @@ class Bundle:
                                            os.path.join(path, MANIFEST))
                               if self.format_version == 3 else None)
         self.objective = str(manifest["objective"])
+        from m2vae_fusion.core.novelty import Novelty, NoveltyError
+
+        try:
+            #: :class:`~m2vae_fusion.core.novelty.Novelty` of the manifest's optional ``novelty`` block (absent:
+            #: uncalibrated, nothing is ever novel)
+            self.novelty = Novelty(manifest.get("novelty"), os.path.join(path, MANIFEST))
+        except NoveltyError as exc:
+            raise BundleError(str(exc)) from None
         self.modalities = tuple(manifest["modalities"])
         self.feature_dim = int(manifest["feature_dim"])
         self.latent_dim = int(manifest["latent_dim"])
@@ -343,8 +351,13 @@ class Bundle:
                 self._files[(f"chain_{kind}", s)] = chains[kind][s]
         # open every network the fusion path needs now, so a corrupt file stops start-up, not the first message
         for key in self._files:
-            if key[0] != "betavae_decoder":
-                self._session(key)
+            if key[0] != "betavae_decoder" or (self.novelty.needs_reconstruction and self.novelty.has(key[1])):
+                self._session(key)  # novelty with reconstruction_error runs the β-VAE decoder
+        missing = [m for m in self.modalities if self.novelty.needs_reconstruction and self.novelty.has(m)
+                   and ("betavae_decoder", m) not in self._files]
+        if missing:
+            raise BundleError(f"{os.path.join(path, MANIFEST)}: novelty calibrated for {missing} without their "
+                              "β-VAE decoders")
         self._check_chain_outputs()
 
     def _check_chain_outputs(self) -> None:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -56,13 +56,93 @@ class FusionError(ValueError):
 
 @dataclass(frozen=True)
 class Slot:
-    """Evidence held for one modality: ``stamp`` (s, the observation's time) and the observing ``agent``;
-    ``incarnation``: start stamp (int ns) of the observing agent's process, 0 when unknown (message format 2). Not
-    part of equality: the same observation is the same evidence whoever relays it."""
+    """Evidence held for one modality.
+
+    Attributes:
+        stamp: s, time of the newest observation fused into the slot; agent: the agent that made it.
+        feature: float32 (D*,) accumulated β-VAE feature (product of the observations' Gaussian posteriors with
+            forgetting, :class:`Accumulation`), or None for a slot known only through a latent (then its feature is
+            the M2VAE decoder mean of that latent, FUSION 2019 Eq. 18).
+        precision: float32 (D*,) accumulated precision of ``feature`` (None with it).
+        contributions: ``((agent, stamp), ...)`` of the observations the slot holds, oldest first (at most
+            ``Accumulation.max_contributions`` kept); empty means the single observation ``((agent, stamp),)``.
+        history: bool per recent observation of this slot (newest last): True for an outlier held back.
+        pending: outliers held back, ``((feature, precision, agent, stamp), ...)``, newest last.
+
+    Equality compares ``stamp``, ``agent`` and ``contributions`` (the evidence), not the arrays.
+    """
 
     stamp: float
     agent: str
+    feature: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    precision: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    contributions: tuple = ()
+    history: tuple = field(default=(), compare=False, repr=False)
+    pending: tuple = field(default=(), compare=False, repr=False)
+    #: the last observation of this slot was held back (an outlier or a stray), not fused
+    stray: bool = field(default=False, compare=False, repr=False)
+    #: start stamp (int ns) of the observing agent's process, 0 when unknown (message format 2); not part of
+    #: equality: the same observation is the same evidence whoever relays it
     incarnation: int = field(default=0, compare=False)
+
+    @property
+    def evidence(self) -> tuple:
+        """``((agent, stamp), ...)``: the observations this slot holds (provenance per contribution)."""
+        return self.contributions or ((self.agent, self.stamp),)
+
+
+#: the change rule counts change support among the last ``confirm + WINDOW_EXTRA`` observations of a slot
+WINDOW_EXTRA = 0
+
+
+@dataclass(frozen=True)
+class Accumulation:
+    """How repeated observations of one modality add up in its slot (beyond the FUSION 2019 paper).
+
+    Each observation of modality m is a Gaussian expert ``N(f, diag(σ²))`` (its β-VAE encoder posterior). The slot
+    holds their product (MVAE, Wu & Goodman 2018; MoPoE-VAE, Sutter et al. 2021, Eq. 8: for Gaussians the precisions
+    add and the mean is the precision-weighted mean) with a forgetting factor λ applied to the held precision at
+    every new observation: ``P ← λ·P + 1/σ²``, ``f ← (λ·P_old·f_old + f_new/σ²) / P``. A constant stream settles at
+    ``1 / (1 − λ)`` observations' worth of precision, so old evidence fades and a real change can win.
+
+    An observation whose feature lies farther than ``gate`` from the held feature (rms over dimensions, in units of
+    the calibrated in-distribution feature spread, manifest ``novelty.modalities.<m>.feature_std``, else 1) is an
+    *outlier*: it is held back, not fused. While n outliers are held back, an observation within ``gate·√(1 + 1/n)``
+    of their mean and nearer to it than to the held feature supports a change (held back too); one beyond ``gate`` of both is
+    a stray (held back, supports nothing). When ``confirm`` of the last ``confirm + 1`` observations of the slot
+    supported a change, the object changed: the slot is replaced by the product of the held-back outliers (forgotten
+    once no observation of the last ``confirm + 1`` supported a change). So one misread, or a burst of up to
+    ``confirm − 1``, never moves the belief, and a swapped object wins by its ``confirm + 1``-th observation at the
+    latest (when its observations lie within ``gate`` of each other).
+
+    Attributes:
+        forgetting: λ in [0, 1]; 0 turns accumulation off (each observation replaces the slot, as in the paper).
+        gate: outlier distance (> 0; ``math.inf``: no outliers).
+        confirm: outliers (≥ 1) among the last ``confirm + 1`` observations that replace the slot.
+        max_contributions: contributions listed per slot (older ones still weigh λ^k in the feature).
+    """
+
+    forgetting: float = 0.8
+    gate: float = 1.25
+    confirm: int = 4
+    max_contributions: int = 16
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.forgetting) <= 1.0:
+            raise ValueError(f"forgetting factor must be in [0, 1], got {self.forgetting}")
+        if not float(self.gate) > 0:
+            raise ValueError(f"outlier gate must be > 0, got {self.gate}")
+        if int(self.confirm) < 1 or int(self.max_contributions) < 1:
+            raise ValueError("confirm and max_contributions must be ≥ 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.forgetting > 0
+
+    @property
+    def window(self) -> int:
+        """How many recent observations of a slot the change rule looks at."""
+        return int(self.confirm) + WINDOW_EXTRA
 
 
 @dataclass
@@ -81,6 +161,9 @@ class Belief:
     log_variance: np.ndarray
     slots: dict = field(default_factory=dict)
     updated: float = 0.0
+    #: True when the last observation was an outlier held back (:class:`Accumulation`): mean and
+    #: log-variance are those of the belief before it
+    held_back: bool = False
 
     @property
     def stamp(self) -> float:
@@ -150,6 +233,29 @@ def _check_features(what: str, feats: Mapping[str, np.ndarray]) -> None:
             raise FusionError(f"{what}: the {m} decoder gave non-finite features", DropReason.NON_FINITE)
 
 
+def _peer_wins(peer: Slot, own: Slot) -> bool:
+    """Whether a peer's slot replaces the own one in a merge: never when the own slot already holds all of its
+    contributions (relayed or echoed evidence is not counted twice); always when the peer's holds all of the own
+    ones and more; otherwise the one with the newer newest observation wins."""
+    p, o = set(peer.evidence), set(own.evidence)
+    if p <= o:
+        return False
+    return o <= p or peer.stamp > own.stamp
+
+
+def _feature_scale(bundle: Bundle, modality: str) -> np.ndarray:
+    """float32 (D*,) per-dimension spread of in-distribution β-VAE features of ``modality`` (manifest
+    ``novelty.modalities.<m>.feature_std``), ones for a bundle without it (the β-VAE prior's spread)."""
+    d = bundle.feature_dim
+    try:
+        std = np.asarray(bundle.manifest["novelty"]["modalities"][modality]["feature_std"], np.float32).reshape(-1)
+    except (KeyError, TypeError, ValueError):
+        return np.ones(d, np.float32)
+    if std.shape != (d,) or not np.isfinite(std).all() or (std <= 0).any():
+        return np.ones(d, np.float32)
+    return std
+
+
 class FusionEngine:
     """In-place fusion with one bundle's networks.
 
@@ -163,11 +269,16 @@ class FusionEngine:
     #: class probabilities remembered per fused latent mean, so classify() after observe()/merge() needs no run
     PROBABILITY_CACHE = 64
 
-    def __init__(self, bundle: Bundle, clock: Callable[[], float] = time.monotonic, chains: bool = True):
+    def __init__(self, bundle: Bundle, clock: Callable[[], float] = time.monotonic, chains: bool = True,
+                 accumulation: Accumulation | None = None):
         self.bundle = bundle
         self.clock = clock
         self.order = bundle.modalities
         self.chains = bool(chains)
+        #: how repeated observations of a modality add up (:class:`Accumulation`; forgetting 0: replace)
+        self.accumulation = accumulation if accumulation is not None else Accumulation()
+        #: modality → float32 (D*,) in-distribution feature spread, the unit of the outlier gate (1 uncalibrated)
+        self.feature_scale = {m: _feature_scale(bundle, m) for m in self.order}
         #: the bundle's :class:`~m2vae_fusion.core.bundle.LatentBounds` (format v3), or None (v2: finiteness only)
         self.bounds = getattr(bundle, "latent_bounds", None)
         self._probs: "OrderedDict[bytes, np.ndarray]" = OrderedDict()
@@ -294,26 +405,37 @@ class FusionEngine:
 
     # -- single beliefs ---------------------------------------------------------------------------------------
     def observe(self, belief: Belief | None, target_id: str, modality: str, feature, stamp: float,
-                agent: str) -> Belief:
+                agent: str, log_variance=None) -> Belief:
         """Fuse one observation of ``modality`` in place (Eq. 18) into ``belief`` (None: start a new belief).
 
+        With accumulation on (:class:`Accumulation`), the observation is first multiplied into its slot's held
+        feature (product of Gaussian experts with forgetting), or held back as an outlier (then the returned belief
+        has ``held_back`` True and the mean and log-variance passed in); the subset encoder of the union then
+        encodes every slot's held feature (slots known only through a latent: its decoder mean, Eq. 18).
+
         Args:
-            feature: float32 (D*,) β-VAE feature of the observation.
+            feature: float32 (D*,) β-VAE feature (encoder mean) of the observation.
             stamp: observation time (s). agent: the observing agent's id.
+            log_variance: float32 (D*,) β-VAE encoder log-variance of the observation (its expert's precision
+                ``exp(−log_variance)``); None: unit precision.
 
         Returns:
             the new belief (the input belief is not modified).
 
         Raises:
-            FusionError: with ``reason`` MISMATCH (unknown modality, wrong size), NON_FINITE (non-finite feature or
-                stamp, or non-finite decoded features / fusion outputs), STALE (evidence older than the belief's
-                evidence for the same modality), INVALID_OUTPUT (probabilities not in [0, 1] or not summing to 1),
-                ENCODING_OUT_OF_RANGE (format v3: the fused latent mean is outside the latent bounds), FUSION (a
-                belief about another target). The belief passed in is never modified.
+            FusionError: with ``reason`` MISMATCH (unknown modality, wrong size), NON_FINITE (non-finite feature,
+                log-variance or stamp, or non-finite decoded features / fusion outputs), STALE (evidence older than
+                the belief's evidence for the same modality), INVALID_OUTPUT (probabilities not in [0, 1] or not
+                summing to 1), ENCODING_OUT_OF_RANGE (format v3: the fused latent mean is outside the latent bounds),
+                FUSION (a belief about another target). The belief passed in is never modified.
         """
         if modality not in self.order:
             raise FusionError(f"unknown modality {modality!r}; bundle has {list(self.order)}", DropReason.MISMATCH)
         f = _check_vector(f"{modality} feature", feature, self.bundle.feature_dim)
+        prec = (np.ones_like(f) if log_variance is None else
+                np.exp(-_check_vector(f"{modality} log-variance", log_variance, self.bundle.feature_dim)))
+        if not np.isfinite(prec).all() or not (prec > 0).all():
+            raise FusionError(f"{modality} log-variance gives a precision outside (0, inf)", DropReason.NON_FINITE)
         if not math.isfinite(float(stamp)):
             raise FusionError(f"{modality} observation has a non-finite stamp", DropReason.NON_FINITE)
         if belief is not None and modality in belief.slots and stamp < belief.slots[modality].stamp:
@@ -321,14 +443,87 @@ class FusionEngine:
                               f"{belief.slots[modality].stamp:.3f} s)", DropReason.STALE)
         if belief is not None and belief.target_id != target_id:
             raise FusionError(f"belief is about {belief.target_id!r}, observation about {target_id!r}")
-        have = belief.modalities(self.order) if belief is not None else ()
-        z = np.array(belief.mean, dtype=np.float32)[None] if belief is not None else None
-        what = f"fusing {modality} into {'+'.join(have) or 'no belief'}"
-        mean, logvar, probs = self._accept_encoding(what, *self.fuse_batch_full(z, have, modality, f[None]))
-        self._remember(mean[0], None if probs is None else probs[0])
+        slot = self._accumulate(belief, modality, f, prec.astype(np.float32), float(stamp), str(agent))
         slots = dict(belief.slots) if belief is not None else {}
-        slots[modality] = Slot(float(stamp), str(agent))
+        slots[modality] = slot
+        if slot.stray:
+            # held back as an outlier: the belief keeps its latent, the slot records the pending observation
+            return Belief(target_id, belief.mean, belief.log_variance, slots, belief.updated, held_back=True)
+        have = belief.modalities(self.order) if belief is not None else ()
+        what = f"fusing {modality} into {'+'.join(m for m in have if m != modality) or 'no belief'}"
+        if belief is None or not self.accumulation.enabled:
+            z = np.array(belief.mean, dtype=np.float32)[None] if belief is not None else None
+            out = self.fuse_batch_full(z, have, modality, slot.feature[None])
+        else:
+            feats = self._slot_features(belief.mean, slots, what)
+            out = self._encode(feats, with_probs=True)
+            _check_outputs(what, *out)
+        mean, logvar, probs = self._accept_encoding(what, *out)
+        self._remember(mean[0], None if probs is None else probs[0])
         return Belief(target_id, mean[0], logvar[0], slots, self.clock())
+
+    def _slot_features(self, z, slots: Mapping[str, Slot], what: str) -> dict:
+        """modality → float32 (1, D*) input of the subset encoder: each slot's held feature, or the decoder mean of
+        latent ``z`` (Dz,) for slots that hold none (one decode run for all of those)."""
+        missing = [m for m in self.order if m in slots and slots[m].feature is None]
+        feats = self._decode(np.asarray(z, np.float32)[None], missing) if missing else {}
+        _check_features(what, feats)
+        for m in self.order:
+            if m in slots and slots[m].feature is not None:
+                feats[m] = np.asarray(slots[m].feature, np.float32)[None]
+        return {m: feats[m] for m in self.order if m in feats}
+
+    def _accumulate(self, belief: Belief | None, modality: str, f: np.ndarray, prec: np.ndarray, stamp: float,
+                    agent: str) -> Slot:
+        """The slot of ``modality`` after one observation (see :class:`Accumulation`)."""
+        acc = self.accumulation
+        held = belief.slots.get(modality) if belief is not None else None
+        fresh = Slot(stamp, agent, f, prec, ((agent, stamp),))
+        if held is None or not acc.enabled:
+            return fresh
+        h_feat, h_prec = held.feature, held.precision
+        if h_feat is None:  # known only through a latent: its decoder mean, weighing one observation
+            h_feat = self._decode(np.asarray(belief.mean, np.float32)[None], [modality])[modality][0]
+            _check_features(f"decoding the {modality} slot", {modality: h_feat})
+            h_prec = prec
+        scale = self.feature_scale[modality]
+        d_held = float(np.sqrt(np.mean(((f - h_feat) / scale) ** 2)))
+        d_pend = (float(np.sqrt(np.mean(((f - np.mean([p[0] for p in held.pending], axis=0)) / scale) ** 2)))
+                  if held.pending else math.inf)
+        # a mean of n held-back observations is noisier than the held evidence: its gate widens by √(1 + 1/n)
+        if held.pending and d_pend < d_held and d_pend <= acc.gate * math.sqrt(1.0 + 1.0 / len(held.pending)):
+            kind = "change"       # supports the change the held-back outliers suggest
+        elif d_held <= acc.gate:
+            kind = "inlier"
+        elif held.pending:
+            kind = "stray"        # far from both: held back, supports nothing
+        else:
+            kind = "change"       # the first outlier
+        history = (*held.history, kind == "change")[-acc.window:]
+        if kind == "inlier":
+            lam = acc.forgetting
+            p = lam * h_prec + prec
+            mean = (lam * h_prec * h_feat + prec * f) / p
+            contributions = (*held.evidence, (agent, stamp))[-acc.max_contributions:]
+            return Slot(stamp, agent, mean.astype(np.float32), p.astype(np.float32), contributions, history,
+                        held.pending if any(history) else ())
+        if kind == "stray":
+            return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history,
+                        held.pending, stray=True)
+        pending = (*held.pending, (f, prec, agent, stamp))[-acc.confirm:]
+        if sum(history) < acc.confirm:
+            return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history, pending,
+                        stray=True)
+        # the object changed: the slot becomes the product of the held-back outliers
+        slot = None
+        for pf, pp, pa, ps in pending:
+            if slot is None:
+                slot = Slot(ps, pa, pf, pp, ((pa, ps),))
+            else:
+                p = acc.forgetting * slot.precision + pp
+                mean = (acc.forgetting * slot.precision * slot.feature + pp * pf) / p
+                slot = Slot(ps, pa, mean.astype(np.float32), p.astype(np.float32), (*slot.contributions, (pa, ps)))
+        return slot
 
     def merge(self, own: Belief | None, peer: Belief) -> tuple[Belief, bool]:
         """Merge a peer's belief about the same target: union of slots, one value per slot.
@@ -368,9 +563,11 @@ class FusionEngine:
         self.check_peer_latent(mean)
         logvar = self.cap_log_variance(logvar)
         if own is None:
+            peer = self._checked_peer_slots(peer)
             self._check_adopted(mean)
             return Belief(peer.target_id, mean, logvar, dict(peer.slots), self.clock()), True
-        from_peer = [m for m in peer.slots if m not in own.slots or peer.slots[m].stamp > own.slots[m].stamp]
+        peer = self._checked_peer_slots(peer)
+        from_peer = [m for m in peer.slots if m not in own.slots or _peer_wins(peer.slots[m], own.slots[m])]
         if not from_peer:
             return own, False
         union = set(own.slots) | set(peer.slots)
@@ -383,15 +580,57 @@ class FusionEngine:
         ordered = [m for m in self.order if m in union]
         what = f"merging {'+'.join(ordered)}"
         own_mean = np.array(own.mean, dtype=np.float32)
-        if self.chains:
+        held = {m: slots[m].feature for m in ordered
+                if self.accumulation.enabled and slots[m].feature is not None}
+        if len(held) == len(ordered):  # every slot holds its accumulated feature: no decoding
+            feats = {}
+        elif self.chains:
             both = self.bundle.decode_slots(np.stack([own_mean, mean]), ordered)
             feats = {m: both[m][1:2] if m in from_peer else both[m][0:1] for m in ordered}
         else:
             feats = {m: self.bundle.decode(m, (mean if m in from_peer else own_mean)[None]) for m in ordered}
         _check_features(what, feats)
+        feats.update({m: np.asarray(f, np.float32)[None] for m, f in held.items()})
+        feats = {m: feats[m] for m in ordered}
         new_mean, new_logvar, probs = self._accept_encoding(what, *self._encode(feats, with_probs=True))
         self._remember(new_mean[0], None if probs is None else probs[0])
         return Belief(own.target_id, new_mean[0], new_logvar[0], slots, self.clock()), True
+
+    def _checked_peer_slots(self, peer: Belief) -> Belief:
+        """``peer`` with its slots' accumulated features validated (finite, D* values, precision in (0, inf)) and
+        their precision capped at ``max_precision``: a slot that fails loses its feature (it is then known through
+        the peer's latent only, FUSION 2019 Eq. 18)."""
+        slots = {}
+        for m, sl in peer.slots.items():
+            if sl.feature is not None:
+                try:
+                    f = _check_vector(f"peer {m} slot feature", sl.feature, self.bundle.feature_dim)
+                    p = _check_vector(f"peer {m} slot precision", sl.precision, self.bundle.feature_dim)
+                    if not (p > 0).all():
+                        raise FusionError("precision not positive", DropReason.MISMATCH)
+                    cap = self.max_precision.get(m)
+                    sl = replace(sl, feature=f, precision=p if cap is None else np.minimum(p, cap), history=(),
+                                 pending=())
+                except FusionError:
+                    sl = replace(sl, feature=None, precision=None, history=(), pending=())
+            slots[m] = sl
+        return Belief(peer.target_id, peer.mean, peer.log_variance, slots, peer.updated)
+
+    @property
+    def max_precision(self) -> dict:
+        """modality → float32 (D*,) the highest accumulated precision a slot may hold: the calibration's highest
+        β-VAE posterior precision (manifest ``novelty.modalities.<m>.precision_max``) times ``1 / (1 − λ)``, the
+        weight a constant stream of such observations settles at (absent without calibration: no cap)."""
+        out = {}
+        lam = self.accumulation.forgetting
+        for m in self.order:
+            try:
+                pm = np.asarray(self.bundle.manifest["novelty"]["modalities"][m]["precision_max"], np.float32)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if pm.shape == (self.bundle.feature_dim,) and np.isfinite(pm).all():
+                out[m] = pm / max(1.0 - lam, 1e-3)
+        return out
 
     def reencode(self, belief: Belief) -> Belief:
         """One decode → re-encode step of ``belief`` (same slots; the belief passed in is not modified).

@@ -535,15 +535,62 @@ class LatentData:
     incarnation: int = 0
     #: format 3: per slot (same order as ``modalities``), the start stamp (int ns) of the source's process (0: unknown)
     modality_source_incarnations: tuple = ()
+    #: format 3 (docs/formats.md): provenance per contribution, parallel tuples (modality, source agent, stamp
+    #: ns); empty for a format-2 message (each slot is then the one observation its stamp and source name)
+    contribution_modalities: tuple = ()
+    contribution_sources: tuple = ()
+    contribution_stamps_ns: tuple = ()
+    #: format 3: float32 (len(modalities), D*) accumulated β-VAE feature and precision per slot, in the order of
+    #: ``modalities`` (a NaN row: that slot holds none), or None when not sent
+    slot_features: np.ndarray | None = None
+    slot_precisions: np.ndarray | None = None
 
 
-def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> LatentData:
-    """m2vae_fusion_msgs/LatentEmbedding → :class:`LatentData`, validated against the bundle.
+def _contributions(msg, mods: tuple, stamps: tuple, sources: tuple, feature_dim: int | None):
+    """The format-3 fields of a LatentEmbedding, validated (see :func:`latent_from_msg`)."""
+    cm = tuple(getattr(msg, "contribution_modalities", ()) or ())
+    cs = tuple(getattr(msg, "contribution_sources", ()) or ())
+    ct = tuple(stamp_to_ns(t) for t in (getattr(msg, "contribution_stamps", ()) or ()))
+    if not (len(cm) == len(cs) == len(ct)):
+        raise ConversionError(DropReason.MISMATCH, f"latent has {len(cm)}/{len(cs)}/{len(ct)} contribution "
+                                                   "modalities/sources/stamps")
+    if cm:
+        bad = sorted(set(cm).difference(mods))
+        if bad:
+            raise ConversionError(DropReason.MISMATCH, f"latent lists contributions of modalities {bad} it holds "
+                                                       "no slot for")
+        for m, t, src in zip(mods, stamps, sources):
+            mine = [(a, s) for cmod, a, s in zip(cm, cs, ct) if cmod == m]
+            if not mine or max(s for _, s in mine) != t or len(set(mine)) != len(mine):
+                raise ConversionError(DropReason.MISMATCH, f"latent's {m} contributions do not end at its slot stamp "
+                                                           "or repeat one")
+    feats = precs = None
+    sf = np.asarray(getattr(msg, "slot_features", ()) or (), np.float32).reshape(-1)
+    sp = np.asarray(getattr(msg, "slot_precisions", ()) or (), np.float32).reshape(-1)
+    if sf.size or sp.size:
+        if feature_dim is None or sf.size != len(mods) * feature_dim or sp.size != sf.size:
+            raise ConversionError(DropReason.MISMATCH, f"latent has {sf.size}/{sp.size} slot feature/precision "
+                                                       f"values for {len(mods)} slots of D*={feature_dim}")
+        feats, precs = sf.reshape(len(mods), -1), sp.reshape(len(mods), -1)
+        with np.errstate(invalid="ignore"):
+            if np.isinf(feats).any() or np.isinf(precs).any() or (precs <= 0).any():
+                raise ConversionError(DropReason.NON_FINITE, "latent slot features / precisions are infinite or "
+                                                             "not positive")
+    return cm, cs, ct, feats, precs
+
+
+def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int,
+                    feature_dim: int | None = None) -> LatentData:
+    """m2vae_fusion_msgs/LatentEmbedding (format 2 or 3) → :class:`LatentData`, validated against the bundle.
+
+    Format 3 fields (docs/formats.md): the contribution lists must have one length, name only modalities the
+    latent holds, and per slot end at the slot's stamp without repeats; ``slot_features`` / ``slot_precisions`` are
+    empty or hold ``len(modalities) · feature_dim`` values each (a NaN row: no accumulated feature for that slot).
 
     Raises:
         ConversionError: ``empty`` (no agent, target or modality), ``mismatch`` (wrong vector size, unknown or
-            repeated modality, per-slot lists of another length), ``non_finite`` (NaN / inf in mean or
-            log-variance).
+            repeated modality, per-slot lists of another length, inconsistent contributions), ``non_finite``
+            (NaN / inf in mean or log-variance, inf or non-positive slot precisions).
 
     ``incarnation`` and ``modality_source_incarnations`` (format 3) are read as 0 (unknown) where absent or empty
     (format 2).
@@ -575,9 +622,13 @@ def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int) -> Late
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(logvar))):
         raise ConversionError(DropReason.NON_FINITE, "latent mean or log-variance is not finite")
     stamps = tuple(stamp_to_ns(s) for s in msg.modality_stamps)
+    cm, cs, ct, feats, precs = _contributions(msg, mods, stamps, sources or tuple(msg.agent_id for _ in mods),
+                                              feature_dim)
     # canonical slot order
     order = sorted(range(len(mods)), key=lambda i: list(modality_order).index(mods[i]))
     return LatentData(
+        contribution_modalities=cm, contribution_sources=cs, contribution_stamps_ns=ct,
+        slot_features=None if feats is None else feats[order], slot_precisions=None if precs is None else precs[order],
         agent_id=msg.agent_id, target_id=msg.target_id, model_id=msg.model_id,
         stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
         modalities=tuple(mods[i] for i in order), modality_stamps_ns=tuple(stamps[i] for i in order),
@@ -599,6 +650,13 @@ def latent_to_msg(data: LatentData):
     msg.modality_source_incarnations = [int(i) for i in data.modality_source_incarnations]
     msg.mean = np.asarray(data.mean, dtype=np.float32).ravel()
     msg.log_variance = np.asarray(data.log_variance, dtype=np.float32).ravel()
+    if hasattr(msg, "contribution_modalities"):  # format 3 interfaces
+        msg.contribution_modalities = list(data.contribution_modalities)
+        msg.contribution_sources = list(data.contribution_sources)
+        msg.contribution_stamps = [ns_to_stamp(s) for s in data.contribution_stamps_ns]
+        if data.slot_features is not None and data.slot_precisions is not None:
+            msg.slot_features = np.asarray(data.slot_features, dtype=np.float32).ravel()
+            msg.slot_precisions = np.asarray(data.slot_precisions, dtype=np.float32).ravel()
     return msg
 
 

@@ -27,6 +27,8 @@ class DropReason(StrEnum):
     TOO_MANY_INVALID = "too_many_invalid"  # more than half of a scan's beams outside its own [range_min, range_max]
     # preprocessing and the model
     PREPROCESS = "preprocess"            # refused by m2vae_fusion.core.preprocess
+    NOVEL = "novel"                      # out of distribution for the bundle's β-VAE (novelty score beyond the
+    #                                      threshold, m2vae_fusion.core.novelty): not fused
     # the agent's policy
     STALE = "stale"                      # older than allowed (or older than the evidence held)
     FUTURE = "future"                    # stamped too far in the future
@@ -36,6 +38,8 @@ class DropReason(StrEnum):
     FORMAT_VERSION = "format_version"    # a message of an unknown format version
     SPOOFED = "spoofed"                  # claims evidence of this agent that it never produced
     REDUNDANT = "redundant"              # adds no evidence to the belief held
+    OUTLIER = "outlier"                  # held back by evidence accumulation: far from the evidence its slot holds
+    #                                      (a misread, or the start of a change not yet confirmed; core.fusion)
     FUSION = "fusion"                    # the fusion engine refused the input
     OUT_OF_RANGE = "out_of_range"        # a peer latent mean beyond the bundle's latent_bounds (+ margin)
     ENCODING_OUT_OF_RANGE = "encoding_out_of_range"  # the engine's own encoding (observe/merge/re-encode) beyond them

@@ -75,7 +75,9 @@ __all__ = ["FusionNode", "default_model_dir", "main", "ns_to_s", "s_to_ns"]
 RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "belief_ttl",
                   "max_message_age": "max_message_age", "max_latent_age": "max_latent_age",
                   "future_tolerance": "future_tolerance", "trusted_agents": "trusted",
-                  "output_frame_id": "output_frame_id", "warn_throttle": None}
+                  "output_frame_id": "output_frame_id", "warn_throttle": None,
+                  "forgetting_factor": "forgetting_factor", "outlier_gate": "outlier_gate",
+                  "change_confirmations": "change_confirmations", "novelty_threshold": "novelty_threshold"}
 
 
 #: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
@@ -135,7 +137,10 @@ def latent_msg(out: LatentOutput) -> LatentEmbedding:
         agent_id=out.agent_id, target_id=out.target_id, model_id=out.model_id, stamp_ns=out.stamp_ns,
         modalities=out.modalities, modality_stamps_ns=out.modality_stamps_ns, modality_sources=out.modality_sources,
         contributors=out.contributors, mean=out.mean, log_variance=out.log_variance, frame_id=out.frame_id,
-        incarnation=out.incarnation, modality_source_incarnations=out.modality_source_incarnations))
+        incarnation=out.incarnation, modality_source_incarnations=out.modality_source_incarnations,
+        contribution_modalities=out.contribution_modalities, contribution_sources=out.contribution_sources,
+        contribution_stamps_ns=out.contribution_stamps_ns, slot_features=out.slot_features,
+        slot_precisions=out.slot_precisions))
     msg.format_version = out.format_version
     return msg
 
@@ -146,7 +151,8 @@ def belief_msg(out, latent: LatentEmbedding | None = None) -> ClassBelief:
     msg = ClassBelief(header=latent.header if latent is not None else conv.make_header(lat.stamp_ns, lat.frame_id),
                       agent_id=lat.agent_id, target_id=lat.target_id, model_id=lat.model_id,
                       modalities=list(lat.modalities), contributors=list(lat.contributors),
-                      class_names=list(out.class_names), format_version=out.format_version)
+                      class_names=list(out.class_names), format_version=out.format_version,
+                      novelty=float(out.novelty), novelty_threshold=float(out.novelty_threshold))
     msg.probabilities = np.asarray(out.probabilities, dtype=np.float32).ravel()
     return msg
 
@@ -224,6 +230,18 @@ class FusionNode(LifecycleNode):
                                                     "(unavailable ones are skipped)"),
         ("output_frame_id", "", "frame_id of published headers; empty: the target's frame"),
         ("diagnostics_period", 1.0, "Seconds between /diagnostics messages"),
+        ("forgetting_factor", 0.8, "Evidence accumulation: repeated observations of one sensor multiply into its "
+                                   "slot (product of Gaussian experts); the held evidence is weighted by this factor "
+                                   "at each new observation, so a steady stream counts as 1/(1-factor) observations "
+                                   "(0: each observation replaces the last, as in the paper; 1: never forget)"),
+        ("outlier_gate", 1.25, "An observation farther than this from its slot's accumulated feature (rms over "
+                               "dimensions, in units of the calibrated in-distribution spread) is held back, not "
+                               "fused"),
+        ("change_confirmations", 4, "When this many of a slot's last change_confirmations+1 observations were held "
+                                    "back, the object changed: the slot becomes the held-back observations"),
+        ("novelty_threshold", 0.0, "Observations whose novelty score (two-sided test of the β-VAE ELBO terms, "
+                                   "calibrated on in-distribution data in the bundle manifest) exceeds this are not "
+                                   "fused (dropped.<sensor>.novel); 0: the bundle's calibrated threshold; < 0: off"),
         ("latency_window", 1000, "Latency percentiles are over this many recent observations per source"),
         ("warn_throttle", 5.0, "Seconds between repeated warnings of the same kind"),
     ]
@@ -260,7 +278,10 @@ class FusionNode(LifecycleNode):
             if RUNTIME_PARAMS[prm.name]:
                 changes[RUNTIME_PARAMS[prm.name]] = value
             other[prm.name] = value
-        self.agent.reconfigure(**changes)
+        try:
+            self.agent.reconfigure(**changes)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
         self.p.update(other)
         if other:
             self.get_logger().info(f"parameters changed at runtime: {other}")
@@ -330,7 +351,13 @@ class FusionNode(LifecycleNode):
             belief_ttl=p["belief_ttl"], max_targets=p["max_targets"], max_message_age=p["max_message_age"],
             max_latent_age=p["max_latent_age"], future_tolerance=p["future_tolerance"],
             target_history=p["target_history"], shared_latent_rate=p["shared_latent_rate"],
-            share=bool(p["shared_latent_topic"]), output_frame_id=p["output_frame_id"])
+            share=bool(p["shared_latent_topic"]), output_frame_id=p["output_frame_id"],
+            forgetting_factor=p["forgetting_factor"], outlier_gate=p["outlier_gate"],
+            change_confirmations=p["change_confirmations"], novelty_threshold=p["novelty_threshold"])
+        try:
+            config.accumulation
+        except ValueError as exc:
+            raise ConfigError(f"parameters forgetting_factor / outlier_gate / change_confirmations: {exc}") from None
         # this process's incarnation: its start stamp on the ROS clock (the stamps' time base); the wall clock while a
         # simulated clock has not started
         incarnation = self.get_clock().now().nanoseconds or time.time_ns()
@@ -519,7 +546,7 @@ class FusionNode(LifecycleNode):
     def _process_latent(self, msg: LatentEmbedding, recv: int) -> None:
         self.agent.screen_peer(msg.agent_id, msg.model_id, msg.format_version)
         try:
-            data = conv.latent_from_msg(msg, self.bundle.modalities, self.bundle.latent_dim)
+            data = conv.latent_from_msg(msg, self.bundle.modalities, self.bundle.latent_dim, self.bundle.feature_dim)
         except conv.ConversionError as exc:
             raise drop_from(exc, DropReason.MISMATCH, f"latent from {msg.agent_id!r}: ") from None
         if self.agent.note_peer(data.agent_id, data.incarnation):  # a peer started or restarted: share what we hold
@@ -590,13 +617,15 @@ class FusionNode(LifecycleNode):
         values.update(self.agent.store_stats())
         values.update(self.agent.peer_evidence_stats(self._now_s()))
         values["peers"] = len(self.agent.peers())
+        values.update({f"novelty.{m}": round(v, 4) for m, v in self.agent.novelty_last.items()})
         dropped = values.get("dropped.total", 0)
         last, self._last_dropped = self._last_dropped, dropped
         info = {"agent_id": self.agent_id, "model_id": self.bundle.model_id, "model_dir": self.bundle.path,
                 "providers": ",".join(self.bundle.providers), "modalities": ",".join(self.modalities),
                 "target": self.agent.current_target, "format_version": str(FORMAT_VERSION),
                 "incarnation": str(self.agent.incarnation),
-                "state": self.state_label, "own_filter": self.own_filter}
+                "state": self.state_label, "own_filter": self.own_filter,
+                "novelty_threshold": f"{self.agent.novelty_threshold:g}" if self.bundle.novelty.entries else "off"}
         level = DiagnosticStatus.WARN if dropped > last else DiagnosticStatus.OK
         msg = diagnostic_array(self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: fusion",
                                self.agent_id, values, info, level,

@@ -463,6 +463,106 @@ def add_latent_bounds(bundle_dir: str, data, split: str = "train") -> Dict:
     return manifest
 
 
+# ---------------------------------------------------------------------------------------------------- novelty
+
+def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: str = "val", batch: int = 256,
+                          tail: Optional[float] = None, statistics: Optional[Sequence[str]] = None) -> Dict:
+    """The manifest's ``novelty`` block (docs/formats.md, :mod:`m2vae_fusion.core.novelty`) from in-distribution
+    data, without torch.
+
+    Every sample of ``split`` holding modality m is preprocessed with the bundle's configs and run through m's β-VAE
+    encoder and decoder (ONNX); each of ``statistics`` (default :data:`m2vae_fusion.core.novelty.DEFAULT_STATISTICS`:
+    the KL of the posterior to N(0, I) and the feature distance; ``reconstruction_error`` may be added) gets its
+    calibration interval (quantiles ``tail`` and ``1 − tail`` of its logarithm). Also recorded per
+    modality: ``feature_std`` (per-dimension spread of the encoder means, the unit of the accumulation's outlier
+    gate) and ``precision_max`` (highest posterior precision per dimension, the cap of accumulated precision).
+
+    Args:
+        data: a data set directory or a dict of raw shard arrays (as :func:`compute_latent_bounds`).
+        split: which split (``"val"``: held-out in-distribution data, not the networks' training split).
+
+    Raises:
+        BundleError: no β-VAE decoder for a modality, unreadable data, fewer than 20 samples of a modality, or
+            non-finite statistics.
+    """
+    from m2vae_fusion.core import novelty
+
+    tail = novelty.DEFAULT_TAIL if tail is None else float(tail)
+    names = tuple(statistics or novelty.DEFAULT_STATISTICS)
+    if not names or not set(names) <= set(novelty.STATISTICS):
+        raise BundleError(f"novelty statistics {list(names)} must be a non-empty subset of {list(novelty.STATISTICS)}")
+    split_data, info = _bounds_arrays(bundle_dir, manifest, data, split)
+    mods = list(manifest["modalities"])
+    nets = manifest["networks"]
+    entries = {}
+    for i, m in enumerate(mods):
+        enc_s = _session(os.path.join(bundle_dir, nets["betavae_encoder"][m]))
+        dec_s = None
+        if "reconstruction_error" in names:
+            dec = (nets.get("betavae_decoder") or {}).get(m)
+            if not dec:
+                raise BundleError(f"{os.path.join(bundle_dir, 'manifest.json')}: no β-VAE decoder for {m}: the "
+                                  "reconstruction_error statistic needs it")
+            dec_s = _session(os.path.join(bundle_dir, dec))
+        x_all = split_data.inputs[m][split_data.present[:, i]]
+        stats = {k: [] for k in names if k != "feature_distance"}
+        mus, lvs = [], []
+        for a in range(0, len(x_all), batch):
+            x = np.ascontiguousarray(x_all[a:a + batch])
+            mu, lv = enc_s.run(["mean", "log_variance"], {"x": x})
+            rec = None if dec_s is None else dec_s.run(None, {dec_s.get_inputs()[0].name: mu})[0]
+            for k, v in novelty.statistics(x, mu, lv, rec).items():
+                if k in stats:
+                    stats[k].append(v)
+            mus.append(mu)
+            lvs.append(lv)
+        if not mus:
+            raise BundleError(f"novelty data ({split}): no sample holds {m}")
+        mu, lv = np.concatenate(mus), np.concatenate(lvs)
+        f_mean, f_prec = novelty.fit_features(mu)
+        stats = {k: np.concatenate(v) for k, v in stats.items() if v}
+        c = mu.astype(np.float64) - f_mean
+        stats["feature_distance"] = np.einsum("nd,de,ne->n", c, f_prec, c)
+        try:
+            entry = novelty.calibrate(stats, tail, names)
+        except ValueError as exc:
+            raise BundleError(f"novelty data ({split}), {m}: {exc}") from None
+        entry["feature_mean"] = [float(v) for v in f_mean]
+        entry["feature_precision"] = [[float(v) for v in row] for row in f_prec]
+        entry["feature_std"] = [float(v) for v in np.maximum(mu.std(axis=0), 1e-6)]
+        entry["precision_max"] = [float(v) for v in np.exp(-lv.min(axis=0))]
+        entries[m] = entry
+    return novelty.make_block(entries, tail=tail, names=names,
+                              data={"split": split, "samples": len(split_data), "dataset": info})
+
+
+def add_novelty_calibration(bundle_dir: str, data, split: str = "val", tail: Optional[float] = None,
+                            statistics: Optional[Sequence[str]] = None) -> Dict:
+    """Compute the ``novelty`` block (:func:`compute_novelty_block`) for the bundle in ``bundle_dir`` and rewrite its
+    manifest with it (every file kept byte for byte; the format version and ``model_id`` do not change: the block is
+    optional and does not change the latent space). No torch.
+
+    Returns:
+        the new manifest.
+
+    Raises:
+        BundleError: not a readable bundle, changed files (sums), or bad calibration data.
+    """
+    from m2vae_fusion.core.bundle import read_manifest as _read, verify_sums
+
+    manifest = _read(bundle_dir)
+    verify_sums(bundle_dir, manifest)
+    manifest["novelty"] = compute_novelty_block(bundle_dir, manifest, data, split=split, tail=tail,
+                                                statistics=statistics)
+    manifest = _order_manifest(manifest)
+    tmp = os.path.join(bundle_dir, ".manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, os.path.join(bundle_dir, "manifest.json"))
+    return manifest
+
+
 # --------------------------------------------------------------------------------------------------------- rebuild
 
 def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, bounds_data=None,

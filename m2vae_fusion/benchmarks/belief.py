@@ -1,0 +1,328 @@
+"""``m2vae-fusion bench belief``: evidence accumulation against injected misreads, and novelty scores in and out of
+distribution (issue 14), on the bundle's own simulated world.
+
+Misread scenario, per sensor (a one-sensor agent, :class:`~m2vae_fusion.core.agent.Agent`): 20 observations of one
+object of attribute value ``a`` (camera: colour, LiDAR: shape, reflectance: material), one misread (a real
+observation of another object with value ``b``), 5 good observations, a burst of 3 misreads, 5 good observations, then
+the object is replaced by one of value ``b`` (10 observations). The belief's attribute is the class-belief head's
+probabilities summed per attribute value; reported for the agent with accumulation (the node's defaults) and without
+(``forgetting_factor`` 0: each observation replaces its slot, as in FUSION 2019).
+
+Novelty: calibrated on the data set's first part (:func:`m2vae_fusion.training.export.compute_novelty_block`),
+scored on held-out in-distribution observations and on out-of-distribution inputs (flat walls and corridors of a
+361-beam 180° scan, constant and all-max-range scans, flat and two-tone images, empty and wall-only reflectance).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+HELP = "belief accumulation vs injected misreads, and novelty scores in/out of distribution (plots)"
+
+#: the attribute of the class each sensor observes
+ATTRIBUTE = {"camera": "colour", "lidar": "shape", "reflectance": "material"}
+GOOD, BURST, NEW = 20, 3, 10
+
+
+def world_of(bundle):
+    """The :class:`~m2vae_fusion.data.classes.World` the bundle was trained on (manifest, else easy)."""
+    from m2vae_fusion.data.classes import WORLDS
+    from m2vae_fusion.ros.demo import bundle_world
+
+    return WORLDS[bundle_world(bundle.manifest)]
+
+
+def generate(bundle, n: int, seed: int) -> dict:
+    """``n`` samples of the bundle's simulated world (shard layout, :func:`m2vae_fusion.sim.generate.generate_samples`)."""
+    world = world_of(bundle)
+    rng = np.random.default_rng(seed)
+    if world.num_classes == 8:
+        from m2vae_fusion.sim.generate import generate_samples
+
+        return generate_samples(n, rng)
+    from m2vae_fusion.sim import hard
+
+    return hard.generate_samples(n, rng, views=1)
+
+
+def attribute_probabilities(bundle, probs: np.ndarray, modality: str) -> np.ndarray:
+    """Class probabilities float (C,) summed per value of ``modality``'s attribute → float (values,)."""
+    world = world_of(bundle)
+    k = {"colour": 0, "shape": 1, "material": 2}[ATTRIBUTE[modality]]
+    n = len({"colour": world.colours, "shape": world.shapes, "material": world.materials}[ATTRIBUTE[modality]])
+    out = np.zeros(n)
+    for c, p in enumerate(probs):
+        out[world.attributes_of(c)[k]] += p
+    return out
+
+
+def misread_sequence(data: Mapping, modality: str, rng: np.random.Generator) -> tuple:
+    """(raw observations, true attribute value per step, index of misread steps) of the misread scenario."""
+    lab = np.asarray(data[ATTRIBUTE[modality]])
+    values = np.unique(lab)
+    a, b = rng.choice(values, 2, replace=False)
+    ia = rng.permutation(np.flatnonzero(lab == a))
+    ib = rng.permutation(np.flatnonzero(lab == b))
+    need_a, need_b = GOOD + 10, 1 + BURST + NEW
+    if ia.size < need_a or ib.size < need_b:
+        raise ValueError(f"{modality}: need {need_a} observations of value {a} and {need_b} of {b}, have "
+                         f"{ia.size} and {ib.size}")
+    good, bad = list(ia[:need_a]), list(ib[:need_b])
+    order = good[:GOOD] + [bad[0]] + good[GOOD:GOOD + 5] + bad[1:1 + BURST] + good[GOOD + 5:GOOD + 10]
+    truth = [a] * len(order)
+    misread = [GOOD, GOOD + 6, GOOD + 7, GOOD + 8]
+    order += bad[1 + BURST:]
+    truth += [b] * NEW
+    return [data[modality][i] for i in order], np.array(truth), misread, int(a), int(b)
+
+
+def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, **config) -> dict:
+    """Run the misread scenario for one sensor; ``config``: AgentConfig overrides (e.g. ``forgetting_factor=0``).
+
+    Returns:
+        ``{"top": int (steps,) attribute value with the highest probability after each observation (−1 before
+        any), "p_true": probability of the true value, "truth", "misread": steps, "a", "b", "held_back": outliers
+        held back, "novel": observations dropped as novel,
+        "switch_after": observations of the new object until its value is on top and stays (None: never)}``.
+    """
+    from m2vae_fusion.core.agent import Agent, AgentConfig, Drop
+    from m2vae_fusion.core.fusion import FusionEngine
+
+    raws, truth, misread, a, b = misread_sequence(data, modality, np.random.default_rng(seed))
+    cfg = AgentConfig(agent_id="a", modalities=(modality,), max_message_age=0.0, belief_ttl=0.0, **config)
+    agent = Agent(FusionEngine(bundle), cfg, clock=lambda: 0.0)
+    agent.on_target(0.0, "object")
+    target = agent.target_at(1.0)
+    top, p_true = [], []
+    last = None
+    held = novel = 0
+    for i, raw in enumerate(raws):
+        try:
+            out = agent.observe(modality, 1.0 + i, raw, target)
+            last = attribute_probabilities(bundle, out.belief.probabilities, modality)
+        except Drop as exc:
+            held += exc.reason == "outlier"
+            novel += exc.reason == "novel"
+        top.append(int(np.argmax(last)) if last is not None else -1)
+        p_true.append(float(last[truth[i]]) if last is not None else math.nan)
+    top = np.array(top)
+    new = top[len(top) - NEW:]
+    switch = None
+    for k in range(NEW):
+        if (new[k:] == b).all():
+            switch = k + 1
+            break
+    return {"top": top, "p_true": np.array(p_true), "truth": truth, "misread": misread, "a": a, "b": b,
+            "held_back": held, "novel": novel, "switch_after": switch}
+
+
+def flat_inputs(bundle) -> dict:
+    """Out-of-distribution raw inputs per modality: ``{modality: {name: raw}}`` (LiDAR in the bundle's beam layout;
+    the 361-beam 180° scans are resampled like the node resamples a LaserScan)."""
+    from m2vae_fusion.core.messages import resample_scan
+
+    lc = bundle.input_config("lidar")
+    n = int(lc["beams"])
+    rmax = float(lc["range_max"])
+    lidar = {"constant 1 m": np.full(n, 1.0, np.float32), "constant 0.3 m": np.full(n, 0.3, np.float32),
+             "all max range": np.full(n, np.inf, np.float32)}
+    ang = np.linspace(-math.pi / 2, math.pi / 2, 361)
+    for dist in (0.3, 0.5, 1.0, 2.0, 3.0):
+        with np.errstate(divide="ignore"):
+            wall = (dist / np.abs(np.cos(ang))).astype(np.float32)
+            corridor = (dist / np.abs(np.sin(ang))).astype(np.float32)
+        for name, r in ((f"wall {dist} m", wall), (f"corridor {dist} m", corridor)):
+            r = r.copy()
+            r[~(r <= rmax)] = np.inf
+            lidar[name] = resample_scan(r, -math.pi / 2, math.pi / 360, lc)
+    camera = {f"flat grey {g}": np.full((64, 64, 3), g, np.uint8) for g in (0, 40, 80, 128, 170, 210, 255)}
+    for top_g, bot_g in ((200, 110), (150, 90), (230, 160)):  # an empty room: wall above, floor below
+        camera[f"empty floor {top_g}/{bot_g}"] = np.concatenate([np.full((28, 64, 3), top_g, np.uint8),
+                                                                 np.full((36, 64, 3), bot_g, np.uint8)])
+    rc = bundle.input_config("reflectance")
+    k = int(rc["beams"])
+    refl = {"nothing in range": np.stack([np.full(k, np.inf), np.zeros(k)], 1).astype(np.float32)}
+    for r, i in ((0.1, 0.3), (0.2, 0.5), (0.4, 0.2)):
+        refl[f"wall all around {r} m"] = np.stack([np.full(k, r), np.full(k, i)], 1).astype(np.float32)
+    return {"camera": camera, "lidar": lidar, "reflectance": refl}
+
+
+def novelty_scores(bundle, novelty, modality: str, raws) -> np.ndarray:
+    """Novelty scores float (N,) of raw observations of ``modality`` under a :class:`~m2vae_fusion.core.novelty.Novelty`."""
+    from m2vae_fusion.core.preprocess import preprocess
+
+    cfg = bundle.input_config(modality)
+    x = np.concatenate([preprocess(modality, r, cfg) for r in raws])
+    mu, lv = bundle.encode_feature(modality, x)
+    return novelty.score_observation(modality, x, mu, lv, lambda f: bundle.decode_feature(modality, f))
+
+
+def observe_latency(bundle, data: Mapping, rounds: int = 200) -> dict:
+    """p50 wall time (ms) of one :meth:`Agent.observe` (preprocess, β-VAE, novelty, fusion) per modality, for an agent
+    with accumulation and novelty (the defaults) and one without (forgetting 0, novelty off), interleaved so both
+    see the same machine load. Returns ``{modality: {"with_ms", "without_ms", "ratio"}}``."""
+    import time
+
+    from m2vae_fusion.core.agent import Agent, AgentConfig, Drop
+    from m2vae_fusion.core.fusion import FusionEngine
+
+    out = {}
+    for m in bundle.modalities:
+        agents = {}
+        for label, cfg in (("with", {}), ("without", {"forgetting_factor": 0.0, "novelty_threshold": -1.0})):
+            ag = Agent(FusionEngine(bundle), AgentConfig(agent_id="a", modalities=(m,), max_message_age=0.0,
+                                                        belief_ttl=0.0, **cfg), clock=lambda: 0.0)
+            ag.on_target(0.0, "t")
+            agents[label] = ag
+        times = {"with": [], "without": []}
+        lab = np.asarray(data[ATTRIBUTE[m]])
+        same = np.flatnonzero(lab == lab[0])  # one object class: observations are fused, not held back
+        for i in range(rounds):
+            raw = data[m][same[i % same.size]]
+            for label in (("with", "without") if i % 2 else ("without", "with")):
+                ag = agents[label]
+                t0 = time.perf_counter()
+                try:
+                    ag.observe(m, 1.0 + i, raw, ag.target_at(1.0))
+                except Drop:
+                    pass
+                times[label].append(time.perf_counter() - t0)
+        w, wo = float(np.median(times["with"][10:])) * 1e3, float(np.median(times["without"][10:])) * 1e3
+        out[m] = {"with_ms": w, "without_ms": wo, "ratio": w / wo}
+    return out
+
+
+def configure(parser):
+    parser.add_argument("--model-dir", help="bundle directory (default: the shipped models/amiro)")
+    parser.add_argument("--samples", type=int, default=600,
+                        help="simulated observations: half calibrate novelty, half are held out (default 600)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=10, help="misread scenarios per sensor (default 10)")
+    parser.add_argument("--latency-rounds", type=int, default=200,
+                        help="observations per sensor and agent timed for the latency ratio (default 200)")
+    parser.add_argument("--json", metavar="OUT", help="write the numbers here (JSON)")
+    parser.add_argument("--plot", metavar="PNG", help="write the plots here")
+
+
+def run(args) -> int:
+    import json
+    import os
+
+    from m2vae_fusion.core import novelty as nv
+    from m2vae_fusion.core.bundle import Bundle
+    from m2vae_fusion.errors import UserError
+    from m2vae_fusion.paths import share_path
+    if args.samples < 80 or args.repeats < 1:
+        raise UserError("--samples must be ≥ 80 and --repeats ≥ 1")
+    import shutil
+    import tempfile
+
+    from m2vae_fusion.training.export import add_novelty_calibration
+
+    source = Bundle.load(args.model_dir or share_path("models", "amiro"))
+    data = generate(source, args.samples, args.seed)
+    half = args.samples // 2
+    cal = {k: v[:half] for k, v in data.items()}
+    held = {k: v[half:] for k, v in data.items()}
+    tmp = tempfile.mkdtemp(prefix="bench-belief-")
+    try:
+        # a copy calibrated on the first half: novelty intervals and the feature spreads of the outlier gate
+        shutil.copytree(source.path, os.path.join(tmp, "bundle"))
+        add_novelty_calibration(os.path.join(tmp, "bundle"), cal)
+        bundle = Bundle.load(os.path.join(tmp, "bundle"))
+        return _run(args, source, bundle, held)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, source, bundle, held) -> int:
+    import json
+    import os
+
+    from m2vae_fusion.core import novelty as nv
+    res = {"model_dir": source.path, "model_id": source.model_id, "samples": args.samples, "seed": args.seed,
+           "misreads": {}, "novelty": {}}
+    traces = {}
+    for m in bundle.modalities:
+        rows = {}
+        for label, cfg in (("accumulation", {}), ("replace", {"forgetting_factor": 0.0})):
+            flips, switches, learnt = 0, [], 0
+            for r in range(args.repeats):
+                out = run_misreads(bundle, held, m, seed=args.seed + r, **cfg)
+                learnt += int(out["top"][GOOD - 1] == out["a"])
+                flips += int((out["top"][GOOD:GOOD + 14] != out["a"]).any())
+                switches.append(out["switch_after"])
+                if r == 0:
+                    traces[(m, label)] = out
+            ok = [s for s in switches if s is not None]
+            rows[label] = {"runs_with_a_flip": flips, "runs": args.repeats, "switch_after": switches,
+                           "right_after_20": learnt,
+                           "switch_after_max": max(ok) if ok else None, "never_switched": switches.count(None)}
+            print(f"{m:12s} {label:13s}: right after 20 observations in {learnt}/{args.repeats} runs; belief "
+                  f"flipped by misreads in {flips}/{args.repeats}; new object on "
+                  f"top after ≤ {rows[label]['switch_after_max']} observations "
+                  f"({switches.count(None)} runs never)")
+        res["misreads"][m] = rows
+    nov = bundle.novelty
+    thr = nov.threshold
+    ood = flat_inputs(bundle)
+    for m in bundle.modalities:
+        s_in = novelty_scores(bundle, nov, m, held[m])
+        s_out = novelty_scores(bundle, nov, m, list(ood[m].values()))
+        res["novelty"][m] = {"threshold": thr, "in_flagged": float((s_in > thr).mean()), "in_n": int(s_in.size),
+                             "out_flagged": float((s_out > thr).mean()), "out_n": int(s_out.size),
+                             "out_scores": {k: float(v) for k, v in zip(ood[m], s_out)},
+                             "in_quantiles": [float(q) for q in np.quantile(s_in, [0.5, 0.9, 0.99])]}
+        print(f"{m:12s} novelty (threshold {thr:g}): in-distribution flagged {100 * (s_in > thr).mean():.1f} % of "
+              f"{s_in.size}; out-of-distribution flagged {100 * (s_out > thr).mean():.0f} % of {s_out.size} "
+              f"(missed: {[k for k, v in zip(ood[m], s_out) if not v > thr]})")
+        traces[(m, "novelty")] = (s_in, s_out, list(ood[m]))
+    res["latency"] = observe_latency(bundle, held, rounds=args.latency_rounds)
+    for m, row in res["latency"].items():
+        print(f"{m:12s} Agent.observe p50 {row['with_ms']:.2f} ms with accumulation + novelty, {row['without_ms']:.2f} ms "
+              f"without (forgetting 0, novelty off): ratio {row['ratio']:.2f} (same run, interleaved; shared CPU)")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        _plot(bundle, traces, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(bundle, traces, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mods = list(bundle.modalities)
+    fig, axes = plt.subplots(2, len(mods), figsize=(5 * len(mods), 7))
+    for j, m in enumerate(mods):
+        ax = axes[0, j]
+        for label, style in (("replace", "r--"), ("accumulation", "b-")):
+            out = traces[(m, label)]
+            ax.plot(np.arange(1, len(out["p_true"]) + 1), out["p_true"], style,
+                    label=f"{label} (forgetting {0 if label == 'replace' else 0.8})")
+        out = traces[(m, "accumulation")]
+        for k in out["misread"]:
+            ax.axvline(k + 1, color="grey", alpha=0.4)
+        ax.axvline(len(out["p_true"]) - NEW + 0.5, color="k", ls=":")
+        ax.set_title(f"{m}: P(true {ATTRIBUTE[m]}), grey = misread, dotted = object swapped", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("observation")
+        ax.legend(fontsize=8)
+        s_in, s_out, names = traces[(m, "novelty")]
+        ax = axes[1, j]
+        ax.hist(np.log10(np.maximum(s_in, 1e-3)), bins=30, color="b", alpha=0.6, label="in distribution (held out)")
+        ax.plot(np.log10(np.maximum(s_out, 1e-3)), np.zeros_like(s_out), "rx", ms=9, label="flat / empty inputs")
+        ax.axvline(0.0, color="k", ls=":", label="threshold 1")
+        ax.set_title(f"{m}: novelty score (log10)", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

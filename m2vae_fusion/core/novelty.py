@@ -1,0 +1,230 @@
+"""Novelty: an out-of-distribution score of one observation from its own β-VAE (no ROS, no torch).
+
+For an observation ``x`` of modality ``m`` the β-VAE gives the two terms of its ELBO (Kingma & Welling, Eq. 10 as
+used by the β-VAE per modality, FUSION 2019 Sec. V-D): the reconstruction error ``e(x) = mean_i (x̂_i − x_i)²``
+with ``x̂`` the β-VAE decoder mean of the encoder mean (the Gaussian log-likelihood up to constants), and the
+``KL(q(f | x) ‖ N(0, I)) = ½ Σ_d (σ_d² + μ_d² − 1 − log σ_d²)`` of the encoder posterior; and, because a β-VAE with
+collapsed dimensions reconstructs every input alike (the shipped LiDAR β-VAE does), the squared Mahalanobis distance
+``(μ − m)ᵀ Σ⁻¹ (μ − m)`` of the encoder mean under a Gaussian fit ``N(m, Σ)`` of the calibration data's encoder means
+(the aggregate posterior's density). Likelihoods rate simple
+inputs (a flat wall, an empty floor, an all-max-range scan) as *more* likely than the training data, so a one-sided
+test on the ELBO misses them; instead each statistic is tested two-sided (a typicality test): its logarithm
+``u = log(s + eps)`` must lie within the central interval ``[low, high]`` of the in-distribution calibration data.
+
+The score of one statistic is the distance from the calibration median in units of that half-interval:
+``(u − median) / (high − median)`` above the median, ``(median − u) / (median − low)`` below it; the observation's
+novelty score is the largest over the statistics the bundle calibrated (manifest ``novelty.statistics``; by default
+the KL and the feature distance, :data:`DEFAULT_STATISTICS`). A score ≤ 1 lies within the calibrated central interval of every
+statistic; the default threshold (:data:`DEFAULT_THRESHOLD`) flags an observation beyond it. The interval is the
+quantiles ``tail`` and ``1 − tail`` of the calibration split (manifest ``novelty`` block, docs/formats.md), computed by
+:func:`calibrate` on in-distribution data only.
+
+A bundle without a ``novelty`` block (or without an entry for a modality) gives no score: nothing is ever novel.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+#: statistics of one observation this runtime knows, in this order (manifest keys)
+STATISTICS = ("reconstruction_error", "kl", "feature_distance")
+#: the statistics ``export`` calibrates by default: on the shipped bundle the reconstruction error flagged no
+#: out-of-distribution input the other two missed (its LiDAR β-VAE reconstructs every scan alike) while costing one
+#: β-VAE decoder run per observation (``bench belief``); ``export --novelty-statistics`` adds it
+DEFAULT_STATISTICS = ("kl", "feature_distance")
+#: ``u = log(s + EPS)``: keeps a perfect reconstruction (e = 0) finite
+EPS = 1e-12
+#: default tail probability of each side of each statistic's calibration interval
+DEFAULT_TAIL = 0.0025
+#: default novelty threshold: beyond the calibrated central interval of any statistic
+DEFAULT_THRESHOLD = 1.0
+#: version of the manifest's ``novelty`` block this runtime reads and writes
+BLOCK_VERSION = 1
+
+
+class NoveltyError(ValueError):
+    """A malformed manifest ``novelty`` block (the message names the file)."""
+
+
+def statistics(x: np.ndarray, mean: np.ndarray, log_variance: np.ndarray, reconstruction: np.ndarray | None,
+               feature_mean=None, feature_precision=None) -> dict:
+    """The statistics of a batch of observations (see the module docstring).
+
+    Args:
+        x: preprocessed inputs float32 (N, *input_shape).
+        mean, log_variance: β-VAE encoder posterior float32 (N, D*).
+        reconstruction: β-VAE decoder mean of ``mean``, float32 (N, *input_shape), or None (no
+            ``reconstruction_error``).
+        feature_mean, feature_precision: (D*,), (D*, D*) Gaussian fit of in-distribution encoder means (None: no
+            ``feature_distance``).
+
+    Returns:
+        ``{"reconstruction_error": float64 (N,), "kl": float64 (N,)[, "feature_distance": float64 (N,)]}`` (mean
+        squared error per input value; KL in nats; squared Mahalanobis distance).
+    """
+    n = len(x)
+    mu = np.asarray(mean, np.float64)
+    lv = np.asarray(log_variance, np.float64)
+    out = {"kl": 0.5 * (np.exp(lv) + mu ** 2 - 1.0 - lv).sum(axis=1)}
+    if reconstruction is not None:
+        diff = np.asarray(reconstruction, np.float64).reshape(n, -1) - np.asarray(x, np.float64).reshape(n, -1)
+        out["reconstruction_error"] = (diff ** 2).mean(axis=1)
+    if feature_mean is not None and feature_precision is not None:
+        c = mu - np.asarray(feature_mean, np.float64)
+        out["feature_distance"] = np.einsum("nd,de,ne->n", c, np.asarray(feature_precision, np.float64), c)
+    return out
+
+
+def fit_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian fit of encoder means float (N, D*): mean (D*,) and precision (D*, D*) (covariance + 1e-6·I inverted)."""
+    f = np.asarray(features, np.float64)
+    cov = np.cov(f.T).reshape(f.shape[1], f.shape[1]) + 1e-6 * np.eye(f.shape[1])
+    return f.mean(axis=0), np.linalg.inv(cov)
+
+
+def _log(s) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.log(np.maximum(np.asarray(s, np.float64), 0.0) + EPS)
+
+
+def calibrate(stats: Mapping[str, np.ndarray], tail: float = DEFAULT_TAIL,
+              names: tuple = DEFAULT_STATISTICS) -> dict:
+    """One modality's calibration entry from the statistics of in-distribution observations.
+
+    Args:
+        stats: :func:`statistics` of the calibration observations (at least 20), with ``feature_distance``.
+        tail: probability of each side outside the interval (0 < tail < 0.5).
+        names: the statistics to calibrate (a subset of :data:`STATISTICS`).
+
+    Returns:
+        ``{"samples": N, "<statistic>": {"low", "median", "high"} (log units)}`` for each of ``names``.
+
+    Raises:
+        ValueError: fewer than 20 observations, non-finite statistics or a bad ``tail``.
+    """
+    if not 0.0 < tail < 0.5:
+        raise ValueError(f"tail must be in (0, 0.5), got {tail}")
+    out: dict = {}
+    for name in names:
+        u = _log(stats[name])
+        if u.size < 20:
+            raise ValueError(f"novelty calibration needs at least 20 observations, got {u.size}")
+        if not np.isfinite(u).all():
+            raise ValueError(f"novelty calibration: non-finite {name}")
+        lo, med, hi = np.quantile(u, [tail, 0.5, 1.0 - tail])
+        out[name] = {"low": float(lo), "median": float(med), "high": float(hi)}
+        out["samples"] = int(u.size)
+    return out
+
+
+class Novelty:
+    """Scores observations against a bundle's ``novelty`` manifest block.
+
+    Args:
+        block: the manifest block (``version``, ``tail``, ``threshold``, ``modalities``: modality → :func:`calibrate`
+            entry), or None (no calibration: :meth:`score` returns None).
+        where: the file named in errors.
+
+    Attributes:
+        threshold: float, the calibrated default threshold (block ``threshold``; :data:`DEFAULT_THRESHOLD`).
+
+    Raises:
+        NoveltyError: an unknown block version, missing keys, non-finite values or low > median > high violated.
+    """
+
+    def __init__(self, block: Mapping | None, where: str = "manifest.json"):
+        self.block = block
+        self.entries: dict = {}
+        self.threshold = DEFAULT_THRESHOLD
+        #: the statistics the block calibrates (a subset of :data:`STATISTICS`)
+        self.statistics: tuple = ()
+        if block is None:
+            return
+        if not isinstance(block, Mapping) or block.get("version") != BLOCK_VERSION:
+            raise NoveltyError(f"{where}: novelty block version {getattr(block, 'get', lambda k: None)('version')!r} "
+                               f"is not {BLOCK_VERSION}")
+        try:
+            self.threshold = float(block.get("threshold", DEFAULT_THRESHOLD))
+            self.statistics = tuple(str(n) for n in block["statistics"])
+            if not self.statistics or not set(self.statistics) <= set(STATISTICS):
+                raise NoveltyError(f"{where}: novelty.statistics {list(self.statistics)} must be a non-empty subset "
+                                   f"of {list(STATISTICS)}")
+            mods = dict(block["modalities"])
+            for m, entry in mods.items():
+                e = {}
+                for name in self.statistics:
+                    lo, med, hi = (float(entry[name][k]) for k in ("low", "median", "high"))
+                    if not (np.isfinite([lo, med, hi]).all() and lo <= med <= hi):
+                        raise NoveltyError(f"{where}: novelty.modalities.{m}.{name} must have finite "
+                                           "low ≤ median ≤ high")
+                    e[name] = (lo, med, hi)
+                e["feature_mean"] = np.asarray(entry["feature_mean"], np.float64).reshape(-1)
+                e["feature_precision"] = np.asarray(entry["feature_precision"], np.float64)
+                d = e["feature_mean"].shape[0]
+                if e["feature_precision"].shape != (d, d) or not (np.isfinite(e["feature_mean"]).all()
+                                                                  and np.isfinite(e["feature_precision"]).all()):
+                    raise NoveltyError(f"{where}: novelty.modalities.{m}: feature_mean / feature_precision must be "
+                                       f"finite, (D*,) and (D*, D*)")
+                self.entries[str(m)] = e
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, NoveltyError):
+                raise
+            raise NoveltyError(f"{where}: malformed novelty block ({type(exc).__name__}: {exc})") from None
+        if not (np.isfinite(self.threshold) and self.threshold > 0):
+            raise NoveltyError(f"{where}: novelty.threshold must be finite and > 0")
+
+    def has(self, modality: str) -> bool:
+        """True when ``modality`` is calibrated (its observations get a score)."""
+        return modality in self.entries
+
+    def reference(self, modality: str) -> tuple:
+        """(feature_mean, feature_precision) of ``modality`` for :func:`statistics` ((None, None) uncalibrated)."""
+        e = self.entries.get(modality)
+        return (None, None) if e is None else (e["feature_mean"], e["feature_precision"])
+
+    @property
+    def needs_reconstruction(self) -> bool:
+        """True when the score needs the β-VAE decoder (``reconstruction_error`` is calibrated)."""
+        return "reconstruction_error" in self.statistics
+
+    def score_observation(self, modality: str, x, mean, log_variance, reconstruct) -> np.ndarray | None:
+        """:meth:`score` of observations given their preprocessed input float32 (N, *shape), β-VAE posterior
+        (N, D*) and ``reconstruct(mean)`` → β-VAE decoder mean (called only when :attr:`needs_reconstruction`)."""
+        if modality not in self.entries:
+            return None
+        rec = reconstruct(mean) if self.needs_reconstruction else None
+        return self.score(modality, statistics(x, mean, log_variance, rec, *self.reference(modality)))
+
+    def score(self, modality: str, stats: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """Novelty scores float64 (N,) of observations with :func:`statistics` ``stats`` (≥ 0; > 1 beyond the
+        calibrated interval of some statistic; NaN statistics score inf), or None for an uncalibrated modality."""
+        e = self.entries.get(modality)
+        if e is None:
+            return None
+        worst = None
+        for name in self.statistics:
+            lo, med, hi = e[name]
+            u = _log(stats[name])
+            up = (u - med) / max(hi - med, 1e-9)
+            down = (med - u) / max(med - lo, 1e-9)
+            s = np.where(np.isnan(u), np.inf, np.maximum(np.maximum(up, down), 0.0))
+            worst = s if worst is None else np.maximum(worst, s)
+        return worst
+
+
+def make_block(entries: Mapping[str, Mapping], *, tail: float, threshold: float = DEFAULT_THRESHOLD,
+               data: Mapping | None = None, names: tuple = DEFAULT_STATISTICS) -> dict:
+    """The manifest ``novelty`` block from per-modality :func:`calibrate` entries of statistics ``names``."""
+    block = {"version": BLOCK_VERSION, "statistics": list(names), "transform": "log(s + 1e-12)",
+             "tail": float(tail), "threshold": float(threshold), "modalities": {m: dict(e) for m, e in entries.items()}}
+    if data is not None:
+        block["data"] = dict(data)
+    Novelty(block, "computed novelty block")
+    return block
+
+
+def load(manifest: Mapping, path: str = "") -> Novelty:
+    """The :class:`Novelty` of a manifest (its ``novelty`` block, or an uncalibrated one when absent)."""
+    return Novelty(manifest.get("novelty"), os.path.join(path, "manifest.json") if path else "manifest.json")

@@ -1,0 +1,293 @@
+"""Evidence accumulation and novelty (issue 14) on the shipped bundle with a small data set simulated in its own
+world: misreads do not flip a belief, a swapped object wins within 5 observations (camera, LiDAR, reflectance);
+flat walls / empty scans / flat images are flagged as novel and not fused; format-3 provenance keeps relayed evidence
+from counting twice."""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from m2vae_fusion.benchmarks import belief as bb
+from m2vae_fusion.core.agent import Agent, AgentConfig, Drop, peer_from_latent
+from m2vae_fusion.core.bundle import Bundle
+from m2vae_fusion.core.fusion import FusionEngine
+from m2vae_fusion.core.reasons import DropReason
+from m2vae_fusion.training.export import add_novelty_calibration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CALIBRATION, SCENARIO = 160, 90
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Observations of the shipped bundle's world: the first CALIBRATION calibrate, the rest are the test set."""
+    shipped = Bundle.load(os.path.join(ROOT, "models", "amiro"))
+    d = bb.generate(shipped, CALIBRATION + SCENARIO, seed=11)
+    return {k: v[:CALIBRATION] for k, v in d.items()}, {k: v[CALIBRATION:] for k, v in d.items()}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, data):
+    """The shipped bundle with a novelty block (feature spreads for the accumulation's gate, novelty intervals)."""
+    out = str(tmp_path_factory.mktemp("cal") / "amiro")
+    shutil.copytree(os.path.join(ROOT, "models", "amiro"), out)
+    man = add_novelty_calibration(out, data[0])
+    assert man["novelty"]["modalities"]["lidar"]["samples"] == CALIBRATION
+    return Bundle.load(out)
+
+
+@pytest.mark.parametrize("modality", ["camera", "lidar", "reflectance"])
+def test_misreads_do_not_flip_and_a_swapped_object_wins_within_5(calibrated, data, modality):
+    test = data[1]
+    acc = bb.run_misreads(calibrated, test, modality, seed=0, novelty_threshold=-1.0)
+    top, a, b = acc["top"], acc["a"], acc["b"]
+    assert top[bb.GOOD - 1] == a, f"20 good observations did not give {ATTR(modality)} {a}: {top}"
+    # a misread, 5 good, a burst of 3 misreads, 5 good: the belief's attribute never changes
+    assert (top[bb.GOOD:bb.GOOD + 14] == a).all(), top
+    assert acc["held_back"] >= 4  # the misreads were held back
+    assert acc["switch_after"] is not None and acc["switch_after"] <= 5, top
+    # the same sequence without accumulation (the paper's replace-the-slot fusion): the first misread flips it
+    plain = bb.run_misreads(calibrated, test, modality, seed=0, forgetting_factor=0.0, novelty_threshold=-1.0)
+    assert plain["top"][bb.GOOD] == b and plain["held_back"] == 0
+
+
+def ATTR(modality):
+    return bb.ATTRIBUTE[modality]
+
+
+def test_novelty_flags_flat_and_empty_inputs_and_few_in_distribution(calibrated, data):
+    nov = calibrated.novelty
+    assert nov.threshold == 1.0 and all(nov.has(m) for m in calibrated.modalities)
+    assert nov.statistics == ("kl", "feature_distance") and not nov.needs_reconstruction
+    ood = bb.flat_inputs(calibrated)
+    flagged = {m: bb.novelty_scores(calibrated, nov, m, list(ood[m].values())) > nov.threshold for m in ood}
+    names = {m: dict(zip(ood[m], flagged[m])) for m in ood}
+    # too unlikely and too likely are both caught (two-sided): an empty scan and flat black / white images
+    assert names["lidar"]["all max range"] and names["reflectance"]["wall all around 0.2 m"]
+    assert names["camera"]["flat grey 0"] and names["camera"]["flat grey 255"]
+    assert sum(flagged["lidar"]) >= len(flagged["lidar"]) // 2, names["lidar"]
+    s_in = np.concatenate([bb.novelty_scores(calibrated, nov, m, data[1][m]) for m in calibrated.modalities])
+    # 160 calibration observations put the interval near their extremes: few held-out ones lie beyond it
+    assert (s_in > nov.threshold).mean() <= 0.10 and np.isfinite(s_in).all()
+
+
+def test_a_target_seen_only_through_novel_observations_stays_at_the_prior(calibrated):
+    agent = Agent(FusionEngine(calibrated), AgentConfig(agent_id="a", modalities=("lidar",), max_message_age=0.0),
+                  clock=lambda: 0.0)
+    agent.on_target(0.0, "corridor")
+    target = agent.target_at(1.0)
+    empty = np.full(int(calibrated.input_config("lidar")["beams"]), np.inf, np.float32)
+    for i in range(5):
+        with pytest.raises(Drop) as e:
+            agent.observe("lidar", 1.0 + i, empty, target)
+        assert e.value.reason == DropReason.NOVEL
+    assert agent.store.get("corridor") is None and agent.novelty_last["lidar"] > 1.0
+    # novelty off (threshold < 0): the same scan is fused
+    agent.reconfigure(novelty_threshold=-1.0)
+    out = agent.observe("lidar", 9.0, empty, target)
+    assert out.belief.novelty == -1.0 and agent.store.get("corridor") is not None
+
+
+def test_relayed_accumulated_evidence_is_never_counted_twice(calibrated, data):
+    test = data[1]
+    clock = lambda: 0.0  # noqa: E731
+    a = Agent(FusionEngine(calibrated), AgentConfig(agent_id="a", modalities=("lidar",), max_message_age=0.0,
+                                                   max_latent_age=-1.0, shared_latent_rate=0.0,
+                                                   novelty_threshold=-1.0), clock=clock)
+    b = Agent(FusionEngine(calibrated), AgentConfig(agent_id="b", modalities=("camera",), max_message_age=0.0,
+                                                   max_latent_age=-1.0, shared_latent_rate=0.0,
+                                                   novelty_threshold=-1.0), clock=clock)
+    for ag in (a, b):
+        ag.on_target(0.0, "t")
+    idx = np.flatnonzero(test["shape"] == test["shape"][0])[:3]
+    outs = [a.observe("lidar", 1.0 + k, test["lidar"][i], a.target_at(1.0)) for k, i in enumerate(idx)]
+    lat = outs[-1].latent
+    # format 3: every contribution listed with its provenance, and the accumulated slot
+    assert lat.format_version == 3 and len(lat.contribution_modalities) >= 2
+    assert set(lat.contribution_sources) == {"a"} and lat.slot_features.shape == (1, calibrated.feature_dim)
+    merged = b.merge(peer_from_latent(lat), now_s=10.0)
+    assert merged is not None and merged.latent.contribution_stamps_ns[-len(lat.contribution_stamps_ns):] \
+        == lat.contribution_stamps_ns
+    # b's belief relayed back to a holds nothing a lacks for lidar: a keeps its own slot, nothing is counted twice
+    back = a.merge(peer_from_latent(merged.latent), now_s=10.0)
+    if back is not None:
+        assert back.latent.contribution_stamps_ns.count(lat.contribution_stamps_ns[-1]) == 1
+    # an older relay of a's own evidence (a subset of what a holds) adds nothing
+    assert a.merge(peer_from_latent(outs[0].latent), now_s=10.0) is None
+    assert b.merge(peer_from_latent(lat), now_s=10.0) is None  # the same latent twice: merged once
+    assert a.counts["redundant.peer"] >= 1 and b.counts["redundant.peer"] >= 1
+
+
+def test_format3_latent_message_round_trip_and_format2_still_parses(calibrated, data):
+    pytest.importorskip("m2vae_fusion_msgs")
+    from m2vae_fusion.core import messages as conv
+    from m2vae_fusion.ros.fusion_node import belief_msg, latent_msg
+
+    agent = Agent(FusionEngine(calibrated), AgentConfig(agent_id="a", modalities=("reflectance",),
+                                                       max_message_age=0.0, novelty_threshold=-1.0),
+                  clock=lambda: 0.0)
+    agent.on_target(0.0, "t")
+    test = data[1]
+    idx = np.flatnonzero(test["material"] == test["material"][0])[:2]
+    out = [agent.observe("reflectance", 1.0 + k, test["reflectance"][i], agent.target_at(1.0))
+           for k, i in enumerate(idx)][-1]
+    msg = latent_msg(out.latent)
+    assert msg.format_version == 3 and list(msg.contribution_sources) == ["a", "a"]
+    got = conv.latent_from_msg(msg, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim)
+    assert got.contribution_stamps_ns == out.latent.contribution_stamps_ns
+    np.testing.assert_array_equal(got.slot_features, out.latent.slot_features)
+    bel = belief_msg(out.belief, msg)
+    assert bel.format_version == 3 and bel.novelty == -1.0 and bel.novelty_threshold == -1.0
+    # a format-2 message (no contribution fields): parsed, each slot counts as its one observation
+    msg.format_version = 2
+    msg.contribution_modalities, msg.contribution_sources, msg.contribution_stamps = [], [], []
+    msg.slot_features, msg.slot_precisions = [], []
+    old = conv.latent_from_msg(msg, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim)
+    assert old.contribution_modalities == () and old.slot_features is None
+    # inconsistent provenance is refused with a reason
+    bad = latent_msg(out.latent)
+    bad.contribution_sources = ["a"]
+    with pytest.raises(conv.ConversionError) as e:
+        conv.latent_from_msg(bad, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim)
+    assert e.value.reason == DropReason.MISMATCH
+    bad = latent_msg(out.latent)
+    bad.slot_features = list(bad.slot_features)[:-1]
+    with pytest.raises(conv.ConversionError):
+        conv.latent_from_msg(bad, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim)
+
+
+def test_bundle_without_novelty_block_never_flags_and_bad_block_is_refused(tmp_path, calibrated):
+    import json
+
+    from m2vae_fusion.errors import BundleError
+
+    shipped = Bundle.load(os.path.join(ROOT, "models", "amiro"))
+    assert "novelty" not in shipped.manifest and not shipped.novelty.entries
+    out = str(tmp_path / "bad")
+    shutil.copytree(calibrated.path, out)
+    man = json.load(open(os.path.join(out, "manifest.json")))
+    man["novelty"]["modalities"]["camera"]["kl"]["low"] = math.inf
+    json.dump(man, open(os.path.join(out, "manifest.json"), "w"))
+    with pytest.raises(BundleError, match="novelty"):
+        Bundle.load(out)
+
+
+def corridor_scan(dist: float) -> np.ndarray:
+    """A 361-beam 180° scan of an office corridor: walls ``dist`` m left and right (beyond 5.6 m: +inf)."""
+    ang = np.linspace(-math.pi / 2, math.pi / 2, 361)
+    with np.errstate(divide="ignore"):
+        r = (dist / np.abs(np.sin(ang))).astype(np.float32)
+    r[~(r <= 5.6)] = np.inf
+    return r
+
+
+def test_node_drops_novel_scans_counts_them_and_publishes_the_score(calibrated, data, tmp_path):
+    """Real rclpy: a LiDAR-only node fed corridor scans (361 beams over 180°, the node resamples them) counts them
+    as dropped.lidar.novel and publishes no belief; in-distribution scans are fused and their ClassBelief carries
+    the novelty score and threshold."""
+    import time
+
+    import rclpy
+    from m2vae_fusion_msgs.msg import ClassBelief
+    from sensor_msgs.msg import LaserScan
+
+    from m2vae_fusion.core import messages as conv
+    from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS, NodeProcess, Probe
+
+    from m2vae_fusion.core.messages import resample_scan
+
+    lc = calibrated.input_config("lidar")
+    grid = {"angle_min": -math.pi / 2, "angle_increment": math.pi / 360, "range_min": 0.02, "range_max": 5.6}
+    scores = {d: bb.novelty_scores(calibrated, calibrated.novelty, "lidar",
+                                   [resample_scan(corridor_scan(d), -math.pi / 2, math.pi / 360, lc)])[0]
+              for d in (0.5, 1.0, 2.0, 3.0)}
+    dist = max(scores, key=scores.get)
+    assert scores[dist] > calibrated.novelty.threshold, scores  # the corridor is novel for this bundle
+    test = data[1]
+    good = [i for i in range(len(test["label"]))
+            if bb.novelty_scores(calibrated, calibrated.novelty, "lidar", [test["lidar"][i]])[0] < 0.8][:1]
+    assert good
+    rclpy.init()
+    probe = Probe("belief_tester")
+    proc = None
+    try:
+        probe.subscribe("/nov/belief", ClassBelief)
+        proc = NodeProcess("m2vae_fusion.ros.fusion_node", "/nov",
+                           {"model_dir": calibrated.path, "agent_id": "nov", "modalities": ["lidar"],
+                            "diagnostics_period": 0.2, "warn_throttle": 0.0, "shared_latent_topic": ""},
+                           str(tmp_path))
+        assert probe.diagnostics("/nov/fusion_node", timeout=30) is not None, proc.dump_stack()
+        from m2vae_fusion_msgs.msg import TargetOfInterest
+
+        assert probe.wait_subscribers("/nov/target_of_interest", TargetOfInterest, RELIABLE_QOS)
+        assert probe.wait_subscribers("/nov/scan", LaserScan, SENSOR_QOS)
+        probe.publish("/nov/target_of_interest", conv.target_msg("corridor", probe.now_ns() - 1_000_000))
+        deadline = time.monotonic() + 15
+        vals = {}
+        while time.monotonic() < deadline and vals.get("dropped.lidar.novel", 0) < 3:
+            probe.publish("/nov/scan", conv.ranges_to_scan(corridor_scan(dist), grid, stamp_ns=probe.now_ns()),
+                          SENSOR_QOS)
+            vals = probe.diagnostics("/nov/fusion_node", after=time.monotonic(), timeout=2) or vals
+        assert vals.get("dropped.lidar.novel", 0) >= 3, vals
+        assert vals.get("processed.lidar", 0) == 0 and vals.get("novelty.lidar", 0) > 1.0
+        assert not probe.messages("/nov/belief")  # the corridor stays at the prior: nothing published
+        # an in-distribution scan of an object is fused; its belief carries the score
+        probe.publish("/nov/target_of_interest", conv.target_msg("object", probe.now_ns() - 1_000_000))
+        raw = test["lidar"][good[0]]
+        t0 = time.monotonic()
+        bel = probe.wait_for("/nov/belief", lambda m: m.target_id == "object", timeout=10, since=t0,
+                             poke=lambda: probe.publish("/nov/scan", conv.ranges_to_scan(raw, lc,
+                                                                                        stamp_ns=probe.now_ns()),
+                                                        SENSOR_QOS), poke_period=0.3)
+        assert bel is not None and bel.format_version == 3
+        assert 0.0 <= bel.novelty <= 1.0 and bel.novelty_threshold == pytest.approx(calibrated.novelty.threshold)
+    finally:
+        if proc is not None:
+            code = proc.stop()
+            assert code == 0 and "Traceback" not in proc.log(), proc.log()[-3000:]
+        probe.close()
+        rclpy.try_shutdown()
+
+
+def test_slot_accumulation_is_a_product_of_gaussian_experts_with_forgetting(tmp_path):
+    """Exact check on the linear test bundle: two inliers give the precision-weighted mean with forgetting λ
+    (MoPoE-VAE Eq. 8 closed form), an outlier is held back without changing the belief, 4 consecutive agreeing
+    outliers replace the slot, and a peer's slot holding a subset of the own contributions never wins."""
+    from linear_bundle import make_linear_bundle
+
+    from m2vae_fusion.core.fusion import Accumulation, Belief, FusionError, Slot
+
+    bundle = Bundle.load(make_linear_bundle(str(tmp_path / "lin"), 4, 4, seed=1))
+    eng = FusionEngine(bundle, clock=lambda: 0.0, accumulation=Accumulation(forgetting=0.5, gate=1.0, confirm=4))
+    f1, f2 = np.array([0.1, 0.2, 0.0, 0.1], np.float32), np.array([0.3, 0.0, 0.2, 0.1], np.float32)
+    lv1, lv2 = np.zeros(4, np.float32), np.full(4, np.log(0.5), np.float32)  # precisions 1 and 2
+    b = eng.observe(None, "t", "lidar", f1, 1.0, "a", log_variance=lv1)
+    b = eng.observe(b, "t", "lidar", f2, 2.0, "a", log_variance=lv2)
+    sl = b.slots["lidar"]
+    np.testing.assert_allclose(sl.precision, 0.5 * 1 + 2, rtol=1e-6)
+    np.testing.assert_allclose(sl.feature, (0.5 * 1 * f1 + 2 * f2) / 2.5, rtol=1e-5)
+    assert sl.evidence == (("a", 1.0), ("a", 2.0))
+    # the belief is the subset encoder of the accumulated feature (exact linear bundle: its encoding)
+    ref = eng.observe(None, "t", "lidar", sl.feature, 2.0, "a")
+    np.testing.assert_allclose(b.mean, ref.mean, atol=1e-5)
+    far = np.array([3.0, -3.0, 3.0, -3.0], np.float32)
+    held = b
+    for k in range(3):  # a burst of 3 agreeing outliers: held back, the belief does not move
+        held = eng.observe(held, "t", "lidar", far + 0.01 * k, 3.0 + k, "a")
+        assert held.held_back and np.array_equal(held.mean, b.mean) and held.slots["lidar"].evidence == sl.evidence
+    changed = eng.observe(held, "t", "lidar", far, 6.0, "a")  # the 4th: the object changed
+    assert not changed.held_back and [s for _, s in changed.slots["lidar"].evidence] == [3.0, 4.0, 5.0, 6.0]
+    with pytest.raises(FusionError) as e:
+        eng.observe(b, "t", "lidar", f1, 0.5, "a")
+    assert e.value.reason == DropReason.STALE
+    # merge: a peer slot listing only contributions the own slot holds adds nothing
+    relay = Belief("t", b.mean, b.log_variance, {"lidar": Slot(2.0, "a", contributions=(("a", 2.0),))})
+    assert eng.merge(b, relay) == (b, False)
+    # forgetting 0: the paper's replace-the-slot fusion
+    eng.accumulation = Accumulation(forgetting=0.0)
+    rep = eng.observe(b, "t", "lidar", far, 9.0, "a")
+    assert not rep.held_back and rep.slots["lidar"].evidence == (("a", 9.0),)
+    with pytest.raises(ValueError):
+        Accumulation(forgetting=1.5)
