@@ -471,12 +471,13 @@ class Agent:
             for m, s, src, inc in zip(peer.modalities, stamps, peer.modality_sources, incs):
                 if src == me:
                     self.check_provenance(m, s, int(inc), peer.agent_id)
-            # contributions carry no incarnation: checked as unknown (0), i.e. own evidence stamped before this
-            # process started, or not newer than what it observed
+            # the other contributions carry no incarnation: checked as unknown (0), i.e. own evidence stamped before
+            # this process started, or not newer than what it observed (the slot's newest one was checked above)
+            newest = set(zip(peer.modalities, stamps, peer.modality_sources))
             for m, s, src in zip(getattr(peer, "contribution_modalities", ()),
                                  map(ns_to_s, getattr(peer, "contribution_stamps_ns", ())),
                                  getattr(peer, "contribution_sources", ())):
-                if src == me:
+                if src == me and (m, s, src) not in newest:
                     self.check_provenance(m, s, 0, peer.agent_id)
         if not stamps:
             raise Drop(DropReason.EMPTY, f"latent from {peer.agent_id!r} names no modalities")
