@@ -51,7 +51,7 @@ import numpy as np
 from m2vae_fusion.core.messages import LatentData
 from m2vae_fusion.core.modalities import MODALITIES
 from m2vae_fusion.core.fusion import Accumulation, Belief, BeliefStore, FusionEngine, FusionError, Slot
-from m2vae_fusion.core.preprocess import PreprocessError, preprocess
+from m2vae_fusion.core.preprocess import PreprocessError, crop_config, preprocess
 from m2vae_fusion.core.reasons import DropReason
 
 #: Version of the LatentEmbedding / ClassBelief message format this agent writes and accepts (docs/formats.md).
@@ -120,6 +120,8 @@ class AgentConfig:
     change_confirmations: int = 4
     #: novelty threshold (:mod:`m2vae_fusion.core.novelty`): 0: the bundle's calibrated one; < 0: off
     novelty_threshold: float = 0.0
+    #: frame of TargetOfInterest positions the crop uses (positions in another frame: the preprocessing fallback)
+    base_frame: str = "base_link"
 
     #: fields that may change while the agent runs (:meth:`Agent.reconfigure`)
     RUNTIME = ("trusted", "belief_ttl", "max_message_age", "max_latent_age", "future_tolerance",
@@ -370,7 +372,15 @@ class Agent:
             self._count(f"no_target.{modality}")
         return target
 
-    def observe(self, modality: str, stamp: float, raw, target: Target) -> Outputs:
+    def crop_position(self, target: Target) -> tuple | None:
+        """The target's position for the target-centred crop (base frame, m): the announcement's ``position`` when
+        it has one in ``base_frame`` (or with an empty frame id), else None (the preprocessing's documented
+        fallback: salient blob / nearest return; no tf here)."""
+        if target.position is None or target.frame_id not in ("", self.config.base_frame):
+            return None
+        return target.position
+
+    def observe(self, modality: str, stamp: float, raw, target: Target, camera_k=None) -> Outputs:
         """Preprocess, encode and fuse one observation (FUSION 2019, Eq. 18) into the belief about ``target``.
 
         Args:
@@ -379,7 +389,10 @@ class Agent:
             raw: the modality's raw numpy input (camera uint8 (H, W, 3) RGB, lidar float32 (beams,) ranges,
                 reflectance float32 (2·beams,)), or a zero-argument callable returning it (its exceptions with a
                 ``reason`` become that drop reason).
-            target: from :meth:`admit`.
+            target: from :meth:`admit`; its position (:meth:`crop_position`) centres the crop of a bundle whose
+                preprocessing enables one.
+            camera_k: the camera's intrinsics (9 numbers, ``sensor_msgs/CameraInfo.k`` of this image) for the crop;
+                None: the bundle config's ``K``.
 
         Returns:
             :class:`Outputs` of the new belief.
@@ -396,7 +409,11 @@ class Agent:
                 raise
             raise drop_from(exc) from None
         try:
-            x = preprocess(modality, x, self.cfg[modality])
+            pos = self.crop_position(target)
+            if pos is None and crop_config(self.cfg[modality]):
+                self._count(f"crop_fallback.{modality}")
+            x = preprocess(modality, x, self.cfg[modality], target_position=pos,
+                           camera_k=camera_k if modality == "camera" else None)
         except PreprocessError as exc:
             raise Drop(DropReason.PREPROCESS, str(exc)) from None
         feature, logvar = self.bundle.encode_feature(modality, x)
