@@ -59,6 +59,7 @@ BENCHMARKS = {
     "training": "m2vae_fusion.benchmarks.training",
     "chain": "m2vae_fusion.benchmarks.chain",
     "alpha": "m2vae_fusion.benchmarks.alpha",
+    "baselines": "m2vae_fusion.benchmarks.baselines",
 }
 
 

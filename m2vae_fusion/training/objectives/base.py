@@ -8,9 +8,10 @@ Every objective module (``m2vae``, ``jmvae``, ``mvae``, ``mmvae``, ``mopoe``) de
   the interface the exporter and the trainer use: ``modalities``, ``input_dims``, ``latent_dim``, ``subsets``,
   ``objective``, ``encode(subset, xs) -> (mean, log_variance)`` (the subset encoder ``q_S(z|x_S)`` a bundle holds),
   ``decode(m, z)``, ``decoders[m]`` (pre-activation), ``subset_dim(subset)``;
-- ``loss(model, xs, present=None, *, beta_norm, alpha, alpha_reenc, sample=True)`` → dict with the scalar ``loss``
-  (the negative objective, averaged over the batch) and per-subset scalars ``rec/<key>``, ``kl/<key>`` (and
-  ``reenc/<key>`` when ``alpha_reenc > 0``).
+- ``loss(model, xs, present=None, *, beta_norm, alpha, alpha_reenc, sample=True, beta=None)`` → dict with the
+  scalar ``loss`` (the negative objective, averaged over the batch) and per-subset scalars ``rec/<key>``,
+  ``kl/<key>`` (and ``reenc/<key>`` when ``alpha_reenc > 0``). ``beta`` (not for m2vae): one fixed β for every KL
+  term instead of ``β_norm · D_S / D_z`` (:func:`kl_weight`).
 
 The networks are the M2VAE's (FUSION 2019 Sec. V-A, Fig. 2c): unimodal trunk ``f_m`` (``hidden`` ReLU MLP) + Gaussian
 heads, mirror MLP decoders, same latent size. The joint-encoder objectives (m2vae, jmvae) add one fusion layer and
@@ -137,6 +138,14 @@ class ExpertsVAE(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- loss pieces
+
+def kl_weight(beta, beta_norm: float, input_dim: int, latent_dim: int) -> float:
+    """Weight of a KL term: ``β = β_norm · D_S / D_z`` (FUSION 2019 Sec. III-A) unless a fixed ``beta`` is given
+    (one β for every KL term, as MultiVae's models use; the cross-check of ``bench baselines`` sets it)."""
+    if beta is not None:
+        return float(beta)
+    return float(beta_norm) * float(input_dim) / float(latent_dim)
+
 
 def present_masks(modalities: Sequence[str], n: int, present: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """modality → float mask (N,) of the samples holding it (``present`` bool (N, M) or None: all)."""

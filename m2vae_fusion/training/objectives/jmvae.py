@@ -19,7 +19,7 @@ from typing import Dict
 
 import torch
 
-from m2vae_fusion.training.losses import beta_from_norm, gaussian_kl
+from m2vae_fusion.training.losses import gaussian_kl
 from m2vae_fusion.training.networks import M2VAE, subset_key
 from m2vae_fusion.training.objectives import base
 
@@ -33,7 +33,8 @@ def build(modalities, input_dims, latent_dim, hidden=(128, 64), fusion_hidden=64
     return model
 
 
-def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.01, alpha_reenc=0.0, sample=True) -> Dict:
+def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.01, alpha_reenc=0.0, sample=True,
+         beta=None) -> Dict:
     """Negative JMVAE-KL objective, batch mean (see the module docstring)."""
     mods = model.modalities
     n = next(iter(xs.values())).shape[0]
@@ -46,7 +47,7 @@ def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.01, alpha_reenc=0.0
     outs = base.decode_outputs(model, base.sample_z(q[full], sample), full)
     rec = base.rec_nll(xs, outs)
     kl = gaussian_kl(*q[full])
-    beta = beta_from_norm(beta_norm, model.subset_dim(full), model.latent_dim)
+    beta_s = base.kl_weight(beta, beta_norm, model.subset_dim(full), model.latent_dim)
     mutual = torch.zeros(n)
     for s in model.subsets:
         if s == full:
@@ -54,7 +55,7 @@ def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.01, alpha_reenc=0.0
         d = gaussian_kl(q[full][0], q[full][1], *q[s])
         parts[f"mutual/{subset_key(s)}"] = base.masked_mean(d, mk).detach()
         mutual = mutual + d
-    total = mk * (rec + beta * kl + alpha * mutual)
+    total = mk * (rec + beta_s * kl + alpha * mutual)
     total = total + mk * base.reencoding_terms(model, xs, masks, q, alpha_reenc, sample, parts)
     key = subset_key(full)
     parts[f"rec/{key}"] = base.masked_mean(rec, mk).detach()

@@ -16,6 +16,9 @@ def build(modalities, input_dims, latent_dim, hidden=(128, 64), fusion_hidden=64
     return model
 
 
-def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.01, alpha_reenc=0.0, sample=True):
-    """Negative M2VAE objective (see :func:`m2vae_fusion.training.losses.m2vae_loss`)."""
+def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.01, alpha_reenc=0.0, sample=True, beta=None):
+    """Negative M2VAE objective (see :func:`m2vae_fusion.training.losses.m2vae_loss`); β is always
+    ``β_norm · D_S / D_z`` (paper Sec. III-A), so a fixed ``beta`` is refused (ValueError)."""
+    if beta is not None:
+        raise ValueError("the m2vae objective weighs KL terms by beta_norm (β_S = β_norm·D_S/D_z), not a fixed beta")
     return m2vae_loss(model, xs, present, beta_norm=beta_norm, alpha=alpha, alpha_reenc=alpha_reenc, sample=sample)

@@ -20,7 +20,6 @@ from typing import Dict
 
 import torch
 
-from m2vae_fusion.training.losses import beta_from_norm
 from m2vae_fusion.training.networks import subset_key
 from m2vae_fusion.training.objectives import base
 
@@ -51,14 +50,15 @@ def mixture_log_density(z: torch.Tensor, experts, masks, mods) -> torch.Tensor:
     return torch.logsumexp(logs, dim=1) - torch.log(pm.sum(1).clamp_min(1.0))
 
 
-def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.0, alpha_reenc=0.0, sample=True) -> Dict:
+def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.0, alpha_reenc=0.0, sample=True,
+         beta=None) -> Dict:
     """Negative stratified MMVAE ELBO, batch mean (see the module docstring)."""
     mods = model.modalities
     n = next(iter(xs.values())).shape[0]
     masks = base.present_masks(mods, n, present)
     cache: Dict = {}
     experts = {m: model.expert(m, xs, cache) for m in mods}
-    beta = beta_from_norm(beta_norm, model.subset_dim(mods), model.latent_dim)
+    beta_s = base.kl_weight(beta, beta_norm, model.subset_dim(mods), model.latent_dim)
     count = sum(masks[m] for m in mods).clamp_min(1.0)
     parts: Dict[str, torch.Tensor] = {}
     total = torch.zeros(n)
@@ -69,7 +69,7 @@ def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.0, alpha_reenc=0.0,
         log_q = mixture_log_density(z, experts, masks, mods)
         log_p = -0.5 * torch.sum(math.log(2 * math.pi) + z * z, dim=-1)
         kl = log_q - log_p                                                # one-sample estimate of the KL term
-        total = total + mk * (rec + beta * kl) / count
+        total = total + mk * (rec + beta_s * kl) / count
         parts[f"rec/{m}"] = base.masked_mean(rec, mk).detach()
         parts[f"kl/{m}"] = base.masked_mean(kl, mk).detach()
     q_all = {s: model.combine(s, experts) for s in model.subsets}

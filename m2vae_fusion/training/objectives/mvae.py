@@ -19,7 +19,7 @@ from typing import Dict
 
 import torch
 
-from m2vae_fusion.training.losses import beta_from_norm, gaussian_kl
+from m2vae_fusion.training.losses import gaussian_kl
 from m2vae_fusion.training.networks import subset_key
 from m2vae_fusion.training.objectives import base
 
@@ -51,7 +51,8 @@ def elbo_subsets(modalities, generator=None):
     return out
 
 
-def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.0, alpha_reenc=0.0, sample=True) -> Dict:
+def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.0, alpha_reenc=0.0, sample=True,
+         beta=None) -> Dict:
     """Negative sub-sampled MVAE objective, batch mean (see the module docstring)."""
     n = next(iter(xs.values())).shape[0]
     masks = base.present_masks(model.modalities, n, present)
@@ -66,8 +67,8 @@ def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.0, alpha_reenc=0.0,
         q = q_all[s]
         rec = base.rec_nll(xs, base.decode_outputs(model, base.sample_z(q, sample), s))
         kl = gaussian_kl(*q)
-        beta = beta_from_norm(beta_norm, model.subset_dim(s), model.latent_dim)
-        total = total + mk * (rec + beta * kl)
+        beta_s = base.kl_weight(beta, beta_norm, model.subset_dim(s), model.latent_dim)
+        total = total + mk * (rec + beta_s * kl)
         parts[f"rec/{subset_key(s)}"] = base.masked_mean(rec, mk).detach()
         parts[f"kl/{subset_key(s)}"] = base.masked_mean(kl, mk).detach()
     total = total + base.reencoding_terms(model, xs, masks, q_all, alpha_reenc, sample, parts)
