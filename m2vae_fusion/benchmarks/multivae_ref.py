@@ -138,14 +138,17 @@ def build(name: str, cfg: Mapping, beta: float):
     mvm = import_multivae()
     Encoder, JointEncoder, Decoder = _classes()
     mods, dz, hidden = ("a", "b"), int(cfg["latent_dim"]), list(cfg["hidden"])
+    # created in the M2VAE's order (trunks, heads a, b, fusion layer, joint heads, decoders), so one seed gives
+    # the same initial weights as ours
     trunks = nn.ModuleDict({m: MLPTrunk(2, hidden) for m in mods})
     encoders = {m: Encoder(trunks[m], GaussianHeads(hidden[-1], dz), dz) for m in mods}
+    if name == "jmvae":
+        fusion = nn.Sequential(nn.Linear(hidden[-1] * 2, int(cfg["fusion_hidden"])), nn.ReLU())
+        joint = JointEncoder(trunks, fusion, GaussianHeads(int(cfg["fusion_hidden"]), dz), dz, mods)
     decoders = {m: Decoder(MLPDecoder(dz, hidden[::-1], (2,))) for m in mods}
     common = dict(n_modalities=2, latent_dim=dz, input_dims={m: (2,) for m in mods},
                   decoders_dist={m: "normal" for m in mods}, decoder_dist_params={m: {"scale": SCALE} for m in mods})
     if name == "jmvae":
-        fusion = nn.Sequential(nn.Linear(hidden[-1] * 2, int(cfg["fusion_hidden"])), nn.ReLU())
-        joint = JointEncoder(trunks, fusion, GaussianHeads(int(cfg["fusion_hidden"]), dz), dz, mods)
         conf = mvm.JMVAEConfig(**common, alpha=float(cfg["alpha"]), warmup=0, beta=beta)
         return mvm.JMVAE(conf, encoders=encoders, decoders=decoders, joint_encoder=joint)
     if name == "mvae":
