@@ -62,6 +62,7 @@ BENCHMARKS = {
     "alpha": "m2vae_fusion.benchmarks.alpha",
     "reliability": "m2vae_fusion.benchmarks.reliability",
     "belief": "m2vae_fusion.benchmarks.belief",
+    "baselines": "m2vae_fusion.benchmarks.baselines",
 }
 
 

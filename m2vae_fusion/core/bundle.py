@@ -37,8 +37,10 @@ READ_VERSIONS = (2, 3)
 #: [mean_min_d − (f·r_d + a), mean_max_d + (f·r_d + a)], r_d = mean_max_d − mean_min_d
 MARGIN_FRACTION = 0.5
 MARGIN_ABSOLUTE = 0.5
-#: multimodal-VAE objectives whose bundles this runtime can fuse with (the manifest's ``objective``)
-OBJECTIVES = ("m2vae",)
+#: multimodal-VAE objectives whose bundles this runtime can fuse with (the manifest's ``objective``; issue 11). The
+#: runtime treats them alike: every subset encoder is one ONNX graph returning a Gaussian (mean, log-variance), for
+#: a product or mixture of experts computed inside the graph (a mixture as its moment-matched Gaussian).
+OBJECTIVES = ("m2vae", "jmvae", "mvae", "mmvae", "mopoe")
 REQUIRED_KEYS = ("format", "format_version", "objective", "model_id", "modalities", "inputs", "feature_dim",
                  "latent_dim", "subsets", "networks", "chains", "files")
 

@@ -21,6 +21,7 @@ DEFAULTS: Dict[str, Any] = {
     "modalities": list(MODALITIES),
     "feature_dim": 10,
     "latent_dim": 10,
+    "objective": "m2vae",
     "betavae": {
         "beta_norm": 0.01,
         "aux_weight": 0.0,
@@ -57,6 +58,7 @@ DEFAULTS: Dict[str, Any] = {
 # "ints+" list of positive ints, "epochs" positive int or {modality: positive int}, "modalities" list of names
 SCHEMA: Dict[str, Any] = {
     "seed": "int", "threads": "int+", "modalities": "modalities", "feature_dim": "int+", "latent_dim": "int+",
+    "objective": "objective",
     "betavae": {"beta_norm": "float0", "aux_weight": "float0", "warmup_epochs": "int0", "epochs": "epochs", "min_steps": "int0", "batch_size": "int+", "lr": "float+",
                 "camera_channels": "ints+", "lidar_channels": "ints+", "trunk_hidden": "int+",
                 "reflectance_hidden": "ints+"},
@@ -107,6 +109,10 @@ def _check_leaf(key: str, kind: str, v, modalities: Iterable[str]) -> Any:
                 raise UserError(f"config key {key!r}: no epochs for modality {missing[0]!r}")
         elif not _is_int(v) or v <= 0:
             bad("must be a positive integer or a mapping modality → positive integer")
+    elif kind == "objective":
+        from m2vae_fusion.training.objectives import NAMES
+        if v not in NAMES:
+            bad(f"must be one of {', '.join(NAMES)}")
     elif kind == "modalities":
         if not isinstance(v, list) or len(v) < 2:
             bad("must list at least two modalities")

@@ -30,12 +30,14 @@ from m2vae_fusion.core.bundle import (FORMAT, FORMAT_VERSION, FORMAT_VERSION_NO_
                                       MARGIN_ABSOLUTE, MARGIN_FRACTION, READ_VERSIONS,  # shared with the runtime
                                       LatentBounds, compute_model_id, read_manifest_any, sha256_file,
                                       upgrade_command)
+from m2vae_fusion.core.bundle import OBJECTIVES
 from m2vae_fusion.errors import BundleError
 
 PARITY_TOL = 1e-4
 OPSET = 17
 PROBE_N = 4
-#: the objective of bundles written by this exporter (the manifest's ``objective``)
+#: the default objective (the manifest's ``objective``); a network trained with another objective carries its name
+#: in ``.objective`` (m2vae_fusion.training.objectives), which the export records
 OBJECTIVE = "m2vae"
 #: the torch checkpoint an export writes beside its bundle directory: ``<out_dir>`` + this suffix
 CHECKPOINT_SUFFIX = ".torch.pt"
@@ -56,6 +58,19 @@ class ChecksumError(BundleError):
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
+
+def objective_of(model) -> str:
+    """The manifest's ``objective`` of a multimodal-VAE network: its ``objective`` attribute (set by
+    :mod:`m2vae_fusion.training.objectives`), ``"m2vae"`` for a plain M2VAE.
+
+    Raises:
+        BundleError: an objective the runtime does not support (:data:`m2vae_fusion.core.bundle.OBJECTIVES`).
+    """
+    name = str(getattr(model, "objective", OBJECTIVE))
+    if name not in OBJECTIVES:
+        raise BundleError(f"objective {name!r} is not one the bundle format supports ({', '.join(OBJECTIVES)})")
+    return name
+
 
 def default_class_names() -> List[str]:
     """The 8 class names ``f"{colour}_{shape}_{material}"`` ordered by class id ``4·colour + 2·shape + material``."""
@@ -595,8 +610,9 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, boun
     for key in ("modalities", "inputs", "feature_dim", "latent_dim", "subsets", "networks", "files"):
         if key not in src:
             raise BundleError(f"{mpath}: key {key!r} missing")
-    if src.get("objective", OBJECTIVE) != OBJECTIVE:
-        raise BundleError(f"{mpath}: objective {src.get('objective')!r}; this exporter rebuilds {OBJECTIVE!r}")
+    objective = src.get("objective", OBJECTIVE)
+    if objective not in OBJECTIVES:
+        raise BundleError(f"{mpath}: objective {objective!r}; this exporter rebuilds {', '.join(OBJECTIVES)}")
     nets = src["networks"]
     network_names = sorted({*nets["betavae_encoder"].values(), *nets.get("betavae_decoder", {}).values(),
                             *nets["subset_encoder"].values(), *nets["decoder"].values(),
@@ -616,7 +632,7 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, boun
         old = dict(np.load(os.path.join(src_dir, probes_name)))
         # keep the networks' probes (the torch outputs of the original export); chain probes are rebuilt
         probes = {k: v for k, v in old.items() if k.split(":", 1)[0] in network_names}
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION_NO_BOUNDS, "objective": OBJECTIVE}
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION_NO_BOUNDS, "objective": objective}
         manifest.update({k: v for k, v in src.items() if k not in ("format", "format_version", "objective",
                                                                     "model_id", "files", "chains", "probes",
                                                                     "latent_bounds")})
@@ -728,7 +744,7 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
                 _export_onnx(module, tensors, os.path.join(tmp, fname), in_names, out_names)
         subsets = [list(s) for s in m2vae.subsets]
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION_NO_BOUNDS, "objective": OBJECTIVE,
+            "format": FORMAT, "format_version": FORMAT_VERSION_NO_BOUNDS, "objective": objective_of(m2vae),
             "model_id": None,
             "package_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -765,7 +781,7 @@ def export_bundle(out_dir: str, betavaes: Mapping, m2vae, head=None, *, sensors:
             ck_path = (os.path.normpath(os.path.abspath(out_dir)) + CHECKPOINT_SUFFIX if checkpoint == "beside"
                        else os.path.abspath(checkpoint))
             ck_tmp = ck_path + ".tmp"
-            torch.save({"format": "m2vae_fusion.checkpoint", "format_version": 1, "objective": OBJECTIVE,
+            torch.save({"format": "m2vae_fusion.checkpoint", "format_version": 1, "objective": objective_of(m2vae),
                         "betavaes": dict(betavaes), "m2vae": m2vae, "head": head, "sensors": dict(sensors),
                         "class_names": list(class_names) if class_names else None,
                         "training": dict(training or {}), "probe_data": probe_data, "seed": seed}, ck_tmp)
@@ -797,8 +813,9 @@ def export_from_checkpoint(checkpoint: str, out_dir: str, bounds_data=None) -> s
         raise BundleError(f"{checkpoint}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ck, dict) or ck.get("format") != "m2vae_fusion.checkpoint":
         raise BundleError(f"{checkpoint}: not an m2vae_fusion checkpoint (written by export beside a bundle)")
-    if ck.get("objective", OBJECTIVE) != OBJECTIVE:
-        raise BundleError(f"{checkpoint}: objective {ck.get('objective')!r}; this exporter writes {OBJECTIVE!r}")
+    if ck.get("objective", OBJECTIVE) != objective_of(ck.get("m2vae")):
+        raise BundleError(f"{checkpoint}: objective {ck.get('objective')!r} differs from its networks' "
+                          f"{objective_of(ck.get('m2vae'))!r}")
     return export_bundle(out_dir, ck["betavaes"], ck["m2vae"], ck["head"], sensors=ck["sensors"],
                          class_names=ck["class_names"], training=ck["training"], probe_data=ck["probe_data"],
                          seed=int(ck["seed"]), checkpoint="beside", bounds_data=bounds_data)

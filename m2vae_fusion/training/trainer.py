@@ -27,7 +27,8 @@ import torch
 from m2vae_fusion.errors import UserError
 from m2vae_fusion.training import config as cfgmod
 from m2vae_fusion.training.data import Split, class_names_of, load_dataset
-from m2vae_fusion.training.losses import betavae_loss, m2vae_loss
+from m2vae_fusion.training import objectives
+from m2vae_fusion.training.losses import betavae_loss
 from m2vae_fusion.training.networks import M2VAE, BetaVAE, ClassHead, subset_key
 
 STAGES = ("betavae", "m2vae", "head", "export")
@@ -272,8 +273,14 @@ class Run:
     # ---------------------------------------------------------------------------------------------- M2VAE stage
     def build_m2vae(self) -> M2VAE:
         mc = self.cfg["m2vae"]
-        return M2VAE(self.mods, {m: self.cfg["feature_dim"] for m in self.mods}, self.cfg["latent_dim"],
-                     mc["hidden"], mc["fusion_hidden"])
+        # the config's ``objective`` picks the network and loss (m2vae_fusion.training.objectives; issue 11)
+        return objectives.get(self.cfg.get("objective", "m2vae")).build(
+            self.mods, {m: self.cfg["feature_dim"] for m in self.mods}, self.cfg["latent_dim"], mc["hidden"],
+            mc["fusion_hidden"])
+
+    def _objective_loss(self, model, xs, present, **kw):
+        """The loss of the config's ``objective`` (``m2vae``: :func:`m2vae_loss`)."""
+        return objectives.get(self.cfg.get("objective", "m2vae")).loss(model, xs, present, **kw)
 
     def _m2_kwargs(self) -> dict:
         mc = self.cfg["m2vae"]
@@ -307,7 +314,7 @@ class Run:
             tot, cnt = 0.0, 0
             for idx in _batches(n, mc["batch_size"], rng):
                 xs = {m: torch.from_numpy(xs_np[m][idx]) for m in self.mods}
-                parts = m2vae_loss(model, xs, pres[idx], **self._m2_kwargs())
+                parts = self._objective_loss(model, xs, pres[idx], **self._m2_kwargs())
                 opt.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 opt.step()
@@ -333,7 +340,7 @@ class Run:
         xs = {m: torch.from_numpy(split[m]) for m in self.mods}
         kw = self._m2_kwargs()
         kw["alpha_reenc"] = max(kw["alpha_reenc"], 1e-12)  # always report the re-encoding divergence
-        parts = m2vae_loss(model, xs, torch.from_numpy(split["present"]), sample=False, **kw)
+        parts = self._objective_loss(model, xs, torch.from_numpy(split["present"]), sample=False, **kw)
         out = {"val_loss": float(parts["loss"])} if n else {"val_loss": float("nan")}
         for k, v in parts.items():
             if k.startswith(("rec/", "reenc/")):
