@@ -241,8 +241,9 @@ def test_fuzz_mixed_with_honest_traffic(probe, nodes, manifest):
         dropped = _delta(after[ns], before[ns], "dropped.")
         processed = _delta(after[ns], before[ns], "processed.")
         redundant = _delta(after[ns], before[ns], "redundant.")
+        superseded = _delta(after[ns], before[ns], "superseded.")
         detail = f"/{ns}: sent {sent[ns]} honest {honest[ns]} received {received} dropped {dropped} " \
-                 f"processed {processed} redundant {redundant}"
+                 f"processed {processed} redundant {redundant} superseded {superseded}"
         assert not [k for k in dropped if k.endswith(".internal_error")], detail
         for source, n_hostile in sent[ns].items():
             n_honest = honest[ns].get(source, 0)
@@ -250,8 +251,9 @@ def test_fuzz_mixed_with_honest_traffic(probe, nodes, manifest):
             n_dropped = sum(v for k, v in dropped.items() if k.startswith(f"dropped.{source}."))
             n_processed = processed.get(f"processed.{source}", 0)
             n_may = may[ns].get(source, 0)
-            if source == "peer":  # every latent dropped (reason counted), redundant (counted) or merged
-                n_redundant = redundant.get("redundant.peer", 0)
+            if source == "peer":  # every latent dropped (reason counted), redundant (counted), superseded by a newer
+                # one of its (peer, target) that was merged (counted), or merged
+                n_redundant = redundant.get("redundant.peer", 0) + superseded.get("superseded.peer", 0)
                 assert n_dropped + n_processed + n_redundant == n_hostile + n_honest, detail
                 # no must-refuse latent merged: only honest ones and those that may be accepted
                 assert n_honest <= n_processed <= n_honest + n_may, detail

@@ -634,7 +634,8 @@ class FusionNode(LifecycleNode):
         """Peer latents, newest per (peer, target): the ones already waiting in the subscription are taken too and
         only the newest of each (peer, target) is merged (the others are counted as ``superseded.peer``), so a
         node that fell behind merges one latent per peer and target, not every stale one (their own callback
-        events then find nothing)."""
+        events then find nothing). A latent that is dropped (a bad one claiming the newest stamp, say) does not
+        supersede: the next newest of its (peer, target) is tried in its place."""
         batch: dict = {}
         self._collect_latent(batch, msg, time.perf_counter_ns())
         sub = self._latent_sub
@@ -645,26 +646,27 @@ class FusionNode(LifecycleNode):
                     if got is None:
                         break
                     self._collect_latent(batch, got[0], time.perf_counter_ns())
-        for msg, recv in batch.values():
-            try:
-                self._process_latent(msg, recv)
-            except Drop as exc:
-                self._drop("peer", exc.reason, str(exc))
-            except Exception as exc:  # never let one message take the node down
-                self._drop("peer", DropReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        for waiting in batch.values():
+            waiting.sort(key=lambda e: e[0], reverse=True)  # newest first
+            for i, (_, msg, recv) in enumerate(waiting):
+                try:
+                    self._process_latent(msg, recv)
+                except Drop as exc:
+                    self._drop("peer", exc.reason, str(exc))
+                    continue
+                except Exception as exc:  # never let one message take the node down
+                    self._drop("peer", DropReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                    continue
+                if len(waiting) > i + 1:
+                    self.stats.inc("superseded.peer", len(waiting) - i - 1)
+                break
 
     def _collect_latent(self, batch: dict, msg: LatentEmbedding, recv: int) -> None:
         if self.agent.is_own(msg.agent_id):  # our own shared latent (no content filter): before any work
             self.stats.inc("ignored.own")
             return
         self.stats.inc("received.peer")
-        key = (msg.agent_id, msg.target_id)
-        held = batch.get(key)
-        if held is not None:
-            self.stats.inc("superseded.peer")
-            if conv.stamp_to_ns(held[0].header.stamp) > conv.stamp_to_ns(msg.header.stamp):
-                return  # the one held is newer evidence
-        batch[key] = (msg, recv)
+        batch.setdefault((msg.agent_id, msg.target_id), []).append((conv.stamp_to_ns(msg.header.stamp), msg, recv))
 
     def _process_latent(self, msg: LatentEmbedding, recv: int) -> None:
         self.agent.screen_peer(msg.agent_id, msg.model_id, msg.format_version)
