@@ -575,7 +575,7 @@ class FusionNode(LifecycleNode):
             self.get_logger().info(f"beliefs expired (ttl {self.agent.config.belief_ttl} s): {gone}")
         values = self.stats.snapshot()
         values.update(self.agent.store_stats())
-        values.update({f"novelty.{m}": round(v, 4) for m, v in self.agent.novelty_last.items()})
+        values.update({f"novelty.{m}": round(v, 4) for m, v in dict(self.agent.novelty_last).items()})
         dropped = values.get("dropped.total", 0)
         last, self._last_dropped = self._last_dropped, dropped
         info = {"agent_id": self.agent_id, "model_id": self.bundle.model_id, "model_dir": self.bundle.path,
