@@ -291,3 +291,28 @@ def test_slot_accumulation_is_a_product_of_gaussian_experts_with_forgetting(tmp_
     assert not rep.held_back and rep.slots["lidar"].evidence == (("a", 9.0),)
     with pytest.raises(ValueError):
         Accumulation(forgetting=1.5)
+
+
+def test_reconstruction_error_statistic_runs_the_betavae_decoder(calibrated, data):
+    """``export --novelty-statistics`` may add the reconstruction error (the β-VAE ELBO's likelihood term)."""
+    from m2vae_fusion.core.novelty import Novelty
+    from m2vae_fusion.training.export import compute_novelty_block
+
+    block = compute_novelty_block(calibrated.path, calibrated.manifest, data[0], split="val",
+                                  statistics=("reconstruction_error", "kl", "feature_distance"))
+    nov = Novelty(block)
+    assert nov.needs_reconstruction and nov.statistics[0] == "reconstruction_error"
+    calls = []
+
+    def reconstruct(f):
+        calls.append(len(f))
+        return calibrated.decode_feature("camera", f)
+
+    from m2vae_fusion.core.preprocess import preprocess
+
+    x = np.concatenate([preprocess("camera", r, calibrated.input_config("camera")) for r in data[1]["camera"][:20]])
+    mu, lv = calibrated.encode_feature("camera", x)
+    s = nov.score_observation("camera", x, mu, lv, reconstruct)
+    assert calls == [20] and s.shape == (20,) and np.isfinite(s).all()
+    with pytest.raises(Exception, match="subset"):
+        compute_novelty_block(calibrated.path, calibrated.manifest, data[0], statistics=("likelihood",))

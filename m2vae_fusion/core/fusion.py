@@ -91,7 +91,9 @@ class Slot:
         return self.contributions or ((self.agent, self.stamp),)
 
 
-#: the change rule counts change support among the last ``confirm + WINDOW_EXTRA`` observations of a slot
+#: the change rule needs ``confirm`` change supports among the last ``confirm + WINDOW_EXTRA`` observations of a
+#: slot (0: ``confirm`` consecutive ones; a burst of 3 misreads plus one ambiguous good observation
+#: replaced the slot with a window of ``confirm + 1`` in ``bench belief``)
 WINDOW_EXTRA = 0
 
 
@@ -107,18 +109,18 @@ class Accumulation:
 
     An observation whose feature lies farther than ``gate`` from the held feature (rms over dimensions, in units of
     the calibrated in-distribution feature spread, manifest ``novelty.modalities.<m>.feature_std``, else 1) is an
-    *outlier*: it is held back, not fused. While n outliers are held back, an observation within ``gate·√(1 + 1/n)``
-    of their mean and nearer to it than to the held feature supports a change (held back too); one beyond ``gate`` of both is
-    a stray (held back, supports nothing). When ``confirm`` of the last ``confirm + 1`` observations of the slot
-    supported a change, the object changed: the slot is replaced by the product of the held-back outliers (forgotten
-    once no observation of the last ``confirm + 1`` supported a change). So one misread, or a burst of up to
-    ``confirm − 1``, never moves the belief, and a swapped object wins by its ``confirm + 1``-th observation at the
-    latest (when its observations lie within ``gate`` of each other).
+    *outlier*: it is held back, not fused. While n outliers are held back, an observation within
+    ``gate·√(1 + 1/n)`` of their mean and nearer to it than to the held feature supports a change (held back too);
+    one beyond the gate of both is a stray (held back, supports nothing); any other is an inlier and fused. When the
+    last ``confirm`` observations of the slot (:attr:`window`) all supported a change, the object changed: the slot is
+    replaced by the product of the held-back outliers (which are forgotten once an inlier follows and no observation
+    of the window supported a change). So one misread, or a burst of up to ``confirm − 1``, never moves the belief,
+    and a swapped object wins by its ``confirm``-th observation when its observations agree with each other.
 
     Attributes:
         forgetting: λ in [0, 1]; 0 turns accumulation off (each observation replaces the slot, as in the paper).
         gate: outlier distance (> 0; ``math.inf``: no outliers).
-        confirm: outliers (≥ 1) among the last ``confirm + 1`` observations that replace the slot.
+        confirm: consecutive observations (≥ 1) supporting a change that replace the slot.
         max_contributions: contributions listed per slot (older ones still weigh λ^k in the feature).
     """
 
@@ -511,7 +513,7 @@ class FusionEngine:
             return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history,
                         held.pending, stray=True)
         pending = (*held.pending, (f, prec, agent, stamp))[-acc.confirm:]
-        if sum(history) < acc.confirm:
+        if sum(history) < acc.confirm:  # not yet confirm consecutive supports (window = confirm)
             return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history, pending,
                         stray=True)
         # the object changed: the slot becomes the product of the held-back outliers

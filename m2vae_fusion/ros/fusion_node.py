@@ -749,7 +749,7 @@ class FusionNode(LifecycleNode):
         values.update(self.agent.store_stats())
         values.update(self.agent.peer_evidence_stats(self._now_s()))
         values["peers"] = len(self.agent.peers())
-        values.update({f"novelty.{m}": round(v, 4) for m, v in self.agent.novelty_last.items()})
+        values.update({f"novelty.{m}": round(v, 4) for m, v in dict(self.agent.novelty_last).items()})
         dropped = values.get("dropped.total", 0)
         last, self._last_dropped = self._last_dropped, dropped
         info = {"agent_id": self.agent_id, "model_id": self.bundle.model_id, "model_dir": self.bundle.path,
