@@ -132,6 +132,7 @@ def test_restarted_agent_gets_its_evidence_back_without_spoof_drops(bundle_dir, 
         assert vals.get("provenance.earlier_incarnation", 0) >= 1
         assert vals.get(f"dropped.peer.{DropReason.SPOOFED}", 0) == 0, procs["ra"].log()[-3000:]
         assert vals.get("incarnation") == inc2 and vals.get("peers", 0) >= 1
+        assert 0 <= vals["peer_evidence.age_s"] < 60 and vals["peer_evidence.age_s.max"] >= 0
         rb_vals = probe.diagnostics("/rb/fusion_node", after=time.monotonic(), timeout=5)
         assert rb_vals.get("shared.resync", 0) >= 1
         print(f"restarted agent had its peer's belief {rejoin_s:.2f} s after it was up")

@@ -18,7 +18,8 @@ Topics (relative names resolve in the node's namespace):
   ``lidar_type``), ``reflectance`` (sensor_msgs/LaserScan with intensities), ``target_of_interest``
   (m2vae_fusion_msgs/TargetOfInterest), the shared latent topic ``/m2vae/latents`` (m2vae_fusion_msgs/LatentEmbedding);
 - publishes ``latent`` (LatentEmbedding), the shared latent topic, ``belief`` (m2vae_fusion_msgs/ClassBelief),
-  ``/diagnostics`` (diagnostic_msgs/DiagnosticArray: counters, rates, latencies);
+  ``/diagnostics`` (diagnostic_msgs/DiagnosticArray: counters, rates, latencies, the peer-evidence age
+  ``peer_evidence.age_s[.p50|.p90|.p99|.max]``);
 - service ``~/reset`` (std_srvs/Trigger): forget every belief.
 
 Execution: the work runs on one thread. The node runs under rclpy's ``EventsExecutor`` driven by a ``spin_once``
@@ -28,7 +29,12 @@ subscriptions are best-effort with depth 1 by default, so DDS keeps only the new
 processed and a slow model never builds a backlog; TargetOfInterest messages already received are taken first, so an
 announcement is applied before an observation stamped after it even when their callbacks arrive in the other order.
 Peer latents are merged in their callback too, only when they add
-evidence (a newer slot); their reliable subscription keeps at most ``peer_queue`` waiting. The node never takes back
+evidence (a newer slot); their subscription (best effort by default, ``peer_qos_reliability``: a lost latent is
+superseded by the next instead of holding newer ones back until DDS repairs it) keeps at most ``peer_queue``
+waiting; the shared-topic publisher is reliable. Restart identity and late joiners (message format 3): the node's
+incarnation is the ROS-clock time at configure; when the shared publisher gains readers (checked at every
+diagnostics tick) or a peer's latent shows a new incarnation, every held belief is re-shared
+(:meth:`~m2vae_fusion.core.agent.Agent.resync`). The node never takes back
 its own shared latents: a DDS content filter (``agent_id <> own``) keeps them out of the subscription where the
 middleware supports it, else the callback ignores them first thing. A shared latent held back by
 ``shared_latent_rate`` is sent when due by a small thread that sleeps until then (no fixed-rate flush timer; no
