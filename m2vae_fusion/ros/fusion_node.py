@@ -87,6 +87,8 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
 #: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
 #: side may match first, and a volatile reader that has not yet matched this writer misses what is sent meanwhile
 RESYNC_DELAY = 0.5
+#: seconds after a new reader appeared at which the re-share is repeated (each lost with the link's loss rate)
+RESYNC_REPEATS = (2.0, 5.0)
 
 
 def default_model_dir() -> str:
@@ -363,6 +365,7 @@ class FusionNode(LifecycleNode):
         self.pub_shared = (self.create_publisher(LatentEmbedding, p["shared_latent_topic"], reliable)
                            if p["shared_latent_topic"] else None)
         self._readers = 0
+        self._resync_again: list = []
         self.pub_belief = self.create_publisher(ClassBelief, p["belief_topic"], reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self._active = [x for x in (self.pub_latent, self.pub_shared, self.pub_belief, self.pub_diag) if x]
@@ -543,8 +546,14 @@ class FusionNode(LifecycleNode):
         held belief now instead of at the next change. Polled from the diagnostics timer: rclpy 9.1.2 nodes under
         the EventsExecutor hung in ``deactivate`` when the publisher had a ``matched`` event callback."""
         n = self.pub_shared.get_subscription_count()
+        now = time.monotonic()
         if n > self._readers:
             self._resync(f"{n - self._readers} new reader(s) of the shared topic", RESYNC_DELAY)
+            # again later: the peer subscription is best effort, so a lost re-share would otherwise stay lost
+            self._resync_again = [now + d for d in RESYNC_REPEATS]
+        elif self._resync_again and now >= self._resync_again[0]:
+            self._resync_again.pop(0)
+            self._resync("repeat for new readers")
         self._readers = n
 
     def _resync(self, why: str, delay: float = 0.0) -> None:
