@@ -19,7 +19,8 @@ Topics (relative names resolve in the node's namespace):
   ``lidar_type``), ``reflectance`` (sensor_msgs/LaserScan with intensities), ``target_of_interest``
   (m2vae_fusion_msgs/TargetOfInterest), the shared latent topic ``/m2vae/latents`` (m2vae_fusion_msgs/LatentEmbedding);
 - publishes ``latent`` (LatentEmbedding), the shared latent topic, ``belief`` (m2vae_fusion_msgs/ClassBelief),
-  ``/diagnostics`` (diagnostic_msgs/DiagnosticArray: counters, rates, latencies);
+  ``/diagnostics`` (diagnostic_msgs/DiagnosticArray: counters, rates, latencies, the peer-evidence age
+  ``peer_evidence.age_s[.p50|.p90|.p99|.max]``);
 - service ``~/reset`` (std_srvs/Trigger): forget every belief.
 
 Execution: the work runs on one thread. The node runs under rclpy's ``EventsExecutor`` driven by a ``spin_once``
@@ -29,8 +30,13 @@ subscriptions are best-effort with depth 1 by default, so DDS keeps only the new
 processed and a slow model never builds a backlog; TargetOfInterest messages already received are taken first, so an
 announcement is applied before an observation stamped after it even when their callbacks arrive in the other order.
 Peer latents are merged in their callback too, only when they add
-evidence (a newer slot); their reliable subscription keeps at most ``peer_queue`` waiting, and a callback takes
-every waiting one and merges only the newest per (peer, target) (the others are counted as ``superseded.peer``).
+evidence (a newer slot); their subscription (best effort by default, ``peer_qos_reliability``: a lost latent is
+superseded by the next instead of holding newer ones back until DDS repairs it) keeps at most ``peer_queue``
+waiting; the shared-topic publisher is reliable. A callback takes every waiting latent and merges only the newest
+per (peer, target) that is not dropped (the others are counted as ``superseded.peer``). Restart identity and late
+joiners (message format 3): the node's incarnation is the ROS-clock time at configure; when the shared publisher
+gains readers (checked at every diagnostics tick) or a peer's latent shows a new incarnation, every held belief is
+re-shared (:meth:`~m2vae_fusion.core.agent.Agent.resync`).
 The crop (bundles whose preprocessing enables one, docs/formats.md) is centred on the TargetOfInterest ``position``
 when it is given in ``base_frame``, projected through the newest CameraInfo ``k`` and the ``camera_to_base``
 parameter (else the bundle's); otherwise the preprocessing's fallback is used (counted as ``crop_fallback.*``).
@@ -89,6 +95,8 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
 #: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
 #: side may match first, and a volatile reader that has not yet matched this writer misses what is sent meanwhile
 RESYNC_DELAY = 0.5
+#: seconds after a new reader appeared at which the re-share is repeated (each lost with the link's loss rate)
+RESYNC_REPEATS = (2.0, 5.0)
 
 
 def default_model_dir() -> str:
@@ -463,6 +471,7 @@ class FusionNode(LifecycleNode):
         self.pub_shared = (self.create_publisher(LatentEmbedding, p["shared_latent_topic"], reliable)
                            if p["shared_latent_topic"] else None)
         self._readers = 0
+        self._resync_again: list = []
         self.pub_belief = self.create_publisher(ClassBelief, p["belief_topic"], reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self._active = [x for x in (self.pub_latent, self.pub_shared, self.pub_belief, self.pub_diag) if x]
@@ -689,8 +698,14 @@ class FusionNode(LifecycleNode):
         held belief now instead of at the next change. Polled from the diagnostics timer: rclpy 9.1.2 nodes under
         the EventsExecutor hung in ``deactivate`` when the publisher had a ``matched`` event callback."""
         n = self.pub_shared.get_subscription_count()
+        now = time.monotonic()
         if n > self._readers:
             self._resync(f"{n - self._readers} new reader(s) of the shared topic", RESYNC_DELAY)
+            # again later: the peer subscription is best effort, so a lost re-share would otherwise stay lost
+            self._resync_again = [now + d for d in RESYNC_REPEATS]
+        elif self._resync_again and now >= self._resync_again[0]:
+            self._resync_again.pop(0)
+            self._resync("repeat for new readers")
         self._readers = n
 
     def _resync(self, why: str, delay: float = 0.0) -> None:
