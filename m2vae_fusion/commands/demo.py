@@ -29,6 +29,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     import os
+    import sys
 
     from m2vae_fusion.errors import UserError
     from m2vae_fusion.report import format_tables, plot, summarise, write_json
@@ -58,7 +59,12 @@ def run(args) -> int:
                      exchange=not args.no_exchange, model_dir=args.model_dir, log_dir=args.log_dir,
                      record_bag=args.record, inspect_duration=args.inspect_duration,
                      transit_duration=args.transit_duration)
-    rec = run_demo(cfg)
+    try:
+        rec = run_demo(cfg)
+    except KeyboardInterrupt:  # SIGINT, SIGTERM or Ctrl-C on the process group: a requested stop, not a failure
+        print("m2vae-fusion demo: stopped by a signal before the tour ended; every child process stopped, no report "
+              "written", file=sys.stderr)
+        return 0
     summary = summarise(rec)
     print()
     print(format_tables(summary))
