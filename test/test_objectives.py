@@ -153,6 +153,9 @@ def test_exported_bundle_fuses_and_merges(tmp_path, name):
     with open(os.path.join(out, "manifest.json")) as f:
         assert json.load(f)["objective"] == name
     assert verify_bundle(out)["objective"] == name
+    from m2vae_fusion.training.export import rebuild_bundle
+    with open(os.path.join(rebuild_bundle(out, str(tmp_path / "rebuilt")), "manifest.json")) as f:
+        assert json.load(f)["objective"] == name  # a torch-free rebuild keeps the objective
     bundle = Bundle.load(out)
     assert bundle.objective == name
     # the ONNX subset encoder computes the objective's combination (PoE / MoE / MoPoE inside the graph)
@@ -186,3 +189,26 @@ def test_mopoe_draws_one_component_per_sample_in_equal_blocks():
     pick = component_of(avail, complete=False)
     assert torch.all(avail[torch.arange(150), pick] == 1)  # only subsets a sample holds
     assert set(pick[2::3].tolist()) == {0, 1, 2}
+
+
+def test_bench_baselines_small(tmp_path, capsys):
+    """``bench baselines`` end to end on a tiny budget: table, JSON with per-seed rows and intervals, plot; with
+    MultiVae installed (make setup installs it) the cross-check rows and the comparison are there too."""
+    import importlib.util
+
+    from m2vae_fusion.cli import main
+
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    rc = main(["bench", "baselines", "--objectives", "m2vae,mopoe", "--seeds", "0,1", "--epochs", "1",
+               "--samples-per-class", "20", "--json", str(js), "--plot", str(png)])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    with_mv = importlib.util.find_spec("multivae") is not None
+    assert len(res["runs"]) == 2 * (1 + (3 if with_mv else 1))  # m2vae has no MultiVae counterpart
+    ours = {s["objective"]: s for s in res["summary"] if s["impl"] == "ours"}
+    assert set(ours) == {"m2vae", "mopoe"} and ours["mopoe"]["ab"]["n"] == 2
+    assert all(0.0 <= r["ab"] <= 1.0 for r in res["runs"]) and "exact_ab" in ours["mopoe"]
+    if with_mv:
+        assert [c["objective"] for c in res["comparison"]] == ["mopoe"]
+    assert png.stat().st_size > 1000 and "MoG" in capsys.readouterr().out
+    assert main(["bench", "baselines", "--objectives", "tvae"]) == 2

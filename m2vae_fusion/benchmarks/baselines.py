@@ -14,9 +14,13 @@ Rows ``ours`` use the project's β (``β_S = β_norm · D_S / D_z``, β_norm = 0
 the m2vae and jmvae mutual terms). With ``--multivae`` (default ``auto``: on when MultiVae is installed, ``pip
 install -r requirements-bench.txt -c requirements.lock``) jmvae, mvae, mmvae and mopoe are trained twice more, both
 with one fixed β for every KL term, because MultiVae's models use one β (``--xcheck-beta``, default the project's
-joint β, β_norm · D_ab / D_z = 0.02; 1 for mmvae, whose MultiVae loss has none): ours (``ours-xcheck``) and MultiVae 1.0.3's implementation of the same model (``multivae``: its loss, our
-networks, data, batches, optimiser and read-out; :mod:`m2vae_fusion.benchmarks.multivae_ref`). The difference of
-their means is reported against the issue's 2-point target.
+joint β, β_norm · D_ab / D_z = 0.02; 1 for mmvae, whose MultiVae loss has none): ours (``ours-xcheck``) and
+MultiVae 1.0.3's implementation of the same model (``multivae``: its loss, our networks, initial weights, data,
+batches, optimiser and read-out; :mod:`m2vae_fusion.benchmarks.multivae_ref`). The difference of their means is
+reported against the issue's 2-point target.
+
+Time with the defaults: 39 training runs of 7-10 s CPU each for 3 seeds (≈ 5.5 min CPU; 29 min wall on the shared
+2-core machine under load).
 
 Mean over seeds and a 95 % Student-t interval (``t_{0.975, n−1} · s / √n``). Training time per run is reported,
 measured on a shared machine (noisy; compare rows of the same run only). Parts (b) the simulated AMiRo world and
