@@ -190,6 +190,8 @@ def test_default_config_file_matches_builtin_defaults():
     ("betavae:\n  camera_channels: [8, 0]\n", "betavae.camera_channels"),
     ("m2vae:\n  lr: 0\n", "m2vae.lr"),
     ("head:\n  epochs: 2.5\n", "head.epochs"),
+    ("betavae:\n  beta_norm: {camera: -0.1, lidar: 0.01, reflectance: 0.01}\n", "betavae.beta_norm.camera"),
+    ("betavae:\n  beta_norm: {camera: 0.01, lidar: 0.01}\n", "betavae.beta_norm"),
 ])
 def test_bad_config_names_the_key(tmp_path, capsys, text, key):
     p = tmp_path / "bad.yaml"
@@ -198,6 +200,16 @@ def test_bad_config_names_the_key(tmp_path, capsys, text, key):
                "--runs", str(tmp_path / "r")])
     assert rc == 2
     assert repr(key) in capsys.readouterr().err
+
+
+def test_per_modality_beta_norm(tmp_path):
+    """``betavae.beta_norm`` is one number for every modality or a per-modality mapping."""
+    p = tmp_path / "b.yaml"
+    p.write_text("betavae:\n  beta_norm: {camera: 0.002, lidar: 0.01, reflectance: 0.02}\n")
+    c = cfgmod.load_config(str(p))
+    assert [cfgmod.beta_norm_for(c, m) for m in ("camera", "lidar", "reflectance")] == [0.002, 0.01, 0.02]
+    p.write_text("betavae:\n  beta_norm: 0.005\n")
+    assert cfgmod.beta_norm_for(cfgmod.load_config(str(p)), "lidar") == 0.005
 
 
 def test_bad_set_override_and_missing_config(tmp_path, capsys):
