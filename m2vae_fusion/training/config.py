@@ -25,7 +25,7 @@ DEFAULTS: Dict[str, Any] = {
         "beta_norm": 0.01,
         "aux_weight": 0.0,
         "warmup_epochs": 2,
-        "epochs": {"camera": 4, "lidar": 10, "reflectance": 20},
+        "epochs": {"camera": 30, "lidar": 10, "reflectance": 20},
         "min_steps": 500,
         "batch_size": 128,
         "lr": 1.0e-3,
