@@ -190,6 +190,8 @@ def test_default_config_file_matches_builtin_defaults():
     ("betavae:\n  camera_channels: [8, 0]\n", "betavae.camera_channels"),
     ("m2vae:\n  lr: 0\n", "m2vae.lr"),
     ("head:\n  epochs: 2.5\n", "head.epochs"),
+    ("betavae:\n  beta_norm: {camera: -0.1, lidar: 0.01, reflectance: 0.01}\n", "betavae.beta_norm.camera"),
+    ("betavae:\n  beta_norm: {camera: 0.01, lidar: 0.01}\n", "betavae.beta_norm"),
 ])
 def test_bad_config_names_the_key(tmp_path, capsys, text, key):
     p = tmp_path / "bad.yaml"
@@ -198,6 +200,16 @@ def test_bad_config_names_the_key(tmp_path, capsys, text, key):
                "--runs", str(tmp_path / "r")])
     assert rc == 2
     assert repr(key) in capsys.readouterr().err
+
+
+def test_per_modality_beta_norm(tmp_path):
+    """``betavae.beta_norm`` is one number for every modality or a per-modality mapping."""
+    p = tmp_path / "b.yaml"
+    p.write_text("betavae:\n  beta_norm: {camera: 0.002, lidar: 0.01, reflectance: 0.02}\n")
+    c = cfgmod.load_config(str(p))
+    assert [cfgmod.beta_norm_for(c, m) for m in ("camera", "lidar", "reflectance")] == [0.002, 0.01, 0.02]
+    p.write_text("betavae:\n  beta_norm: 0.005\n")
+    assert cfgmod.beta_norm_for(cfgmod.load_config(str(p)), "lidar") == 0.005
 
 
 def test_bad_set_override_and_missing_config(tmp_path, capsys):
@@ -287,9 +299,22 @@ def test_bench_alpha_sweep_small(trained, tmp_path, capsys):
     js, png = tmp_path / "alpha.json", tmp_path / "alpha.png"
     rc = main(["bench", "alpha", "--data", trained["data"], "--alphas", "0,1", "--seeds", "0", "--k", "3",
                "--runs", str(tmp_path / "runs"), "--config", trained["cfg"], "--init-betavae", trained["runs"],
-               "--json", str(js), "--plot", str(png)])
+               "--json", str(js), "--plot", str(png), "--epochs", "2", "--samples", "1"])
     assert rc == 0
     res = json.loads(js.read_text())
+    # the budget: a subset data set of the first training shard, 2 epochs of M2VAE and head per run
+    assert res["budget"] == {"epochs": 2, "samples": 1}
+    with open(os.path.join(res["train_data"], "metadata.json")) as f:
+        sub = json.load(f)
+    with open(os.path.join(trained["data"], "metadata.json")) as f:
+        full = json.load(f)
+    first = next(e for e in full["shards"] if e["split"] == "train")
+    assert sub["splits"]["train"] == first["samples"] and [e for e in sub["shards"] if e["split"] == "train"] == [first]
+    assert [e for e in sub["shards"] if e["split"] == "test"] == [e for e in full["shards"] if e["split"] == "test"]
+    with open(os.path.join(res["runs"][0]["bundle"], "manifest.json")) as f:
+        cfg0 = json.load(f)["training"]["config"]
+    assert cfg0["m2vae"]["epochs"] == 2 and cfg0["head"]["epochs"] == 2
+    assert all(math.isfinite(r["elbo"]) for r in res["runs"])
     assert [r["alpha_reenc"] for r in res["per_alpha"]] == [0.0, 1.0] and len(res["runs"]) == 2
     for row in res["per_alpha"]:
         assert row["in_place_k_random"]["n"] == 1 and 0 <= row["in_place_k_random"]["mean"] <= 1

@@ -26,7 +26,7 @@ DEFAULTS: Dict[str, Any] = {
         "beta_norm": 0.01,
         "aux_weight": 0.0,
         "warmup_epochs": 2,
-        "epochs": {"camera": 4, "lidar": 10, "reflectance": 20},
+        "epochs": {"camera": 30, "lidar": 10, "reflectance": 20},
         "min_steps": 500,
         "batch_size": 128,
         "lr": 1.0e-3,
@@ -55,11 +55,12 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 # kind of every leaf: "int+" positive int, "float+" positive float, "float0" non-negative float,
-# "ints+" list of positive ints, "epochs" positive int or {modality: positive int}, "modalities" list of names
+# "ints+" list of positive ints, "epochs" positive int or {modality: positive int}, "betas" non-negative float or
+# {modality: non-negative float}, "modalities" list of names
 SCHEMA: Dict[str, Any] = {
     "seed": "int", "threads": "int+", "modalities": "modalities", "feature_dim": "int+", "latent_dim": "int+",
     "objective": "objective",
-    "betavae": {"beta_norm": "float0", "aux_weight": "float0", "warmup_epochs": "int0", "epochs": "epochs", "min_steps": "int0", "batch_size": "int+", "lr": "float+",
+    "betavae": {"beta_norm": "betas", "aux_weight": "float0", "warmup_epochs": "int0", "epochs": "epochs", "min_steps": "int0", "batch_size": "int+", "lr": "float+",
                 "camera_channels": "ints+", "lidar_channels": "ints+", "trunk_hidden": "int+",
                 "reflectance_hidden": "ints+"},
     "m2vae": {"beta_norm": "float0", "alpha": "float0", "alpha_reenc": "float0", "epochs": "int+", "min_steps": "int0",
@@ -113,6 +114,22 @@ def _check_leaf(key: str, kind: str, v, modalities: Iterable[str]) -> Any:
         from m2vae_fusion.training.objectives import NAMES
         if v not in NAMES:
             bad(f"must be one of {', '.join(NAMES)}")
+    elif kind == "betas":
+        if isinstance(v, dict):
+            for m, b in v.items():
+                if m not in MODALITIES:
+                    raise UserError(f"config key {key + '.' + str(m)!r}: unknown modality {m!r} "
+                                    f"(expected one of {list(MODALITIES)})")
+                if isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0 or b != b or b == float("inf"):
+                    raise UserError(f"config key {key + '.' + str(m)!r}: must be a non-negative number, got {b!r}")
+            missing = [m for m in modalities if m not in v]
+            if missing:
+                raise UserError(f"config key {key!r}: no value for modality {missing[0]!r}")
+            v = {m: float(b) for m, b in v.items()}
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+            bad("must be a non-negative number or a mapping modality → non-negative number")
+        else:
+            v = float(v)
     elif kind == "modalities":
         if not isinstance(v, list) or len(v) < 2:
             bad("must list at least two modalities")
@@ -218,6 +235,13 @@ def stage_epochs(epochs: int, min_steps: int, n_samples: int, batch_size: int) -
     simulated set; on a 3000-sample rosbag set they give the networks the same number of updates."""
     per_epoch = max(1, math.ceil(n_samples / max(1, batch_size)))
     return max(int(epochs), math.ceil(int(min_steps) / per_epoch))
+
+
+def beta_norm_for(cfg: Mapping, modality: str) -> float:
+    """β-VAE ``β_norm`` of ``modality`` (``betavae.beta_norm`` is a number or a per-modality mapping; paper Sec.
+    III-A: β = β_norm · D_x / D_z)."""
+    b = cfg["betavae"]["beta_norm"]
+    return float(b[modality]) if isinstance(b, Mapping) else float(b)
 
 
 def epochs_for(cfg: Mapping, modality: str) -> int:

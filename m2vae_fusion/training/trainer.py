@@ -180,7 +180,7 @@ class Run:
                     x = torch.from_numpy(xtr[idx])
                     # KL warm-up (Sønderby et al. 2016, cited by the paper Sec. V-B): β ramps up linearly
                     ramp = min(1.0, (epoch + (b + 1) / nb) / bc["warmup_epochs"]) if bc["warmup_epochs"] else 1.0
-                    parts = betavae_loss(vae, x, bc["beta_norm"] * ramp, labels=torch.from_numpy(ytr[idx]),
+                    parts = betavae_loss(vae, x, cfgmod.beta_norm_for(self.cfg, m) * ramp, labels=torch.from_numpy(ytr[idx]),
                                          aux_weight=bc["aux_weight"])
                     loss = parts["loss"].mean()
                     opt.zero_grad(set_to_none=True)
@@ -214,7 +214,8 @@ class Run:
         vae.eval()
         tot = 0.0
         for idx in _batches(len(x), 512, None):
-            tot += float(betavae_loss(vae, torch.from_numpy(x[idx]), bc["beta_norm"], sample=False)["loss"].sum())
+            tot += float(betavae_loss(vae, torch.from_numpy(x[idx]), cfgmod.beta_norm_for(self.cfg, vae.modality),
+                                     sample=False)["loss"].sum())
         return tot / len(x)
 
     @torch.no_grad()
