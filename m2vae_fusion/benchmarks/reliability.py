@@ -547,6 +547,17 @@ def netns_layout(ctx: dict) -> dict:
                              "truth_topic": "/sim_b/ground_truth", "age_from": ["agent0"]}}}}
 
 
+def _diag_value(monitor: dict, agent: str, key: str):
+    """The last /diagnostics value ``key`` of ``agent``'s fusion node as a monitor recorded it, or None."""
+    for name, vals in (monitor.get("diag") or {}).items():
+        if f"/{agent}/fusion_node" in name and key in vals:
+            try:
+                return float(vals[key])
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 def part_loss(ctx, opts, say) -> dict:
     why = netns_unavailable()
     if why:
@@ -573,11 +584,17 @@ def part_loss(ctx, opts, say) -> dict:
                        **accuracy(mb, ["agent1"], ctx["class_names"])}
                 ages = [x[2] for m in (ma, mb) for x in m.get("latent_ages", [])]
                 a = np.asarray(ages) if ages else None
+                # the issue's measure: at each receiving agent, now minus the stamp of the newest peer slot it holds,
+                # as the node itself summarises it in /diagnostics (peer_evidence.age_s.p99 over its last samples)
+                held = [_diag_value(m, agent, "peer_evidence.age_s.p99") for m, agent in ((ma, "agent0"),
+                                                                                          (mb, "agent1"))]
+                held = [v for v in held if v is not None]
                 runs.append({"seed": seed, "loss_percent": loss, "accuracy": acc, "mean_accuracy": _mean(acc.values()),
                              "peer_latents_received": len(ages),
-                             "evidence_age_s": None if a is None else {
+                             "arrival_age_s": None if a is None else {
                                  "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
                                  "max": float(a.max())},
+                             "evidence_age_s": {"p99": max(held)} if held else None,
                              "nft_dropped_packets": drops, "crashed": r["crashed"],
                              "corrupt_outputs": (ma.get("n_corrupt") or 0) + (mb.get("n_corrupt") or 0),
                              "exit_codes": r["exit_codes"]})
@@ -903,10 +920,12 @@ def format_report(res: dict) -> str:
     ls = res.get("loss") or {}
     if "runs" in ls:
         body = [[r["seed"], f"{r['loss_percent']:g} %", fmt(r["mean_accuracy"], 3),
-                 fmt((r["evidence_age_s"] or {}).get("p50"), 3), fmt((r["evidence_age_s"] or {}).get("p99"), 3),
+                 fmt((r.get("arrival_age_s") or {}).get("p50"), 3), fmt((r.get("arrival_age_s") or {}).get("p99"), 3),
+                 fmt((r["evidence_age_s"] or {}).get("p99"), 3),
                  r["peer_latents_received"], sum(r["nft_dropped_packets"].values()) if r["nft_dropped_packets"]
                  else 0] for r in ls["runs"]]
-        out.append(table(["seed", "loss", "accuracy", "age p50 s", "age p99 s", "peer latents", "nft drops"], body,
+        out.append(table(["seed", "loss", "accuracy", "arrival age p50 s", "arrival age p99 s", "held age p99 s",
+                          "peer latents", "nft drops"], body,
                          "Loss between network namespaces"))
     elif "skipped" in ls:
         out.append(f"Loss between network namespaces: skipped: {ls['skipped']}")
