@@ -48,6 +48,7 @@ import tempfile
 import time
 
 from m2vae_fusion.benchmarks.common import fmt, load_average, machine_info, table, target, targets_table, write_json
+from m2vae_fusion.child import LoggedProcess
 
 HELP = ("reliability: fuzz of 3 live agents, kill/restart of one, 20 % packet loss between network namespaces, "
         "8-agent soak, 100 stops (exit status, tracebacks)")
@@ -80,30 +81,13 @@ def configure(parser):
 
 
 # -- processes ----------------------------------------------------------------------------------------------------
-class Child:
+class Child(LoggedProcess):
     """A child process in a session of its own (``prefix``: e.g. ``ip netns exec NAME``), output to a log file."""
 
     def __init__(self, cmd, log_path: str, env: dict | None = None, prefix=()):
         self.name = os.path.splitext(os.path.basename(log_path))[0]
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.cmd = [*prefix, *cmd]
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})})
+        super().__init__([*prefix, *cmd], log_path, env)
         self.started = time.monotonic()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
 
     def wait_log(self, text: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -26,6 +26,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from m2vae_fusion.child import LoggedProcess
 from m2vae_fusion.ros.stats import status_values
 
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -39,7 +40,7 @@ def write_params(path: str, params: dict) -> str:
     return path
 
 
-class NodeProcess:
+class NodeProcess(LoggedProcess):
     """A node run as ``python -m module`` in a child process.
 
     Args:
@@ -65,24 +66,7 @@ class NodeProcess:
         if params:
             cmd += ["--params-file", write_params(os.path.join(log_dir, f"{self.name}.yaml"), params)]
         cmd += list(extra_args)
-        self.cmd = cmd
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
-                                     start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        super().__init__(cmd, self.log_path, env)
 
     def wait(self, timeout: float) -> int | None:
         try:
