@@ -21,6 +21,7 @@ contains the combination and the runtime needs nothing new.
 """
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -80,7 +81,7 @@ def nonempty_subsets(subset: Sequence[str]) -> List[Subset]:
     return [c for k in range(1, len(s) + 1) for c in itertools.combinations(s, k)]
 
 
-class ExpertsVAE(nn.Module):
+class ExpertsVAE(nn.Module, metaclass=abc.ABCMeta):
     """Unimodal experts ``q_m(z|x_m)`` (trunk ``f_m`` + Gaussian heads, FUSION 2019 Fig. 2c) and decoders
     ``p_m(x_m|z)``; a multi-modal subset encoder is a closed-form combination of the experts (:meth:`combine`,
     defined by the objective). Same layer sizes as :class:`~m2vae_fusion.training.networks.M2VAE` without the fusion
@@ -121,8 +122,11 @@ class ExpertsVAE(nn.Module):
             cache[m] = out
         return out
 
+    @abc.abstractmethod
     def combine(self, subset: Subset, experts: Mapping[str, Gaussian]) -> Gaussian:
-        raise NotImplementedError
+        """The objective's subset posterior ``q_S(z|x_S)`` from the experts of ``subset`` (each (mean,
+        log_variance), (N, D_z)): a product of experts (MVAE), a mixture (MMVAE) or a mixture of products
+        (MoPoE), each subclass its own. ExpertsVAE itself is abstract: instantiating it raises TypeError."""
 
     def encode(self, subset: Sequence[str], xs: Mapping[str, torch.Tensor],
                trunk_cache: Optional[Dict[str, Gaussian]] = None) -> Gaussian:
