@@ -151,6 +151,18 @@ def kl_weight(beta, beta_norm: float, input_dim: int, latent_dim: int) -> float:
     return float(beta_norm) * float(input_dim) / float(latent_dim)
 
 
+def experts_setup(model: "ExpertsVAE", xs: Mapping[str, torch.Tensor], present, beta, beta_norm: float):
+    """What the expert-based losses (MMVAE, MoPoE) start from: batch size N, the presence masks
+    (:func:`present_masks`), every modality's expert (mean, log_variance) and the KL weight of the full set
+    (:func:`kl_weight`). Returns ``(n, masks, experts, beta_s)``."""
+    mods = model.modalities
+    n = next(iter(xs.values())).shape[0]
+    masks = present_masks(mods, n, present)
+    cache: Dict = {}
+    experts = {m: model.expert(m, xs, cache) for m in mods}
+    return n, masks, experts, kl_weight(beta, beta_norm, model.subset_dim(mods), model.latent_dim)
+
+
 def present_masks(modalities: Sequence[str], n: int, present: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """modality → float mask (N,) of the samples holding it (``present`` bool (N, M) or None: all)."""
     if present is None:

@@ -68,11 +68,7 @@ def loss(model, xs, present=None, *, beta_norm=0.01, alpha=0.0, alpha_reenc=0.0,
          beta=None) -> Dict:
     """Negative MoPoE ELBO (one mixture component per sample, as the authors' code), batch mean (module docstring)."""
     mods = model.modalities
-    n = next(iter(xs.values())).shape[0]
-    masks = base.present_masks(mods, n, present)
-    cache: Dict = {}
-    experts = {m: model.expert(m, xs, cache) for m in mods}
-    beta_s = base.kl_weight(beta, beta_norm, model.subset_dim(mods), model.latent_dim)
+    n, masks, experts, beta_s = base.experts_setup(model, xs, present, beta, beta_norm)
     avail = torch.stack([base.subset_mask(s, masks) for s in model.subsets], dim=1)          # (N, K)
     held = avail.sum(1)
     weights = avail / held.clamp_min(1.0)[:, None]
