@@ -489,8 +489,10 @@ class FusionEngine:
             _check_features(f"decoding the {modality} slot", {modality: h_feat})
             h_prec = prec
         scale = self.feature_scale[modality]
-        d_held = float(np.sqrt(np.mean(((f - h_feat) / scale) ** 2)))
-        d_pend = (float(np.sqrt(np.mean(((f - np.mean([p[0] for p in held.pending], axis=0)) / scale) ** 2)))
+        f64 = np.asarray(f, np.float64)  # distances in float64: finite extremes (±3e38) must not overflow to inf
+        d_held = float(np.sqrt(np.mean(((f64 - h_feat) / scale) ** 2)))
+        d_pend = (float(np.sqrt(np.mean(((f64 - np.mean([p[0] for p in held.pending], axis=0, dtype=np.float64))
+                                          / scale) ** 2)))
                   if held.pending else math.inf)
         # a mean of n held-back observations is noisier than the held evidence: its gate widens by √(1 + 1/n)
         if held.pending and d_pend < d_held and d_pend <= acc.gate * math.sqrt(1.0 + 1.0 / len(held.pending)):
