@@ -103,7 +103,11 @@ def test_restarted_agent_gets_its_evidence_back_without_spoof_drops(bundle_dir, 
                                                          SENSOR_QOS)),
                              poke_period=0.5)
         assert got is not None, procs["ra"].log()[-3000:] + procs["rb"].log()[-3000:]
-        ra_first = probe.wait_for("/ra/latent", lambda m: m.target_id == "obj", timeout=5)
+        # ra's first latent about the target may hold only rb's camera slot (merged before its own scan was
+        # processed); the one that carries its own LiDAR evidence is the one to check
+        ra_first = probe.wait_for("/ra/latent", lambda m: m.target_id == "obj" and "lidar" in m.modalities,
+                                  timeout=5)
+        assert ra_first is not None, procs["ra"].log()[-3000:]
         inc1 = ra_first.incarnation
         assert inc1 > 0
         assert ra_first.modality_source_incarnations[list(ra_first.modalities).index("lidar")] == inc1
