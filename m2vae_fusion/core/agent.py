@@ -154,6 +154,91 @@ class Target:
     position: Optional[tuple] = None
 
 
+class TargetTimeline:
+    """One agent's target timeline: the newest ``history`` TargetOfInterest announcements, sorted by stamp.
+
+    Used by :class:`Agent` and, without a node or a bundle, by the bag extraction (:mod:`m2vae_fusion.data.from_bag`),
+    so both assign an observation to the same target. Thread-safe.
+
+    Raises:
+        ValueError: ``history`` < 1.
+    """
+
+    def __init__(self, history: int = 64):
+        if int(history) < 1:
+            raise ValueError("target_history must be at least 1")
+        self._targets: deque = deque(maxlen=int(history))
+        self._lock = threading.Lock()
+
+    def add(self, stamp: float, target_id: str, frame_id: str = "", position=None) -> bool:
+        """Record an announcement (``stamp`` s; ``position`` (x, y, z) m in ``frame_id`` or None). Returns False for
+        a repeat (publishers repeat the current target), True when it was new."""
+        entry = Target(float(stamp), str(target_id), str(frame_id), tuple(position) if position is not None else None)
+        with self._lock:
+            if entry in self._targets:
+                return False
+            self._targets.append(entry)
+            if len(self._targets) > 1 and self._targets[-2].stamp > entry.stamp:  # keep the timeline sorted
+                items = sorted(self._targets, key=lambda e: e.stamp)
+                self._targets.clear()
+                self._targets.extend(items)
+        return True
+
+    def at(self, stamp: float) -> Target | None:
+        """The announcement in force at ``stamp`` (the newest stamped at or before it), None when there is none or
+        its target id is empty."""
+        with self._lock:
+            for t in reversed(self._targets):
+                if t.stamp <= stamp:
+                    return t if t.target_id else None
+        return None
+
+    def entries(self) -> tuple:
+        """The remembered announcements, oldest stamp first."""
+        with self._lock:
+            return tuple(self._targets)
+
+    @property
+    def current(self) -> str:
+        """Target id of the newest announcement ('' when none)."""
+        with self._lock:
+            return self._targets[-1].target_id if self._targets else ""
+
+    def frame_of(self, target_id: str) -> str:
+        """Frame of the newest announcement of ``target_id`` ('' when none is remembered)."""
+        with self._lock:
+            for t in reversed(self._targets):
+                if t.target_id == target_id:
+                    return t.frame_id
+        return ""
+
+
+def check_stamp(stamp: float, max_age: float, now_s: float, future_tolerance: float) -> None:
+    """Raise :class:`Drop` (STALE / FUTURE) unless ``now_s − max_age ≤ stamp ≤ now_s + future_tolerance``
+    (seconds; ``max_age`` ≤ 0: no age limit)."""
+    if max_age > 0 and now_s - stamp > max_age:
+        raise Drop(DropReason.STALE, f"stamped {now_s - stamp:.3f} s ago (limit {max_age} s)")
+    if stamp - now_s > future_tolerance:
+        raise Drop(DropReason.FUTURE, f"stamped {stamp - now_s:.3f} s in the future")
+
+
+def admit_observation(timeline: TargetTimeline, stamp: float, now_s: float, config: AgentConfig) -> Target | None:
+    """An observation's stamp check (``config.max_message_age``, ``config.future_tolerance``) and target look-up:
+    the announcement in force at ``stamp`` (s), None between targets. ``now_s``: the receive time (s, the stamps'
+    time base). Raises :class:`Drop` STALE / FUTURE. The policy of :meth:`Agent.admit` and of the bag extraction."""
+    check_stamp(stamp, config.max_message_age, now_s, config.future_tolerance)
+    return timeline.at(stamp)
+
+
+def crop_position(target: Target, base_frame: str = "base_link") -> tuple | None:
+    """The target's position for the target-centred crop (base frame, m): the announcement's ``position`` when it has
+    one in ``base_frame`` (or with an empty frame id), else None (the preprocessing's documented fallback: salient
+    blob / nearest return; no tf here)."""
+    if target.position is None or target.frame_id not in ("", base_frame):
+        return None
+    return target.position
+
+
 @dataclass(frozen=True)
 class LatentOutput:
     """What a LatentEmbedding message carries (format 3, docs/formats.md). Stamps are integer ns.
@@ -238,8 +323,6 @@ class Agent:
         bad = [m for m in config.modalities if m not in engine.order]
         if bad:
             raise ValueError(f"modalities {bad} are not in the bundle's modalities {list(engine.order)}")
-        if config.target_history < 1:
-            raise ValueError("target_history must be at least 1")
         incarnation = time.time_ns() if incarnation is None else int(incarnation)
         if incarnation <= 0:
             raise ValueError(f"incarnation must be a positive start stamp in ns, got {incarnation}")
@@ -257,8 +340,7 @@ class Agent:
         self.store = BeliefStore(ttl_s=config.belief_ttl, max_targets=config.max_targets, clock=clock)
         self.cfg = {m: self.bundle.input_config(m) for m in self.bundle.modalities}
         self._lock = threading.RLock()            # engine + store + own-newest
-        self._targets: deque = deque(maxlen=config.target_history)
-        self._targets_lock = threading.Lock()
+        self.timeline = TargetTimeline(config.target_history)
         self._own_newest: dict = {}               # modality → stamp (s) of this agent's newest fused observation
         self._share_lock = threading.Lock()
         self._share_last: dict = {}               # target → clock() of its last shared latent
@@ -297,41 +379,24 @@ class Agent:
     # -- target timeline --------------------------------------------------------------------------------------
     def on_target(self, stamp: float, target_id: str, frame_id: str = "", position=None) -> bool:
         """Record a TargetOfInterest announcement (``stamp`` s). Returns False for a repeat (publishers repeat the
-        current target), True when it was new."""
-        entry = Target(float(stamp), str(target_id), str(frame_id), tuple(position) if position is not None else None)
-        with self._targets_lock:
-            if entry in self._targets:
-                return False
-            self._targets.append(entry)
-            if len(self._targets) > 1 and self._targets[-2].stamp > entry.stamp:  # keep the timeline sorted
-                items = sorted(self._targets, key=lambda e: e.stamp)
-                self._targets.clear()
-                self._targets.extend(items)
-        return True
+        current target), True when it was new (:meth:`TargetTimeline.add`)."""
+        return self.timeline.add(stamp, target_id, frame_id, position)
 
     def target_at(self, stamp: float) -> Target | None:
         """The announcement in force at ``stamp`` (the newest stamped at or before it), None when there is none or
         its target id is empty."""
-        with self._targets_lock:
-            for t in reversed(self._targets):
-                if t.stamp <= stamp:
-                    return t if t.target_id else None
-        return None
+        return self.timeline.at(stamp)
 
     @property
     def current_target(self) -> str:
         """Target id of the newest announcement ('' when none)."""
-        with self._targets_lock:
-            return self._targets[-1].target_id if self._targets else ""
+        return self.timeline.current
 
     # -- checks -----------------------------------------------------------------------------------------------
     def check_stamp(self, stamp: float, max_age: float, now_s: float) -> None:
         """Raise :class:`Drop` (STALE / FUTURE) unless ``now_s − max_age ≤ stamp ≤ now_s + future_tolerance``
-        (``max_age`` ≤ 0: no age limit)."""
-        if max_age > 0 and now_s - stamp > max_age:
-            raise Drop(DropReason.STALE, f"stamped {now_s - stamp:.3f} s ago (limit {max_age} s)")
-        if stamp - now_s > self.config.future_tolerance:
-            raise Drop(DropReason.FUTURE, f"stamped {stamp - now_s:.3f} s in the future")
+        (``max_age`` ≤ 0: no age limit; :func:`check_stamp`)."""
+        check_stamp(stamp, max_age, now_s, self.config.future_tolerance)
 
     def is_own(self, agent_id: str) -> bool:
         """True for a latent this agent published itself (ignored before any work)."""
@@ -366,8 +431,7 @@ class Agent:
             Drop: STALE / FUTURE.
         """
         self._sample_peer_age(now_s)
-        self.check_stamp(stamp, self.config.max_message_age, now_s)
-        target = self.target_at(stamp)
+        target = admit_observation(self.timeline, stamp, now_s, self.config)
         if target is None:
             self._count(f"no_target.{modality}")
         return target
@@ -375,10 +439,8 @@ class Agent:
     def crop_position(self, target: Target) -> tuple | None:
         """The target's position for the target-centred crop (base frame, m): the announcement's ``position`` when
         it has one in ``base_frame`` (or with an empty frame id), else None (the preprocessing's documented
-        fallback: salient blob / nearest return; no tf here)."""
-        if target.position is None or target.frame_id not in ("", self.config.base_frame):
-            return None
-        return target.position
+        fallback: salient blob / nearest return; no tf here; :func:`crop_position`)."""
+        return crop_position(target, self.config.base_frame)
 
     def observe(self, modality: str, stamp: float, raw, target: Target, camera_k=None) -> Outputs:
         """Preprocess, encode and fuse one observation (FUSION 2019, Eq. 18) into the belief about ``target``.
@@ -599,11 +661,7 @@ class Agent:
 
     def _frame_of(self, target_id: str) -> str:
         """Frame of the newest announcement of ``target_id`` ('' when none is remembered)."""
-        with self._targets_lock:
-            for t in reversed(self._targets):
-                if t.target_id == target_id:
-                    return t.frame_id
-        return ""
+        return self.timeline.frame_of(target_id)
 
     # -- peer-evidence age ------------------------------------------------------------------------------------
     def peer_evidence_age(self, now_s: float) -> float | None:
@@ -765,5 +823,5 @@ def peer_slots(peer, stamps, incarnations=()) -> dict:
 
 
 __all__ = ["ACCEPTED_FORMAT_VERSIONS", "PEER_AGE_WINDOW", "Agent", "AgentConfig", "BeliefOutput", "Drop", "FORMAT_VERSION",
-           "LatentOutput", "Outputs", "PeerLatent", "Target", "drop_from", "ns_to_s", "peer_from_latent",
-           "s_to_ns"]
+           "LatentOutput", "Outputs", "PeerLatent", "Target", "TargetTimeline", "admit_observation", "check_stamp",
+           "crop_position", "drop_from", "ns_to_s", "peer_from_latent", "s_to_ns"]
