@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from m2vae_fusion.core.modalities import subset_key  # noqa: F401  (re-exported: bundle.subset_key)
 from m2vae_fusion.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -167,19 +168,6 @@ class LatentBounds:
                 "log_variance_min": [float(v) for v in self.log_variance_min],
                 "log_variance_max": [float(v) for v in self.log_variance_max],
                 "margin_fraction": self.margin_fraction, "margin_absolute": self.margin_absolute}
-
-
-def subset_key(modalities: Iterable[str], order: Sequence[str]) -> str:
-    """Canonical key of a modality subset: names in ``order`` joined with ``+`` (e.g. ``"camera+lidar"``).
-
-    Raises:
-        KeyError: a name that is not in ``order``.
-    """
-    mods = set(modalities)
-    unknown = mods.difference(order)
-    if unknown:
-        raise KeyError(f"unknown modalities {sorted(unknown)}; bundle has {list(order)}")
-    return "+".join(m for m in order if m in mods)
 
 
 def read_manifest(path: str) -> dict:

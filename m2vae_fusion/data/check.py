@@ -33,7 +33,8 @@ from typing import Dict
 
 import numpy as np
 
-from m2vae_fusion.data.classes import ATTRIBUTE_NAMES, MODALITIES, SENSOR_ATTRIBUTE
+from m2vae_fusion.core.modalities import MODALITIES
+from m2vae_fusion.data.classes import ATTRIBUTE_NAMES, SENSOR_ATTRIBUTE
 
 #: The easy world's thresholds (each sensor reads its own attribute; all three together the class).
 OWN_MIN = 0.98

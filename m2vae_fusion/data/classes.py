@@ -14,10 +14,7 @@ import it.
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-from m2vae_fusion.core.modalities import MODALITIES as _MODALITIES
-
-#: Modalities, in this order everywhere (subset order, ``present`` columns, manifest lists).
-MODALITIES: List[str] = list(_MODALITIES)
+from m2vae_fusion.core.modalities import MODALITIES  # noqa: F401  (re-exported; the one definition is there)
 
 #: The paper's single-sensor setup: the attribute each modality alone determines (both worlds).
 SENSOR_ATTRIBUTE: Dict[str, str] = {"camera": "colour", "lidar": "shape", "reflectance": "material"}

@@ -20,7 +20,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from m2vae_fusion import __version__
-from m2vae_fusion.data.classes import ATTRIBUTES, CLASS_NAMES, MODALITIES
+from m2vae_fusion.core.modalities import MODALITIES
+from m2vae_fusion.data.classes import ATTRIBUTES, CLASS_NAMES
 from m2vae_fusion.errors import UserError
 
 FORMAT = "m2vae_fusion.dataset"

@@ -18,7 +18,8 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from m2vae_fusion.core.preprocess import MODALITIES, crop_config, input_shape
+from m2vae_fusion.core.modalities import MODALITIES, subset_key  # noqa: F401  (subset_key re-exported)
+from m2vae_fusion.core.preprocess import crop_config, input_shape
 
 Subset = Tuple[str, ...]
 
@@ -43,11 +44,6 @@ def subsets_of(modalities: Sequence[str]) -> List[Subset]:
     for k in range(1, len(mods) + 1):
         out.extend(itertools.combinations(mods, k))
     return out
-
-
-def subset_key(subset: Iterable[str]) -> str:
-    """``("camera", "lidar") -> "camera+lidar"`` (the bundle's subset key)."""
-    return "+".join(subset)
 
 
 class GaussianHeads(nn.Module):
