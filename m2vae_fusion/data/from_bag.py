@@ -5,24 +5,38 @@ Bags are read with the ``rosbags`` library (sqlite3 and mcap storage; a bag dire
 ``LaserScan`` or ``PointCloud2``, reflectance ``LaserScan``) and optionally the agent's
 ``m2vae_fusion_msgs/TargetOfInterest`` topic. Extraction:
 
-1. every sensor message is deserialised and converted with the fusion node's own code
-   (:mod:`m2vae_fusion.core.messages`, then the checks of :mod:`m2vae_fusion.core.preprocess`); a message that the
-   node would drop is dropped here too and counted by reason (``bad_encoding``, ``colourless`` for mono and depth
-   images, ``truncated``, ``non_finite``, ``preprocess`` for scans with too many NaN beams, …);
-2. each observation gets the target active at its header stamp (the newest TargetOfInterest stamped at or before it,
-   as in the node); observations between targets are counted as ``no_target`` and left out;
-3. per agent and target, observations of different modalities are grouped into samples: closest pairs first, a
+Messages are handled in bag (receive) order, as the fusion node receives them, with the node's own code:
+
+1. TargetOfInterest messages go into each agent's target timeline
+   (:class:`m2vae_fusion.core.agent.TargetTimeline`, the node's);
+2. every sensor message passes the node's admission (:func:`m2vae_fusion.core.agent.admit_observation`): its header
+   stamp must not be older than ``--max-message-age`` or newer than ``--future-tolerance`` relative to its receive
+   time (the node's clock on replay), dropped as ``stale`` / ``future``; it gets the target in force at its stamp
+   (the newest announcement stamped at or before it, among those received so far); observations between targets are
+   counted as ``no_target`` and left out;
+3. it is converted with the node's readers (:mod:`m2vae_fusion.core.messages`) and checked by the node's
+   preprocessing call (:func:`m2vae_fusion.core.preprocess.preprocess`, with the crop position of
+   :func:`m2vae_fusion.core.agent.crop_position` and the camera's ``CameraInfo.k`` when the crop is on); a message
+   the node would drop is dropped here too and counted by its :class:`~m2vae_fusion.core.reasons.DropReason`
+   (``bad_encoding``, ``colourless`` for mono and depth images, ``truncated``, ``non_finite``, ``preprocess`` for
+   scans with too many NaN beams, …);
+4. per agent and target run, observations of different modalities are grouped into samples: closest pairs first, a
    sample never holds two observations of one modality, and its stamps span at most ``max_dt`` s. An observation
    without a partner within the tolerance becomes a partial sample (``present`` marks what is missing);
-4. labels (optional) come from a labels file (target id → class name, optionally time ranges → class name) or,
+5. labels (optional) come from a labels file (target id → class name, optionally time ranges → class name) or,
    without one, from ``/sim/ground_truth`` when the bag holds it; without labels ``class_names`` is null and every
    ``label`` is −1 (training then builds no class-belief head);
-5. samples are shuffled (seeded) and split (80/10/10 by default), then written with :mod:`m2vae_fusion.data.shards`
+6. samples are shuffled (seeded) and split (80/10/10 by default), then written with :mod:`m2vae_fusion.data.shards`
    (``source: "rosbag"``).
 
 The stored arrays are the node's raw inputs: the camera image resized to the training size (``resize_camera``), the
 LiDAR ranges on the data set's beam grid (NaN beams, which preprocessing treats as no return, stored as ``+inf``),
-the reflectance (range, intensity) pairs; so training preprocesses exactly what the node preprocesses.
+the reflectance (range, intensity) pairs; so training preprocesses exactly what the node preprocesses. With
+``--crop-like DIR`` the target-centred preprocessing of that bundle or data set is switched on
+(:func:`target_centred_configs`): each sample also stores ``target_position`` (the node's crop position: the
+TargetOfInterest position when it is in ``--base-frame``, else NaN, the crops' fallback), and training crops through
+the same :mod:`m2vae_fusion.core.preprocess` functions as the node. ``metadata.json["rosbag"]["preprocessing"]``
+records the stamp checks, the base frame and what the crop used.
 
 Only the standard library is imported at module level (``add_arguments`` serves ``--help``); numpy, rosbags and the
 ROS message code are imported where used.
@@ -39,9 +53,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from m2vae_fusion.bags import CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
 
-from m2vae_fusion.core.modalities import MODALITIES
+from m2vae_fusion.core.modalities import MODALITIES, subset_key
 #: message types accepted per role
 ROLE_TYPES = {"camera": (IMAGE,), "lidar": (SCAN, CLOUD), "reflectance": (SCAN,), "target": (TARGET,)}
+#: sensor_msgs/CameraInfo (optional: its ``k`` places the target-centred camera crop, as in the node)
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 NONE_TOPIC = ("", "-", "none")
 
 #: what each drop reason means, for the summary
@@ -55,8 +71,14 @@ REASONS = {
     "no_xyz": "point cloud without x, y, z",
     "no_return": "nothing within range",
     "preprocess": "rejected by preprocessing (e.g. more than half of the beams NaN)",
+    "bad_angles": "scan angles outside the sane range",
+    "beam_count": "scan beam count disagrees with its angles",
+    "bad_range_limits": "scan range_min < 0 or range_max <= range_min",
+    "too_many_invalid": "more than half of the beams outside the scan's own range limits",
+    "stale": "stamped longer than --max-message-age before it was received (the node's check)",
+    "future": "stamped more than --future-tolerance after it was received (the node's check)",
     "deserialize": "cannot be deserialised (corrupt message)",
-    "invalid": "malformed in another way",
+    "internal_error": "malformed in another way (the node counts it as internal_error)",
 }
 
 
@@ -87,6 +109,20 @@ def add_arguments(parser) -> None:
                    help="PointCloud2 LiDAR: height band (m, sensor frame) of the planar scan (-0.1 0.1)")
     g.add_argument("--intensity-max", type=float, default=1.0,
                    help="reflectance intensity that preprocessing maps to 1 (1.0)")
+    g.add_argument("--max-message-age", type=float, default=2.0,
+                   help="s: drop sensor messages stamped longer than this before their receive time in the bag, as "
+                        "the fusion node's parameter of this name does (2.0; <= 0: off)")
+    g.add_argument("--future-tolerance", type=float, default=0.5,
+                   help="s: drop sensor messages stamped more than this after their receive time, as the node does "
+                        "(0.5; 'inf': off)")
+    g.add_argument("--base-frame", default="base_link",
+                   help="frame of TargetOfInterest positions usable for the target-centred crop, as the node's "
+                        "base_frame (base_link); positions in other frames: the crops' fallback")
+    g.add_argument("--crop-like", metavar="DIR",
+                   help="switch on the target-centred preprocessing (camera crop, LiDAR window) of this bundle or "
+                        "data set: store each sample's target_position and the crop configs (default: off)")
+    g.add_argument("--camera-to-base", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                   help="with --crop-like: the camera's optical centre in the base frame (m; default: --crop-like's)")
 
 
 # ------------------------------------------------------------------------------------------------ data model
@@ -98,9 +134,18 @@ class AgentTopics:
     lidar: Optional[str] = None
     reflectance: Optional[str] = None
     target: Optional[str] = None
+    #: sensor_msgs/CameraInfo topic of the camera; None: ``camera_info`` beside the image topic (image_transport's
+    #: convention, e.g. ``/r/camera/camera_info`` for ``/r/camera/image_raw``), used when a bag holds it
+    camera_info: Optional[str] = None
 
     def sensors(self) -> Dict[str, str]:
         return {m: getattr(self, m) for m in MODALITIES if getattr(self, m)}
+
+    def camera_info_topic(self) -> Optional[str]:
+        """The CameraInfo topic to look for (None without a camera)."""
+        if not self.camera:
+            return None
+        return self.camera_info or self.camera.rsplit("/", 1)[0] + "/camera_info"
 
 
 @dataclass
@@ -161,6 +206,7 @@ class Extraction:
     unknown_label_targets: List[str]
     index: Dict[str, List[SampleInfo]]  # split -> sample infos in written order
     stamps_from_bag_time: int = 0
+    preprocessing: dict = field(default_factory=dict)  # metadata.json["rosbag"]["preprocessing"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -366,6 +412,9 @@ def _check_topics(bag: str, reader, agents: Sequence[AgentTopics]) -> Dict[str, 
                 raise _user_error(f"bag {bag}: topic {t} (--{role}-topic of agent {k}) has type {have[t]}, expected "
                                   f"{' or '.join(ROLE_TYPES[role])}")
             out[t] = have[t]
+        info = a.camera_info_topic()
+        if info and have.get(info) == CAMERA_INFO:
+            out[info] = CAMERA_INFO
     return out
 
 
@@ -428,9 +477,16 @@ def sensor_configs(bags, readers, agents, types, store, intensity_max: float = 1
     return sensors
 
 
-def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0.1)):
+def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0.1), target_position=None,
+            camera_k=None):
     """One deserialised sensor message → the array a data set stores (see the module docstring), with the fusion
-    node's conversion and preprocessing checks.
+    node's conversion (:mod:`m2vae_fusion.core.messages`) and its preprocessing call
+    (:func:`m2vae_fusion.core.preprocess.preprocess` with the data set's config, ``target_position`` (base frame, m,
+    or None) and, for the camera, ``camera_k`` (the image's ``CameraInfo.k``, or None)) as the check.
+
+    Returns:
+        camera uint8 (64, 64, 3) (:func:`~m2vae_fusion.core.preprocess.resize_camera`), lidar float32 (beams,)
+        ranges (NaN beams as ``+inf``), reflectance float32 (K, 2).
 
     Raises:
         m2vae_fusion.core.messages.ConversionError: as the node's readers (``reason`` is the drop reason).
@@ -443,20 +499,22 @@ def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0
 
     cfg = sensors[modality]
     if modality == "camera":
-        rgb = conv.image_to_rgb(msg)
-        return np.array(pp.resize_camera(rgb, cfg), dtype=np.uint8, copy=True)
-    if modality == "lidar":
+        x = conv.image_to_rgb(msg)
+    elif modality == "lidar":
         if msgtype == CLOUD:
-            r = conv.xyz_to_scan(conv.pointcloud2_to_xyz(msg), cfg, float(cloud_z[0]), float(cloud_z[1]))
+            x = conv.xyz_to_scan(conv.pointcloud2_to_xyz(msg), cfg, float(cloud_z[0]), float(cloud_z[1]))
         else:
-            r = conv.scan_to_ranges(msg, cfg)
-        pp.preprocess_lidar(r, cfg)  # the node's check: too many NaN beams → PreprocessError
-        r = np.array(r, dtype=np.float32, copy=True)
-        r[np.isnan(r)] = np.inf  # preprocessing treats NaN (erroneous) beams as no return
-        return r
-    a = conv.reflectance_to_array(msg, int(cfg["beams"]))
-    pp.preprocess_reflectance(a, cfg)
-    return np.array(a, dtype=np.float32, copy=True)
+            x = conv.scan_to_ranges(msg, cfg)
+    else:
+        x = conv.reflectance_to_array(msg, int(cfg["beams"]))
+    pp.preprocess(modality, x, cfg, target_position=target_position,
+                  camera_k=camera_k if modality == "camera" else None)  # the node's call: refusals are drops
+    if modality == "camera":
+        return np.array(pp.resize_camera(x, cfg), dtype=np.uint8, copy=True)
+    x = np.array(x, dtype=np.float32, copy=True)
+    if modality == "lidar":
+        x[np.isnan(x)] = np.inf  # preprocessing treats NaN (erroneous) beams as no return
+    return x
 
 
 def group(events: Sequence[tuple], max_dt_ns: int) -> List[Dict[str, int]]:
@@ -498,21 +556,6 @@ def group(events: Sequence[tuple], max_dt_ns: int) -> List[Dict[str, int]]:
     return [groups[r] for r in sorted(groups, key=lambda r: (lo[r], r))]
 
 
-def _target_timeline(entries):
-    """Sorted, de-duplicated ``[(stamp_ns, target_id)]`` (publishers repeat the current target)."""
-    return sorted(set(entries))
-
-
-def _target_at(timeline, stamps, stamp_ns):
-    """(run index, target id) of the newest entry stamped at or before ``stamp_ns``; None between targets."""
-    import bisect
-
-    i = bisect.bisect_right(stamps, stamp_ns) - 1
-    if i < 0 or not timeline[i][1]:
-        return None
-    return timeline[i][2], timeline[i][1]
-
-
 # ------------------------------------------------------------------------------------------------ extraction
 @dataclass
 class _Tally:
@@ -530,13 +573,80 @@ class _Tally:
         self.examples.setdefault((topic, reason), message)
 
 
-def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally, bar):
-    """Deserialise and convert every message of the agents' topics in one bag.
+@dataclass
+class _Observation:
+    """One converted observation: header stamp (ns), stored array, topic, sample segment ``(run, target id)``
+    (``(0, None)`` without a target topic) and the crop position the node would use (base frame, m, or None)."""
 
-    Returns ``(obs, timelines)``: ``obs[(agent, modality)] = [(stamp ns, array, topic)]`` and
-    ``timelines[agent] = [(stamp ns, target id)]``."""
-    from m2vae_fusion.core.preprocess import PreprocessError
-    from m2vae_fusion.core.messages import ConversionError
+    stamp: int
+    array: object
+    topic: str
+    segment: tuple
+    position: Optional[tuple] = None
+
+
+class _AgentPolicy:
+    """One agent's target timeline and stamp checks during the extraction: the fusion node's own code
+    (:class:`m2vae_fusion.core.agent.TargetTimeline`, :func:`~m2vae_fusion.core.agent.admit_observation`,
+    :func:`~m2vae_fusion.core.agent.crop_position`), fed in bag (receive) order as the node is. Also numbers the runs
+    of one target id (a repeated or re-stamped announcement continues its run), so that a sample never spans a
+    target change."""
+
+    def __init__(self, topics: AgentTopics, config):
+        from m2vae_fusion.core.agent import TargetTimeline
+
+        self.topics, self.config = topics, config
+        self.timeline = TargetTimeline(config.target_history)
+        self.runs: dict = {}  # Target -> run index
+
+    def on_target(self, stamp_ns: int, msg) -> None:
+        from m2vae_fusion.core.agent import Target, ns_to_s
+
+        pos = (float(msg.position.x), float(msg.position.y), float(msg.position.z)) if msg.has_position else None
+        args = (ns_to_s(stamp_ns), str(msg.target_id), str(msg.header.frame_id), pos)
+        if not self.timeline.add(*args):
+            return
+        entry = Target(*args)
+        entries = self.timeline.entries()
+        i = entries.index(entry)
+        prev = entries[i - 1] if i > 0 else None
+        if prev is not None and prev.target_id == entry.target_id and prev in self.runs:
+            self.runs[entry] = self.runs[prev]
+        else:
+            self.runs[entry] = len(set(self.runs.values()))
+
+    def admit(self, stamp_ns: int, receive_ns: int):
+        """``(segment, crop position)`` of an observation, None between targets. Raises
+        :class:`~m2vae_fusion.core.agent.Drop` (STALE / FUTURE) as the node's admission does, ``receive_ns`` (the
+        bag's receive time) standing for the node's clock."""
+        from m2vae_fusion.core.agent import admit_observation, crop_position, ns_to_s
+
+        target = admit_observation(self.timeline, ns_to_s(stamp_ns), ns_to_s(receive_ns), self.config)
+        if not self.topics.target:
+            return (0, None), None
+        if target is None:
+            return None
+        return (self.runs.get(target, -1), target.target_id), crop_position(target, self.config.base_frame)
+
+
+def _valid_k(msg):
+    """``((width, height), k)`` of a CameraInfo with a usable ``k`` (finite, positive focal lengths), else None
+    (an uncalibrated camera: the node then uses the config's K)."""
+    k = tuple(float(v) for v in msg.k)
+    if len(k) != 9 or not all(math.isfinite(v) for v in k) or k[0] <= 0 or k[4] <= 0:
+        return None
+    return (int(msg.width), int(msg.height)), k
+
+
+def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally, bar, config):
+    """Deserialise, admit and convert every message of the agents' topics in one bag, in bag (receive) order as the
+    fusion node sees them: target announcements go into each agent's timeline (:class:`_AgentPolicy`), then each
+    sensor message passes the node's stamp checks (``config``, an :class:`~m2vae_fusion.core.agent.AgentConfig`,
+    against the receive time) and target look-up before it is converted (:func:`convert`).
+
+    Returns ``obs[(agent, modality)] = [_Observation]``."""
+    from m2vae_fusion.core.agent import Drop, drop_from
+    from m2vae_fusion.core.reasons import DropReason
 
     conns = [c for c in reader.connections if types.get(c.topic) == c.msgtype]
     roles = defaultdict(list)  # topic -> [(agent, role)]
@@ -544,7 +654,11 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
         for role in (*MODALITIES, "target"):
             if getattr(a, role):
                 roles[getattr(a, role)].append((k, role))
-    obs, timelines = defaultdict(list), defaultdict(list)
+        if a.camera_info_topic():
+            roles[a.camera_info_topic()].append((k, "camera_info"))
+    policies = [_AgentPolicy(a, config) for a in agents]
+    camera_k = {}  # agent -> newest ((width, height), k)
+    obs = defaultdict(list)
     n_read = 0
     try:
         for conn, t_bag, raw in reader.messages(connections=conns):
@@ -559,65 +673,74 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
             stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
             for k, role in roles[conn.topic]:
                 if role == "target":
-                    timelines[k].append((stamp, str(msg.target_id)))
+                    policies[k].on_target(stamp, msg)
                     continue
-                try:
-                    x = convert(role, msg, conn.msgtype, sensors, cloud_z)
-                except ConversionError as exc:
-                    tally.drop(conn.topic, str(exc.reason), str(exc))
-                    continue
-                except PreprocessError as exc:
-                    tally.drop(conn.topic, "preprocess", str(exc))
-                    continue
-                except Exception as exc:  # anything else the readers choke on
-                    tally.drop(conn.topic, "invalid", f"{type(exc).__name__}: {exc}")
+                if role == "camera_info":
+                    camera_k[k] = _valid_k(msg)
                     continue
                 if stamp == 0:  # unstamped driver: fall back to the receive time
                     stamp = int(t_bag)
                     tally.stamps_from_bag_time += 1
-                obs[(k, role)].append((stamp, x, conn.topic))
+                try:
+                    where = policies[k].admit(stamp, int(t_bag))
+                except Drop as exc:
+                    tally.drop(conn.topic, str(exc.reason), str(exc))
+                    continue
+                if where is None:
+                    tally.no_target[conn.topic] += 1
+                    continue
+                segment, pos = where
+                info = camera_k.get(k) if role == "camera" else None
+                kk = info[1] if info is not None and info[0] == (int(msg.width), int(msg.height)) else None
+                try:
+                    x = convert(role, msg, conn.msgtype, sensors, cloud_z, target_position=pos, camera_k=kk)
+                except Exception as exc:  # the node's reasons: conversion's own, PREPROCESS, else INTERNAL_ERROR
+                    from m2vae_fusion.core.preprocess import PreprocessError
+
+                    d = Drop(DropReason.PREPROCESS, str(exc)) if isinstance(exc, PreprocessError) else \
+                        drop_from(exc, prefix="" if getattr(exc, "reason", None) else f"{type(exc).__name__}: ")
+                    tally.drop(conn.topic, str(d.reason), str(d))
+                    continue
+                obs[(k, role)].append(_Observation(stamp, x, conn.topic, segment, pos))
     except Exception as exc:  # a storage file broken in the middle
         raise _user_error(f"bag {bag} is corrupt after {n_read} messages: {_one_line(exc)}") from None
-    return obs, timelines
+    return obs
 
 
-def _bag_samples(bag, agents, obs, timelines, labels, bag_start, max_dt, tally: _Tally):
-    """Group one bag's observations into samples per agent and target (see :func:`group`).
-    Returns ``(infos, arrays)``: a :class:`SampleInfo` and a ``{modality: array}`` per sample."""
+#: the modality whose observation gives a sample's target position (the one the crops use)
+_POSITION_ORDER = ("camera", "lidar", "reflectance")
+
+
+def _bag_samples(bag, agents, obs, labels, bag_start, max_dt, tally: _Tally):
+    """Group one bag's observations into samples per agent and target run (see :func:`group`).
+    Returns ``(infos, arrays)``: a :class:`SampleInfo` and a ``{modality: array}`` per sample (plus
+    ``"target_position"``: the crop position of its camera, else LiDAR, else reflectance observation, or None)."""
     infos, arrays = [], []
     for k, a in enumerate(agents):
-        timeline = None
-        if a.target:  # runs of one target id (a repeated or re-stamped announcement continues its run)
-            runs, prev, run = [], None, -1
-            for s, tid in _target_timeline(timelines[k]):
-                if tid != prev:
-                    run, prev = run + 1, tid
-                runs.append((s, tid, run))
-            timeline = (runs, [s for s, _, _ in runs])
         segments = defaultdict(list)  # (run, target) -> [(stamp, modality, index)]
         for m in MODALITIES:
-            for i, (s, _, topic) in enumerate(obs[(k, m)]):
-                key = (0, None) if timeline is None else _target_at(timeline[0], timeline[1], s)
-                if key is None:
-                    tally.no_target[topic] += 1
-                    continue
-                segments[key].append((s, m, i))
+            for i, o in enumerate(obs[(k, m)]):
+                segments[o.segment].append((o.stamp, m, i))
         for run, tid in sorted(segments, key=lambda x: (x[0], x[1] or "")):
             for grp in group(segments[(run, tid)], int(round(max_dt * 1e9))):
-                stamps = {m: obs[(k, m)][i][0] for m, i in grp.items()}
+                got = {m: obs[(k, m)][i] for m, i in grp.items()}
+                stamps = {m: o.stamp for m, o in got.items()}
                 info = SampleInfo(bag=bag, agent=k, target=tid, stamps=stamps,
-                                  topics={m: obs[(k, m)][i][2] for m, i in grp.items()})
+                                  topics={m: o.topic for m, o in got.items()})
                 if labels is not None:
                     info.label = labels.label(tid, min(stamps.values()), bag_start)
                     if info.label < 0 and tid is not None:
                         tally.unknown_label_targets.add(tid)
                 infos.append(info)
-                arrays.append({m: obs[(k, m)][i][1] for m, i in grp.items()})
+                sample = {m: o.array for m, o in got.items()}
+                sample["target_position"] = next((got[m].position for m in _POSITION_ORDER if m in got), None)
+                arrays.append(sample)
     return infos, arrays
 
 
-def _shard_arrays(idx, infos, arrays, sensors, class_names):
-    """The shard arrays of docs/formats.md for the samples ``idx`` (missing modalities hold zeros)."""
+def _shard_arrays(idx, infos, arrays, sensors, class_names, positions: bool = False):
+    """The shard arrays of docs/formats.md for the samples ``idx`` (missing modalities hold zeros); with
+    ``positions`` also ``target_position`` float32 (N, 3) (NaN rows: no usable position, the crops' fallback)."""
     import numpy as np
 
     from m2vae_fusion.data.classes import CLASS_NAMES, attributes_of
@@ -629,7 +752,11 @@ def _shard_arrays(idx, infos, arrays, sensors, class_names):
            "reflectance": np.zeros((m, k_refl, 2), np.float32), "present": np.zeros((m, 3), bool),
            "label": np.full(m, -1, np.int64), "colour": np.full(m, -1, np.int64),
            "shape": np.full(m, -1, np.int64), "material": np.full(m, -1, np.int64)}
+    if positions:
+        out["target_position"] = np.full((m, 3), np.nan, np.float32)
     for row, i in enumerate(idx):
+        if positions and arrays[i].get("target_position") is not None:
+            out["target_position"][row] = arrays[i]["target_position"]
         for j, mod in enumerate(MODALITIES):
             if mod in arrays[i]:
                 out[mod][row] = arrays[i][mod]
@@ -681,16 +808,108 @@ def _resolve_labels(bags, readers, labels_file, use_ground_truth, write_labels):
     return per_bag, class_names, source
 
 
+def _crop_source(path: str):
+    """``(configs per modality, file)`` of a bundle (``manifest.json``: ``inputs.<m>.preprocessing``) or a data set
+    (``metadata.json``: ``sensors``). Raises UserError for anything else."""
+    for name, key in (("manifest.json", "inputs"), ("metadata.json", "sensors")):
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            continue
+        try:
+            with open(f, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            block = doc[key]
+            cfgs = {m: dict(block[m]["preprocessing"] if key == "inputs" else block[m]) for m in block
+                    if m in MODALITIES}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _user_error(f"--crop-like {f} cannot be read: {_one_line(exc)}") from None
+        return cfgs, f
+    raise _user_error(f"--crop-like {path}: neither a bundle (manifest.json) nor a data set (metadata.json)")
+
+
+def target_centred_configs(crop_like: str, sensors: dict, bags, readers, agents, store,
+                           camera_to_base=None) -> dict:
+    """Switch the target-centred preprocessing of the bundle or data set ``crop_like`` on in the data set's
+    ``sensors`` (in place): its ``crop`` blocks for camera and LiDAR, and for the camera crop the intrinsics ``K`` of
+    the 64x64 training image (the first usable ``CameraInfo.k`` of an agent's camera in the bags, scaled from its
+    size; else ``crop_like``'s ``K`` or ``fov_deg``) and ``camera_to_base`` (``camera_to_base`` (x, y, z) m, else
+    ``crop_like``'s). Training then crops through :mod:`m2vae_fusion.core.preprocess` around each sample's
+    ``target_position``, as the node does. Returns what was used, for ``metadata.json["rosbag"]["preprocessing"]``.
+
+    Raises:
+        UserError: ``crop_like`` unreadable or without an enabled crop; a camera crop without intrinsics or without
+            a camera-to-base translation; a ``camera_to_base`` that is not 3 finite numbers.
+    """
+    from m2vae_fusion.core.preprocess import crop_config
+
+    src, where = _crop_source(crop_like)
+    done = {"crop_like": where}
+    for m in ("camera", "lidar"):
+        crop = crop_config(src.get(m, {}))
+        if crop:
+            sensors[m]["crop"] = dict(crop)
+            done[f"{m}_crop"] = dict(crop)
+    if "camera_crop" not in done and "lidar_crop" not in done:
+        raise _user_error(f"--crop-like {where}: no enabled camera or lidar crop in it")
+    if "camera_crop" not in done:
+        return done
+    cam, s_cam = sensors["camera"], src.get("camera", {})
+    w, h = int(cam["width"]), int(cam["height"])
+    for bag, reader in zip(bags, readers):
+        for a in agents:
+            topic = a.camera_info_topic()
+            if not topic or not any(c.topic == topic and c.msgtype == CAMERA_INFO for c in reader.connections):
+                continue
+            msg = _first_message(reader, topic, store, lambda x: _valid_k(x) is not None)
+            if msg is not None and "K" not in cam:
+                (mw, mh), k = _valid_k(msg)
+                sx, sy = w / mw, h / mh
+                cam["K"] = [k[0] * sx, k[1] * sx, k[2] * sx, k[3] * sy, k[4] * sy, k[5] * sy, k[6], k[7], k[8]]
+                done["camera_K"] = f"CameraInfo.k on {topic} ({mw}x{mh}) in {bag}, scaled to {w}x{h}"
+    if "K" not in cam:
+        if "K" in s_cam and "width" in s_cam and "height" in s_cam:
+            sx, sy = w / float(s_cam["width"]), h / float(s_cam["height"])
+            k = [float(v) for v in s_cam["K"]]
+            cam["K"] = [k[0] * sx, k[1] * sx, k[2] * sx, k[3] * sy, k[4] * sy, k[5] * sy, k[6], k[7], k[8]]
+            done["camera_K"] = f"K of {where}, scaled to {w}x{h}"
+        elif "fov_deg" in s_cam:
+            cam["fov_deg"] = float(s_cam["fov_deg"])
+            if "aspect" in s_cam:
+                cam["aspect"] = float(s_cam["aspect"])
+            done["camera_K"] = f"fov_deg of {where}"
+        else:
+            raise _user_error(f"the camera crop needs the camera's intrinsics: no CameraInfo (camera_info beside the "
+                              f"image topic) in the bags and no K or fov_deg in {where}")
+    if camera_to_base is not None:
+        t = [float(v) for v in camera_to_base]
+        if len(t) != 3 or not all(math.isfinite(v) for v in t):
+            raise _user_error(f"--camera-to-base must be 3 finite numbers X Y Z (m), got {camera_to_base}")
+        cam["camera_to_base"] = {"translation": t}
+        done["camera_to_base"] = "--camera-to-base"
+    elif isinstance(s_cam.get("camera_to_base"), Mapping) and "translation" in s_cam["camera_to_base"]:
+        cam["camera_to_base"] = {"translation": [float(v) for v in s_cam["camera_to_base"]["translation"]]}
+        done["camera_to_base"] = f"camera_to_base of {where}"
+    else:
+        raise _user_error(f"the camera crop needs the camera's position on the robot: give --camera-to-base X Y Z "
+                          f"(m, base frame; {where} has none)")
+    return done
+
+
 def extract_bags(bags: Sequence[str], out: str, agents: Sequence[AgentTopics], *, labels_path: Optional[str] = None,
                  use_ground_truth: bool = True, write_labels: Optional[str] = None, max_dt: float = 0.1,
                  seed: int = 7, overwrite: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  shard_size: int = 1000, cloud_z=(-0.1, 0.1), intensity_max: float = 1.0,
-                 progress: bool = True) -> Extraction:
+                 max_message_age: float = 2.0, future_tolerance: float = 0.5, base_frame: str = "base_link",
+                 crop_like: Optional[str] = None, camera_to_base=None, progress: bool = True) -> Extraction:
     """Extract a data set from ``bags`` into ``out`` (see the module docstring). Returns what was done.
+
+    ``max_message_age``, ``future_tolerance`` (s) and ``base_frame`` are the fusion node's parameters of the same
+    names (its stamp checks against the receive time, and the frame of usable TargetOfInterest positions);
+    ``crop_like`` and ``camera_to_base``: see :func:`target_centred_configs`.
 
     Raises:
         UserError: a missing or corrupt bag, a topic missing from a bag or of the wrong type, a bad labels file or a
-            label naming an unknown class, bad numbers, no sample at all, an unusable ``out``.
+            label naming an unknown class, bad numbers, no sample at all, an unusable ``out``, a bad ``crop_like``.
     """
     import numpy as np
     from tqdm import tqdm
@@ -710,6 +929,13 @@ def extract_bags(bags: Sequence[str], out: str, agents: Sequence[AgentTopics], *
         raise _user_error(f"--shard-size must be positive (got {shard_size})")
     if not intensity_max > 0:
         raise _user_error(f"--intensity-max must be positive (got {intensity_max})")
+    if math.isnan(max_message_age) or math.isnan(future_tolerance) or future_tolerance < 0:
+        raise _user_error(f"--max-message-age must be a number and --future-tolerance a non-negative one (got "
+                          f"{max_message_age}, {future_tolerance})")
+    from m2vae_fusion.core.agent import AgentConfig
+
+    policy = AgentConfig(agent_id="bag", max_message_age=float(max_message_age),
+                         future_tolerance=float(future_tolerance), base_frame=str(base_frame))
     labels_file = load_labels(labels_path) if labels_path else None
     store = typestore()
     readers = []
@@ -720,6 +946,8 @@ def extract_bags(bags: Sequence[str], out: str, agents: Sequence[AgentTopics], *
             types.update(_check_topics(bag, readers[-1], agents))
         shards.prepare_output_dir(out, overwrite)  # refuse a bad --out before the work
         sensors = sensor_configs(bags, readers, agents, types, store, intensity_max)
+        crop = (target_centred_configs(crop_like, sensors, bags, readers, agents, store, camera_to_base)
+                if crop_like else None)
         per_bag_labels, class_names, labels_source = _resolve_labels(bags, readers, labels_file, use_ground_truth,
                                                                      write_labels)
         tally = _Tally()
@@ -730,9 +958,9 @@ def extract_bags(bags: Sequence[str], out: str, agents: Sequence[AgentTopics], *
         bar = tqdm(total=total, unit="msg", desc="reading bags", disable=not progress or None, leave=False)
         try:
             for bag, r, labels in zip(bags, readers, per_bag_labels):
-                obs, timelines = _read_bag(bag, r, agents, types, sensors, store, cloud_z, tally, bar)
+                obs = _read_bag(bag, r, agents, types, sensors, store, cloud_z, tally, bar, policy)
                 start = int(r.start_time) if r.message_count else 0
-                i, a = _bag_samples(bag, agents, obs, timelines, labels, start, max_dt, tally)
+                i, a = _bag_samples(bag, agents, obs, labels, start, max_dt, tally)
                 infos += i
                 arrays += a
                 bag_info.append({"path": os.path.abspath(bag), "messages": int(r.message_count),
@@ -756,23 +984,34 @@ def extract_bags(bags: Sequence[str], out: str, agents: Sequence[AgentTopics], *
             idx = parts[split]
             index[split] = [infos[i] for i in idx]
             for s, first in enumerate(range(0, len(idx), shard_size)):
-                part = _shard_arrays(idx[first:first + shard_size], infos, arrays, sensors, class_names)
+                part = _shard_arrays(idx[first:first + shard_size], infos, arrays, sensors, class_names,
+                                     positions=crop is not None)
                 try:
                     entries.append(shards.write_shard(out, split, s, part))
                 except ValueError as exc:
                     raise _user_error(f"cannot write {shards.shard_name(split, s)}: {exc}") from None
         meta = shards.make_metadata("rosbag", seed, sensors, entries, class_names)
+        n_pos = sum(1 for a in arrays if a.get("target_position") is not None)
         meta["rosbag"] = {"bags": bag_info, "agents": [vars(a) for a in agents], "max_dt": max_dt,
-                          "labels": labels_source}
+                          "labels": labels_source,
+                          "preprocessing": {
+                              "stamp_checks": {  # null: off
+                                  "max_message_age": float(max_message_age) if max_message_age > 0 else None,
+                                  "future_tolerance": float(future_tolerance) if math.isfinite(future_tolerance)
+                                  else None, "clock": "bag receive time"},
+                              "base_frame": str(base_frame),
+                              "target_centred": crop,
+                              "samples_with_target_position": n_pos if crop is not None else None}}
         shards.write_metadata(out, meta)
         rigs = [set(a.sensors()) for a in agents]
         return Extraction(metadata=meta, bags=bag_info, read=tally.read, dropped=tally.dropped,
                           drop_examples=tally.examples, no_target=tally.no_target,
-                          subsets=Counter("+".join(m for m in MODALITIES if m in a) for a in arrays),
+                          subsets=Counter(subset_key([m for m in MODALITIES if m in a]) for a in arrays),
                           partial=sum(1 for s in infos if set(s.stamps) != rigs[s.agent]),
                           labelled=sum(1 for s in infos if s.label >= 0), labels_source=labels_source,
                           unknown_label_targets=sorted(tally.unknown_label_targets), index=index,
-                          stamps_from_bag_time=tally.stamps_from_bag_time)
+                          stamps_from_bag_time=tally.stamps_from_bag_time,
+                          preprocessing=meta["rosbag"]["preprocessing"])
     finally:
         for r in readers:
             try:
@@ -822,6 +1061,12 @@ def format_summary(ex: Extraction, out: str = "") -> str:
         L.append(f"  {key:<26} {c}")
     L.append(f"partial samples (a modality of the agent's rig had no partner within "
              f"{ex.metadata['rosbag']['max_dt']} s; kept, marked missing): {ex.partial}")
+    crop = (ex.preprocessing or {}).get("target_centred")
+    if crop:
+        L.append(f"target-centred preprocessing like {crop['crop_like']}: target positions (in "
+                 f"{ex.preprocessing['base_frame']}) for {ex.preprocessing['samples_with_target_position']} of "
+                 f"{total} samples (the others: the crops' fallback)"
+                 + (f"; camera K: {crop['camera_K']}" if "camera_K" in crop else ""))
     L.append(f"labels: {ex.labels_source}; labelled samples {ex.labelled} of {total}")
     if ex.unknown_label_targets:
         L.append(f"targets without a label (label -1): {', '.join(ex.unknown_label_targets)}")
@@ -843,7 +1088,9 @@ def run_cli(args) -> int:
                       val_fraction=getattr(args, "val_fraction", 0.1),
                       test_fraction=getattr(args, "test_fraction", 0.1),
                       shard_size=getattr(args, "shard_size", 1000), cloud_z=tuple(args.cloud_z),
-                      intensity_max=args.intensity_max, progress=not getattr(args, "no_progress", False))
+                      intensity_max=args.intensity_max, max_message_age=args.max_message_age,
+                      future_tolerance=args.future_tolerance, base_frame=args.base_frame, crop_like=args.crop_like,
+                      camera_to_base=args.camera_to_base, progress=not getattr(args, "no_progress", False))
     print(format_summary(ex, args.out))
     if args.write_labels:
         print(f"wrote labels file {args.write_labels}")
