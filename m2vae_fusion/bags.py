@@ -11,6 +11,8 @@ import sys
 IMAGE = "sensor_msgs/msg/Image"
 SCAN = "sensor_msgs/msg/LaserScan"
 CLOUD = "sensor_msgs/msg/PointCloud2"
+#: the camera's intrinsics: its ``k`` places the target-centred camera crop (node and bag extraction)
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 TARGET = "m2vae_fusion_msgs/msg/TargetOfInterest"
 STRING = "std_msgs/msg/String"
 #: the simulated world's ground truth (std_msgs/String, JSON), recorded and used for labels when present

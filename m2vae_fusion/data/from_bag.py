@@ -51,13 +51,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from m2vae_fusion.bags import CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
+from m2vae_fusion.bags import CAMERA_INFO, CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
 
 from m2vae_fusion.core.modalities import MODALITIES, subset_key
+
 #: message types accepted per role
 ROLE_TYPES = {"camera": (IMAGE,), "lidar": (SCAN, CLOUD), "reflectance": (SCAN,), "target": (TARGET,)}
-#: sensor_msgs/CameraInfo (optional: its ``k`` places the target-centred camera crop, as in the node)
-CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 NONE_TOPIC = ("", "-", "none")
 
 #: what each drop reason means, for the summary

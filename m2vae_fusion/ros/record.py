@@ -21,11 +21,11 @@ from typing import Callable, Iterable, Optional
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from m2vae_fusion.bags import CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
+from m2vae_fusion.bags import CAMERA_INFO, CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
 from m2vae_fusion.errors import UserError
 
 #: message types recorded by discovery
-RECORDED_TYPES = (IMAGE, SCAN, CLOUD, TARGET)
+RECORDED_TYPES = (IMAGE, SCAN, CLOUD, TARGET, CAMERA_INFO)
 STORAGES = ("mcap", "sqlite3")
 
 
