@@ -232,3 +232,24 @@ def test_one_modality_list_and_subset_key():
         key(("camera", "sonar"), modalities.MODALITIES)
     with pytest.raises(ValueError):
         key(("camera", "camera"))
+
+
+def test_cli_crop_like_and_stamp_options(tmp_path, capsys):
+    from m2vae_fusion.cli import main as cli_main
+
+    bag = write_bag(tmp_path / "bag", [(TOI, bt.TARGET, ns(1.0), target("A", 1.0, "base_link", (0.4, 0.0, 0.03))),
+                                       (CAM, bt.IMAGE, ns(1.11), image(1, ns(1.1))),
+                                       (CAM, bt.IMAGE, ns(4.0), image(2, ns(1.2)))])  # 2.8 s old when received
+    src = crop_source(tmp_path / "src")
+    argv = ["dataset", "--from-bag", bag, "--camera-topic", CAM, "--target-topic", TOI, "--no-progress",
+            "--crop-like", src, "--camera-to-base", "0.1", "0", "0.2"]
+    assert cli_main([*argv, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "stale" in out and "samples written: 1" in out and "target-centred preprocessing" in out
+    meta = read_metadata(str(tmp_path / "a"))
+    assert meta["sensors"]["camera"]["camera_to_base"] == {"translation": [0.1, 0.0, 0.2]}
+    assert meta["sensors"]["camera"]["K"] == [40.0, 0, 32, 0, 40.0, 32, 0, 0, 1]  # no CameraInfo: the source's K
+    assert cli_main([*argv, "--out", str(tmp_path / "b"), "--max-message-age", "5"]) == 0
+    assert "samples written: 2" in capsys.readouterr().out
+    assert cli_main([*argv[:-4], "--out", str(tmp_path / "c"), "--crop-like", str(tmp_path)]) == 2
+    assert "neither a bundle" in capsys.readouterr().err

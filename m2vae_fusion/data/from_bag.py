@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from m2vae_fusion.bags import CAMERA_INFO, CLOUD, GROUND_TRUTH_TOPIC, IMAGE, SCAN, STRING, TARGET, typestore
-
 from m2vae_fusion.core.modalities import MODALITIES, subset_key
 
 #: message types accepted per role
