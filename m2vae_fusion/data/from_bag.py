@@ -825,6 +825,13 @@ def _crop_source(path: str):
     raise _user_error(f"--crop-like {path}: neither a bundle (manifest.json) nor a data set (metadata.json)")
 
 
+def _scale_k(k, sx: float, sy: float) -> list:
+    """Row-major 3x3 intrinsics of an image resized by ``sx`` x ``sy`` (first row times ``sx``, second times ``sy``),
+    as :func:`m2vae_fusion.core.preprocess.camera_intrinsics` scales a config's K."""
+    k = [float(v) for v in k]
+    return [k[0] * sx, k[1] * sx, k[2] * sx, k[3] * sy, k[4] * sy, k[5] * sy, k[6], k[7], k[8]]
+
+
 def target_centred_configs(crop_like: str, sensors: dict, bags, readers, agents, store,
                            camera_to_base=None) -> dict:
     """Switch the target-centred preprocessing of the bundle or data set ``crop_like`` on in the data set's
@@ -861,14 +868,11 @@ def target_centred_configs(crop_like: str, sensors: dict, bags, readers, agents,
             msg = _first_message(reader, topic, store, lambda x: _valid_k(x) is not None)
             if msg is not None and "K" not in cam:
                 (mw, mh), k = _valid_k(msg)
-                sx, sy = w / mw, h / mh
-                cam["K"] = [k[0] * sx, k[1] * sx, k[2] * sx, k[3] * sy, k[4] * sy, k[5] * sy, k[6], k[7], k[8]]
+                cam["K"] = _scale_k(k, w / mw, h / mh)
                 done["camera_K"] = f"CameraInfo.k on {topic} ({mw}x{mh}) in {bag}, scaled to {w}x{h}"
     if "K" not in cam:
         if "K" in s_cam and "width" in s_cam and "height" in s_cam:
-            sx, sy = w / float(s_cam["width"]), h / float(s_cam["height"])
-            k = [float(v) for v in s_cam["K"]]
-            cam["K"] = [k[0] * sx, k[1] * sx, k[2] * sx, k[3] * sy, k[4] * sy, k[5] * sy, k[6], k[7], k[8]]
+            cam["K"] = _scale_k(s_cam["K"], w / float(s_cam["width"]), h / float(s_cam["height"]))
             done["camera_K"] = f"K of {where}, scaled to {w}x{h}"
         elif "fov_deg" in s_cam:
             cam["fov_deg"] = float(s_cam["fov_deg"])
