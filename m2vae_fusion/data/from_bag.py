@@ -505,10 +505,13 @@ def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0
             x = conv.scan_to_ranges(msg, cfg)
     else:
         x = conv.reflectance_to_array(msg, int(cfg["beams"]))
-    pp.preprocess(modality, x, cfg, target_position=target_position,
-                  camera_k=camera_k if modality == "camera" else None)  # the node's call: refusals are drops
     if modality == "camera":
-        return np.array(pp.resize_camera(x, cfg), dtype=np.uint8, copy=True)
+        stored = np.array(pp.resize_camera(x, cfg), dtype=np.uint8, copy=True)
+        # the node's call (refusals are drops); without a crop it resizes exactly as above, so check the resized image
+        pp.preprocess(modality, x if pp.crop_config(cfg) else stored, cfg, target_position=target_position,
+                      camera_k=camera_k)
+        return stored
+    pp.preprocess(modality, x, cfg, target_position=target_position)  # the node's call: refusals are drops
     x = np.array(x, dtype=np.float32, copy=True)
     if modality == "lidar":
         x[np.isnan(x)] = np.inf  # preprocessing treats NaN (erroneous) beams as no return
