@@ -16,7 +16,7 @@ Messages are handled in bag (receive) order, as the fusion node receives them, w
    counted as ``no_target`` and left out;
 3. it is converted with the node's readers (:mod:`m2vae_fusion.core.messages`) and checked by the node's
    preprocessing call (:func:`m2vae_fusion.core.preprocess.preprocess`, with the crop position of
-   :func:`m2vae_fusion.core.agent.crop_position` and the camera's ``CameraInfo.k`` when the crop is on); a message
+   :func:`m2vae_fusion.core.agent.crop_position` when the crop is on); a message
    the node would drop is dropped here too and counted by its :class:`~m2vae_fusion.core.reasons.DropReason`
    (``bad_encoding``, ``colourless`` for mono and depth images, ``truncated``, ``non_finite``, ``preprocess`` for
    scans with too many NaN beams, …);
@@ -479,8 +479,9 @@ def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0
             camera_k=None):
     """One deserialised sensor message → the array a data set stores (see the module docstring), with the fusion
     node's conversion (:mod:`m2vae_fusion.core.messages`) and its preprocessing call
-    (:func:`m2vae_fusion.core.preprocess.preprocess` with the data set's config, ``target_position`` (base frame, m,
-    or None) and, for the camera, ``camera_k`` (the image's ``CameraInfo.k``, or None)) as the check.
+    (:func:`m2vae_fusion.core.preprocess.preprocess` with the data set's config and ``target_position`` (base frame,
+    m, or None); the camera's on the stored image, as training will run it) as the check; ``camera_k`` (the image's
+    ``CameraInfo.k``, or None) is checked as the node's crop checks it.
 
     Returns:
         camera uint8 (64, 64, 3) (:func:`~m2vae_fusion.core.preprocess.resize_camera`), lidar float32 (beams,)
@@ -506,10 +507,13 @@ def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0
     else:
         x = conv.reflectance_to_array(msg, int(cfg["beams"]))
     if modality == "camera":
+        if camera_k is not None:
+            pp.camera_intrinsics(cfg, x.shape[1], x.shape[0], camera_k)  # the node's check of CameraInfo.k
         stored = np.array(pp.resize_camera(x, cfg), dtype=np.uint8, copy=True)
-        # the node's call (refusals are drops); without a crop it resizes exactly as above, so check the resized image
-        pp.preprocess(modality, x if pp.crop_config(cfg) else stored, cfg, target_position=target_position,
-                      camera_k=camera_k)
+        # the node's call on what training will preprocess (refusals are drops): without a crop it resizes exactly as
+        # above; a crop refuses nothing more (its config's K is checked when the data set is set up), and on the
+        # full-size image its fallback would cost up to tens of ms per frame
+        pp.preprocess(modality, stored, cfg, target_position=target_position)
         return stored
     pp.preprocess(modality, x, cfg, target_position=target_position)  # the node's call: refusals are drops
     x = np.array(x, dtype=np.float32, copy=True)
