@@ -410,9 +410,6 @@ def _check_topics(bag: str, reader, agents: Sequence[AgentTopics]) -> Dict[str, 
                 raise _user_error(f"bag {bag}: topic {t} (--{role}-topic of agent {k}) has type {have[t]}, expected "
                                   f"{' or '.join(ROLE_TYPES[role])}")
             out[t] = have[t]
-        info = a.camera_info_topic()
-        if info and have.get(info) == CAMERA_INFO:
-            out[info] = CAMERA_INFO
     return out
 
 
@@ -475,13 +472,11 @@ def sensor_configs(bags, readers, agents, types, store, intensity_max: float = 1
     return sensors
 
 
-def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0.1), target_position=None,
-            camera_k=None):
+def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0.1), target_position=None):
     """One deserialised sensor message → the array a data set stores (see the module docstring), with the fusion
     node's conversion (:mod:`m2vae_fusion.core.messages`) and its preprocessing call
     (:func:`m2vae_fusion.core.preprocess.preprocess` with the data set's config and ``target_position`` (base frame,
-    m, or None); the camera's on the stored image, as training will run it) as the check; ``camera_k`` (the image's
-    ``CameraInfo.k``, or None) is checked as the node's crop checks it.
+    m, or None); the camera's on the stored image, as training will run it) as the check.
 
     Returns:
         camera uint8 (64, 64, 3) (:func:`~m2vae_fusion.core.preprocess.resize_camera`), lidar float32 (beams,)
@@ -507,8 +502,6 @@ def convert(modality: str, msg, msgtype: str, sensors: Mapping, cloud_z=(-0.1, 0
     else:
         x = conv.reflectance_to_array(msg, int(cfg["beams"]))
     if modality == "camera":
-        if camera_k is not None:
-            pp.camera_intrinsics(cfg, x.shape[1], x.shape[0], camera_k)  # the node's check of CameraInfo.k
         stored = np.array(pp.resize_camera(x, cfg), dtype=np.uint8, copy=True)
         # the node's call on what training will preprocess (refusals are drops): without a crop it resizes exactly as
         # above; a crop refuses nothing more (its config's K is checked when the data set is set up), and on the
@@ -635,10 +628,15 @@ class _AgentPolicy:
 
 
 def _valid_k(msg):
-    """``((width, height), k)`` of a CameraInfo with a usable ``k`` (finite, positive focal lengths), else None
-    (an uncalibrated camera: the node then uses the config's K)."""
+    """``((width, height), k)`` of a CameraInfo whose ``k`` the node's crop accepts
+    (:func:`m2vae_fusion.core.preprocess.camera_intrinsics`: finite, positive focal lengths), else None (an
+    uncalibrated camera: the node then uses the config's K)."""
+    from m2vae_fusion.core.preprocess import PreprocessError, camera_intrinsics
+
     k = tuple(float(v) for v in msg.k)
-    if len(k) != 9 or not all(math.isfinite(v) for v in k) or k[0] <= 0 or k[4] <= 0:
+    try:
+        camera_intrinsics({}, int(msg.width), int(msg.height), k)
+    except PreprocessError:
         return None
     return (int(msg.width), int(msg.height)), k
 
@@ -659,10 +657,7 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
         for role in (*MODALITIES, "target"):
             if getattr(a, role):
                 roles[getattr(a, role)].append((k, role))
-        if a.camera_info_topic():
-            roles[a.camera_info_topic()].append((k, "camera_info"))
     policies = [_AgentPolicy(a, config) for a in agents]
-    camera_k = {}  # agent -> newest ((width, height), k)
     obs = defaultdict(list)
     n_read = 0
     try:
@@ -680,9 +675,6 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
                 if role == "target":
                     policies[k].on_target(stamp, msg)
                     continue
-                if role == "camera_info":
-                    camera_k[k] = _valid_k(msg)
-                    continue
                 if stamp == 0:  # unstamped driver: fall back to the receive time
                     stamp = int(t_bag)
                     tally.stamps_from_bag_time += 1
@@ -695,10 +687,8 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
                     tally.no_target[conn.topic] += 1
                     continue
                 segment, pos = where
-                info = camera_k.get(k) if role == "camera" else None
-                kk = info[1] if info is not None and info[0] == (int(msg.width), int(msg.height)) else None
                 try:
-                    x = convert(role, msg, conn.msgtype, sensors, cloud_z, target_position=pos, camera_k=kk)
+                    x = convert(role, msg, conn.msgtype, sensors, cloud_z, target_position=pos)
                 except Exception as exc:  # the node's reasons: conversion's own, PREPROCESS, else INTERNAL_ERROR
                     from m2vae_fusion.core.preprocess import PreprocessError
 
