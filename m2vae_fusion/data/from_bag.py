@@ -702,10 +702,6 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
     return obs
 
 
-#: the modality whose observation gives a sample's target position (the one the crops use)
-_POSITION_ORDER = ("camera", "lidar", "reflectance")
-
-
 def _bag_samples(bag, agents, obs, labels, bag_start, max_dt, tally: _Tally):
     """Group one bag's observations into samples per agent and target run (see :func:`group`).
     Returns ``(infos, arrays)``: a :class:`SampleInfo` and a ``{modality: array}`` per sample (plus
@@ -728,7 +724,8 @@ def _bag_samples(bag, agents, obs, labels, bag_start, max_dt, tally: _Tally):
                         tally.unknown_label_targets.add(tid)
                 infos.append(info)
                 sample = {m: o.array for m, o in got.items()}
-                sample["target_position"] = next((got[m].position for m in _POSITION_ORDER if m in got), None)
+                # the crop position of the first modality in canonical order (camera, then LiDAR: the cropped ones)
+                sample["target_position"] = next((got[m].position for m in MODALITIES if m in got), None)
                 arrays.append(sample)
     return infos, arrays
 
