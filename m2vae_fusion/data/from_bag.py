@@ -5,15 +5,16 @@ Bags are read with the ``rosbags`` library (sqlite3 and mcap storage; a bag dire
 ``LaserScan`` or ``PointCloud2``, reflectance ``LaserScan``) and optionally the agent's
 ``m2vae_fusion_msgs/TargetOfInterest`` topic. Extraction:
 
-Messages are handled in bag (receive) order, as the fusion node receives them, with the node's own code:
+Each bag is read with the fusion node's own per-agent code:
 
-1. TargetOfInterest messages go into each agent's target timeline
-   (:class:`m2vae_fusion.core.agent.TargetTimeline`, the node's);
-2. every sensor message passes the node's admission (:func:`m2vae_fusion.core.agent.admit_observation`): its header
-   stamp must not be older than ``--max-message-age`` or newer than ``--future-tolerance`` relative to its receive
-   time (the node's clock on replay), dropped as ``stale`` / ``future``; it gets the target in force at its stamp
-   (the newest announcement stamped at or before it, among those received so far); observations between targets are
-   counted as ``no_target`` and left out;
+1. first the TargetOfInterest messages: each agent's target timeline
+   (:class:`m2vae_fusion.core.agent.TargetTimeline`, the node's) holds every announcement of the bag (a live node
+   knows only those received so far; the bag knows them all, so a late-delivered announcement still counts);
+2. then the sensor messages in bag (receive) order, as the node receives them, each through the node's admission
+   (:func:`m2vae_fusion.core.agent.admit_observation`): its header stamp must not be older than
+   ``--max-message-age`` or newer than ``--future-tolerance`` relative to its receive time (the node's clock on
+   replay), dropped as ``stale`` / ``future``; it gets the target in force at its stamp (the newest announcement
+   stamped at or before it); observations between targets are counted as ``no_target`` and left out;
 3. it is converted with the node's readers (:mod:`m2vae_fusion.core.messages`) and checked by the node's
    preprocessing call (:func:`m2vae_fusion.core.preprocess.preprocess`, with the crop position of
    :func:`m2vae_fusion.core.agent.crop_position` when the crop is on); a message
@@ -586,9 +587,11 @@ class _Observation:
 class _AgentPolicy:
     """One agent's target timeline and stamp checks during the extraction: the fusion node's own code
     (:class:`m2vae_fusion.core.agent.TargetTimeline`, :func:`~m2vae_fusion.core.agent.admit_observation`,
-    :func:`~m2vae_fusion.core.agent.crop_position`), fed in bag (receive) order as the node is. Also numbers the runs
-    of one target id (a repeated or re-stamped announcement continues its run), so that a sample never spans a
-    target change."""
+    :func:`~m2vae_fusion.core.agent.crop_position`). The timeline holds every announcement of the bag
+    (:meth:`set_targets`, before the sensor messages): a live node knows only those received by then, so a target
+    announcement delivered late would put the first observations of a new target under the old one or none; the
+    bag knows better. Also numbers the runs of one target id (a repeated or re-stamped announcement continues its
+    run), so that a sample never spans a target change."""
 
     def __init__(self, topics: AgentTopics, config):
         from m2vae_fusion.core.agent import TargetTimeline
@@ -597,21 +600,19 @@ class _AgentPolicy:
         self.timeline = TargetTimeline(config.target_history)
         self.runs: dict = {}  # Target -> run index
 
-    def on_target(self, stamp_ns: int, msg) -> None:
-        from m2vae_fusion.core.agent import Target, ns_to_s
+    def set_targets(self, announcements) -> None:
+        """The agent's TargetOfInterest messages ``[(header stamp ns, message)]`` of one bag (any order)."""
+        from m2vae_fusion.core.agent import TargetTimeline, ns_to_s
 
-        pos = (float(msg.position.x), float(msg.position.y), float(msg.position.z)) if msg.has_position else None
-        args = (ns_to_s(stamp_ns), str(msg.target_id), str(msg.header.frame_id), pos)
-        if not self.timeline.add(*args):
-            return
-        entry = Target(*args)
-        entries = self.timeline.entries()
-        i = entries.index(entry)
-        prev = entries[i - 1] if i > 0 else None
-        if prev is not None and prev.target_id == entry.target_id and prev in self.runs:
-            self.runs[entry] = self.runs[prev]
-        else:
-            self.runs[entry] = len(set(self.runs.values()))
+        self.timeline = TargetTimeline(max(1, len(announcements)))  # the whole bag, not the node's sliding window
+        for stamp_ns, msg in announcements:
+            pos = (float(msg.position.x), float(msg.position.y), float(msg.position.z)) if msg.has_position else None
+            self.timeline.add(ns_to_s(stamp_ns), str(msg.target_id), str(msg.header.frame_id), pos)
+        self.runs, prev, run = {}, None, -1
+        for entry in self.timeline.entries():  # oldest first
+            if entry.target_id != prev:
+                run, prev = run + 1, entry.target_id
+            self.runs[entry] = run
 
     def admit(self, stamp_ns: int, receive_ns: int):
         """``(segment, crop position)`` of an observation, None between targets. Raises
@@ -642,13 +643,15 @@ def _valid_k(msg):
 
 
 def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally, bar, config):
-    """Deserialise, admit and convert every message of the agents' topics in one bag, in bag (receive) order as the
-    fusion node sees them: target announcements go into each agent's timeline (:class:`_AgentPolicy`), then each
-    sensor message passes the node's stamp checks (``config``, an :class:`~m2vae_fusion.core.agent.AgentConfig`,
-    against the receive time) and target look-up before it is converted (:func:`convert`).
+    """Deserialise, admit and convert every message of the agents' topics in one bag: first the target announcements
+    of each agent (its timeline, :class:`_AgentPolicy`), then the sensor messages in bag (receive) order, each through
+    the node's stamp checks (``config``, an :class:`~m2vae_fusion.core.agent.AgentConfig`, against the receive time)
+    and target look-up before it is converted (:func:`convert`).
 
     Returns ``obs[(agent, modality)] = [_Observation]``."""
     from m2vae_fusion.core.agent import Drop, drop_from
+    from m2vae_fusion.core.messages import stamp_to_ns
+    from m2vae_fusion.core.preprocess import PreprocessError
     from m2vae_fusion.core.reasons import DropReason
 
     conns = [c for c in reader.connections if types.get(c.topic) == c.msgtype]
@@ -660,26 +663,37 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
     policies = [_AgentPolicy(a, config) for a in agents]
     obs = defaultdict(list)
     n_read = 0
-    try:
-        for conn, t_bag, raw in reader.messages(connections=conns):
+
+    def messages(selected):
+        """(connection, receive ns, message) of ``selected``, counting reads and deserialisation failures."""
+        nonlocal n_read
+        for conn, t_bag, raw in reader.messages(connections=selected):
             n_read += 1
             bar.update(1)
             tally.read[conn.topic] += 1
             try:
-                msg = store.deserialize_cdr(raw, conn.msgtype)
+                yield conn, int(t_bag), store.deserialize_cdr(raw, conn.msgtype)
             except Exception as exc:
                 tally.drop(conn.topic, "deserialize", _one_line(exc))
-                continue
-            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+    try:
+        announcements = defaultdict(list)  # agent -> [(stamp ns, TargetOfInterest)]
+        target_conns = [c for c in conns if any(r == "target" for _, r in roles[c.topic])]
+        if target_conns:
+            for conn, _, msg in messages(target_conns):
+                for k, _ in roles[conn.topic]:
+                    announcements[k].append((stamp_to_ns(msg.header.stamp), msg))
+        for k, p in enumerate(policies):
+            p.set_targets(announcements[k])
+        sensor_conns = [c for c in conns if c not in target_conns]
+        for conn, t_bag, msg in (messages(sensor_conns) if sensor_conns else ()):
+            stamp = stamp_to_ns(msg.header.stamp)
+            if stamp == 0:  # unstamped driver: fall back to the receive time
+                stamp = t_bag
+                tally.stamps_from_bag_time += 1
             for k, role in roles[conn.topic]:
-                if role == "target":
-                    policies[k].on_target(stamp, msg)
-                    continue
-                if stamp == 0:  # unstamped driver: fall back to the receive time
-                    stamp = int(t_bag)
-                    tally.stamps_from_bag_time += 1
                 try:
-                    where = policies[k].admit(stamp, int(t_bag))
+                    where = policies[k].admit(stamp, t_bag)
                 except Drop as exc:
                     tally.drop(conn.topic, str(exc.reason), str(exc))
                     continue
@@ -690,8 +704,6 @@ def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally
                 try:
                     x = convert(role, msg, conn.msgtype, sensors, cloud_z, target_position=pos)
                 except Exception as exc:  # the node's reasons: conversion's own, PREPROCESS, else INTERNAL_ERROR
-                    from m2vae_fusion.core.preprocess import PreprocessError
-
                     d = Drop(DropReason.PREPROCESS, str(exc)) if isinstance(exc, PreprocessError) else \
                         drop_from(exc, prefix="" if getattr(exc, "reason", None) else f"{type(exc).__name__}: ")
                     tally.drop(conn.topic, str(d.reason), str(d))
