@@ -348,3 +348,51 @@ def test_train_mopoe_objective_exports_and_evaluates(trained, tmp_path):
     res = json.loads(js.read_text())
     assert len(res["subset_accuracy"]) == 7 and all(0.0 <= a <= 1.0 for a in res["subset_accuracy"].values())
     assert "in_place" in res and set(res["z_diff"]) == set(res["subset_accuracy"])
+
+
+def test_betavae_features_are_standardised_and_exported(trained, tmp_path):
+    """betavae.standardize (default true): the cached features (the M2VAE's inputs) have per-dimension mean 0 and
+    std 1 on the training split, the exported encoder returns those features and the exported decoder takes them
+    back (the same reconstruction as the β-VAE's own latent space); false gives the raw latent means; a source run
+    whose standardisation differs from the config gets its features cached again (--init-betavae with --data)."""
+    import torch
+
+    from m2vae_fusion.training.export import run_onnx
+    from m2vae_fusion.training.networks import BetaVAE
+
+    f = np.load(os.path.join(trained["runs"], "features.npz"))
+    for m in ("camera", "lidar", "reflectance"):
+        x = f[f"train/{m}"][f["train/present"][:, ["camera", "lidar", "reflectance"].index(m)]]
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-3)
+        np.testing.assert_allclose(x.std(0), 1, atol=1e-2)
+    ck = torch.load(os.path.join(trained["runs"], "checkpoints", "betavae_reflectance.pt"), weights_only=False)
+    with open(os.path.join(trained["out"], "manifest.json")) as fh:
+        man = json.load(fh)
+    bc = man["training"]["config"]["betavae"]
+    arch = {k: bc[k] for k in ("camera_channels", "lidar_channels", "trunk_hidden", "reflectance_hidden")}
+    vae = BetaVAE("reflectance", man["inputs"]["reflectance"]["preprocessing"], man["feature_dim"], arch)
+    vae.load_checkpoint_state(ck["state"])
+    assert not torch.all(vae.feature_scale == 1)
+    x = np.random.default_rng(0).uniform(0, 1, (4, *vae.input_shape)).astype(np.float32)
+    enc = run_onnx(os.path.join(trained["out"], "betavae_reflectance_encoder.onnx"), {"x": x})
+    with torch.no_grad():
+        raw, raw_lv = vae.encode_raw(torch.from_numpy(x))
+        np.testing.assert_allclose(enc["mean"], ((raw - vae.feature_shift) / vae.feature_scale).numpy(), atol=1e-4)
+        np.testing.assert_allclose(enc["log_variance"], (raw_lv - 2 * torch.log(vae.feature_scale)).numpy(),
+                                   atol=1e-4)
+        dec = run_onnx(os.path.join(trained["out"], "betavae_reflectance_decoder.onnx"), {"z": enc["mean"]})["x"]
+        want = vae.decode_logits(raw)
+        want = torch.sigmoid(want) if vae.likelihood == "bernoulli" else want
+        np.testing.assert_allclose(dec, want.numpy(), atol=1e-4)  # the β-VAE's own reconstruction
+    # a checkpoint from before standardisation loads as the identity
+    old = {k: v for k, v in ck["state"].items() if not k.startswith("feature_")}
+    vae.load_checkpoint_state(old)
+    assert torch.all(vae.feature_scale == 1) and torch.all(vae.feature_shift == 0)
+    # standardize=false with --init-betavae and --data: features cached again, raw latent means
+    runs = str(tmp_path / "runs")
+    assert main(["train", "--data", trained["data"], "--out", str(tmp_path / "raw"), "--config", trained["cfg"],
+                 "--runs", runs, "--set", "betavae.standardize=false", "--init-betavae", trained["runs"]]) == 0
+    g = np.load(os.path.join(runs, "features.npz"))
+    assert not np.allclose(g["train/lidar"].std(0), 1, atol=1e-2)
+    assert main(["train", "--out", str(tmp_path / "raw2"), "--config", trained["cfg"], "--runs",
+                 str(tmp_path / "runs2"), "--init-betavae", runs]) == 2  # standardize differs, no --data: refused

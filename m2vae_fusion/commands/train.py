@@ -65,6 +65,14 @@ def run(args) -> int:
                 shutil.copyfile(p, dst)
         stages = [s for s in stages if s != "betavae"]
         print(f"β-VAEs and features taken from {src}")
+        if not r.standardization_matches():
+            # the source run's features were made with another betavae.standardize: cache them again
+            if not args.data:
+                raise UserError(f"{src}: its β-VAE features were made with betavae.standardize="
+                                f"{not cfg['betavae']['standardize']}; pass --data to compute them again, or "
+                                f"--set betavae.standardize={str(not cfg['betavae']['standardize']).lower()}")
+            _, sensors, splits = r.data()
+            r.cache_features(sensors, splits)
     if "betavae" not in stages:
         r.write_config()
     t0 = time.time()

@@ -25,6 +25,7 @@ DEFAULTS: Dict[str, Any] = {
     "betavae": {
         "beta_norm": 0.01,
         "aux_weight": 0.0,
+        "standardize": True,
         "warmup_epochs": 2,
         "epochs": {"camera": 30, "lidar": 10, "reflectance": 20},
         "min_steps": 500,
@@ -60,7 +61,7 @@ DEFAULTS: Dict[str, Any] = {
 SCHEMA: Dict[str, Any] = {
     "seed": "int", "threads": "int+", "modalities": "modalities", "feature_dim": "int+", "latent_dim": "int+",
     "objective": "objective",
-    "betavae": {"beta_norm": "betas", "aux_weight": "float0", "warmup_epochs": "int0", "epochs": "epochs", "min_steps": "int0", "batch_size": "int+", "lr": "float+",
+    "betavae": {"beta_norm": "betas", "aux_weight": "float0", "standardize": "bool", "warmup_epochs": "int0", "epochs": "epochs", "min_steps": "int0", "batch_size": "int+", "lr": "float+",
                 "camera_channels": "ints+", "lidar_channels": "ints+", "trunk_hidden": "int+",
                 "reflectance_hidden": "ints+"},
     "m2vae": {"beta_norm": "float0", "alpha": "float0", "alpha_reenc": "float0", "epochs": "int+", "min_steps": "int0",
@@ -77,7 +78,10 @@ def _check_leaf(key: str, kind: str, v, modalities: Iterable[str]) -> Any:
     def bad(what):
         raise UserError(f"config key {key!r}: {what}, got {v!r}")
 
-    if kind == "int":
+    if kind == "bool":
+        if not isinstance(v, bool):
+            bad("must be true or false")
+    elif kind == "int":
         if not _is_int(v):
             bad("must be an integer")
     elif kind == "int+":

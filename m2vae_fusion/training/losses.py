@@ -81,7 +81,7 @@ def betavae_loss(vae, x: torch.Tensor, beta_norm: float, sample: bool = True, la
     Returns:
         dict with ``loss`` = ``rec + β·kl (+ aux)`` and the pieces ``rec``, ``kl``, ``aux`` (each (N,)).
     """
-    mu, logvar = vae.encode(x)
+    mu, logvar = vae.encode_raw(x)
     z = reparameterize(mu, logvar) if sample else mu
     rec = reconstruction_nll(vae.likelihood, x, vae.decode_logits(z))
     kl = gaussian_kl(mu, logvar)

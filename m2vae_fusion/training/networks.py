@@ -256,6 +256,10 @@ class BetaVAE(nn.Module):
         self.heads = GaussianHeads(self.trunk.out_dim, latent_dim)
         # training-only linear read-out of the latent mean (auxiliary class loss; not exported)
         self.aux = nn.Linear(latent_dim, aux_classes) if aux_classes > 0 else None
+        # feature standardisation (identity until set_standardization after training): the exported encoder
+        # returns (mean - shift) / scale, the exported decoder takes that feature space back
+        self.register_buffer("feature_shift", torch.zeros(self.latent_dim))
+        self.register_buffer("feature_scale", torch.ones(self.latent_dim))
 
     @property
     def input_dim(self) -> int:
@@ -265,18 +269,53 @@ class BetaVAE(nn.Module):
             n *= s
         return n
 
-    def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x (N, *input_shape) → (mean, log_variance), each (N, D_*)."""
+    def encode_raw(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (N, *input_shape) → (mean, log_variance) of ``q(z|x)`` in the β-VAE's own latent space, each (N, D_*)
+        (what the β-ELBO of :func:`m2vae_fusion.training.losses.betavae_loss` is computed on)."""
         return self.heads(self.trunk(x))
 
+    def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (N, *input_shape) → the feature (mean, log_variance), each (N, D_*): :meth:`encode_raw` standardised
+        per dimension, ``mean' = (mean − shift) / scale``, ``log_variance' = log_variance − 2 log scale``
+        (identity until :meth:`set_standardization`; what ``betavae_<m>_encoder.onnx`` returns)."""
+        mu, logvar = self.encode_raw(x)
+        return (mu - self.feature_shift) / self.feature_scale, logvar - 2.0 * torch.log(self.feature_scale)
+
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """z → decoder output before the output activation (logits for ``bernoulli``)."""
+        """z in the β-VAE's own latent space → decoder output before the output activation (logits for
+        ``bernoulli``)."""
         return self.decoder(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z → mean of ``p(x|z)`` in input space (what ``betavae_<m>_decoder.onnx`` returns)."""
-        out = self.decoder(z)
+        """Feature z (the space :meth:`encode` returns) → mean of ``p(x|z)`` in input space (what
+        ``betavae_<m>_decoder.onnx`` returns)."""
+        out = self.decoder(z * self.feature_scale + self.feature_shift)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    @torch.no_grad()
+    def set_standardization(self, shift, scale) -> None:
+        """Set the feature standardisation: ``shift``, ``scale`` float (D_*,) (scale > 0), e.g. the mean and standard
+        deviation of the latent means over the training split.
+
+        Raises:
+            ValueError: wrong length, non-finite values or a scale ≤ 0.
+        """
+        sh = torch.as_tensor(shift, dtype=torch.float32).reshape(-1)
+        sc = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        if sh.numel() != self.latent_dim or sc.numel() != self.latent_dim:
+            raise ValueError(f"standardisation needs {self.latent_dim} values, got {sh.numel()} / {sc.numel()}")
+        if not (torch.isfinite(sh).all() and torch.isfinite(sc).all() and (sc > 0).all()):
+            raise ValueError("standardisation shift/scale must be finite and scale > 0")
+        self.feature_shift.copy_(sh)
+        self.feature_scale.copy_(sc)
+
+    def load_checkpoint_state(self, state: Mapping, with_aux: bool = False) -> None:
+        """Load a checkpoint's state dict (the training-only ``aux.*`` read-out only ``with_aux``); a checkpoint
+        written before feature standardisation existed loads with the identity."""
+        st = {k: t for k, t in state.items() if with_aux or not k.startswith("aux.")}
+        st.setdefault("feature_shift", torch.zeros(self.latent_dim))
+        st.setdefault("feature_scale", torch.ones(self.latent_dim))
+        self.load_state_dict(st)
 
 
 class M2VAE(nn.Module):

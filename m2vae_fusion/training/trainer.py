@@ -33,6 +33,7 @@ from m2vae_fusion.training.networks import M2VAE, BetaVAE, ClassHead, subset_key
 
 STAGES = ("betavae", "m2vae", "head", "export")
 _SEED_OFFSET = {"betavae": 0, "m2vae": 1000, "head": 2000}
+STD_FLOOR = 1e-4  # smallest feature scale of the β-VAE standardisation (a dimension constant over the train split)
 
 
 def _progress(iterable, desc: str, total: Optional[int] = None):
@@ -159,7 +160,8 @@ class Run:
             start = 0
             ck = self._load(f"betavae_{m}") if self.resume else None
             if ck is not None:
-                vae.load_state_dict(ck["state"])
+                vae.load_checkpoint_state(ck["state"], with_aux=vae.aux is not None)
+                vae.set_standardization(np.zeros(vae.latent_dim), np.ones(vae.latent_dim))  # training space
                 opt.load_state_dict(ck["opt"])
                 start = int(ck["epoch"])
             tr, va = splits["train"], splits["val"]
@@ -226,7 +228,7 @@ class Run:
         if not keep.any():
             return float("nan")
         vae.eval()
-        pred = np.concatenate([vae.aux(vae.encode(torch.from_numpy(x[keep][idx]))[0]).argmax(1).numpy()
+        pred = np.concatenate([vae.aux(vae.encode_raw(torch.from_numpy(x[keep][idx]))[0]).argmax(1).numpy()
                                for idx in _batches(int(keep.sum()), 512, None)])
         return float((pred == y[keep]).mean())
 
@@ -237,15 +239,63 @@ class Run:
             if ck is None:
                 raise UserError(f"{self.ckpt(f'betavae_{m}')}: missing; run the betavae stage first")
             v = self.build_betavae(m, sensors)
-            v.load_state_dict({k: t for k, t in ck["state"].items() if not k.startswith("aux.")})
+            v.load_checkpoint_state(ck["state"])
             v.eval()
             out[m] = v
         return out
 
     @torch.no_grad()
-    def cache_features(self, sensors: Mapping, splits: Mapping[str, Split]) -> None:
-        """β-VAE latent means of every split (the M2VAE's inputs, paper Sec. V-D) → ``features.npz``."""
+    def standardize_betavaes(self, sensors: Mapping, train: Split) -> Dict[str, BetaVAE]:
+        """Set every β-VAE's feature standardisation from the training split (``betavae.standardize``: the mean and
+        standard deviation of its latent means per dimension, floored at ``STD_FLOOR``; false: the identity) and
+        store it in the β-VAE checkpoints, so the exported encoders return standardised features.
+
+        Why (not in the paper): the M2VAE's Gaussian likelihood with fixed variance (Eq. 83, σ² = 1/2) weighs every
+        feature dimension by its raw variance; an unsupervised β-VAE leaves near-collapsed dimensions (standard
+        deviation 0.01-0.05) that still carry attribute evidence, which the M2VAE then ignores.
+        """
         vaes = self.load_betavaes(sensors)
+        on = bool(self.cfg["betavae"].get("standardize", True))
+        for j, m in enumerate(self.mods):
+            v = vaes[m]
+            d = v.latent_dim
+            x = train.inputs[m][train.present[:, j]]
+            if on and len(x) > 1:
+                v.set_standardization(np.zeros(d), np.ones(d))
+                mu = np.concatenate([v.encode_raw(torch.from_numpy(x[idx]))[0].numpy()
+                                     for idx in _batches(len(x), 512, None)])
+                v.set_standardization(mu.mean(0), np.maximum(mu.std(0), STD_FLOOR))
+            else:
+                v.set_standardization(np.zeros(d), np.ones(d))
+            ck = self._load(f"betavae_{m}")
+            ck["state"] = {**ck["state"], "feature_shift": v.feature_shift.clone(),
+                           "feature_scale": v.feature_scale.clone()}
+            self._save(f"betavae_{m}", ck)
+            if on:
+                self.log(f"β-VAE {m}: features standardised (latent-mean std per dimension "
+                         + " ".join(f"{float(s):.3g}" for s in v.feature_scale) + ")")
+        return vaes
+
+    def standardization_matches(self) -> bool:
+        """Whether the β-VAE checkpoints' feature standardisation agrees with ``betavae.standardize`` (identity
+        when false, set when true); False for a run whose features must be cached again."""
+        on = bool(self.cfg["betavae"].get("standardize", True))
+        for m in self.mods:
+            ck = self._load(f"betavae_{m}")
+            if ck is None:
+                return False
+            st = ck["state"]
+            identity = ("feature_scale" not in st
+                        or (bool(torch.all(st["feature_scale"] == 1)) and bool(torch.all(st["feature_shift"] == 0))))
+            if identity == on:
+                return False
+        return True
+
+    @torch.no_grad()
+    def cache_features(self, sensors: Mapping, splits: Mapping[str, Split]) -> None:
+        """β-VAE features (standardised latent means, :meth:`standardize_betavaes`) of every split (the M2VAE's
+        inputs, paper Sec. V-D) → ``features.npz``."""
+        vaes = self.standardize_betavaes(sensors, splits["train"])
         arrays = {}
         for s, sp in splits.items():
             for j, m in enumerate(self.mods):
