@@ -196,9 +196,9 @@ def run(args) -> int:
            "runs": runs, "per_alpha": table, "seconds": round(time.time() - t0, 1)}
     print(format_table(res))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        from m2vae_fusion.benchmarks.common import write_json
+
+        write_json(args.json, res)
         print(f"wrote {args.json}")
     if args.plot:
         plot(res, args.plot)

@@ -46,6 +46,7 @@ import time
 
 from m2vae_fusion.benchmarks.common import (OtherLoad, fmt, isolate_dds, load_average, machine_info, ratio, stats_ms,
                                             table, target, targets_table, write_json)
+from m2vae_fusion.core.modalities import MODALITIES
 
 HELP = ("runtime: node latency vs bare onnxruntime and torch, message sizes, sustained camera rate, "
         "1-8 agents (CPU, RSS), Fast DDS SHM profile")
@@ -59,7 +60,8 @@ QUICK = {"samples": 10, "repeats": 20, "latency_rate": 30.0, "rates": "30,120", 
          "headline_seconds": 1.5, "eight_seconds": 1.5, "stops": 3}
 KIND_RATE_SOURCE = {"camera_320x240": "camera", "camera_640x480": "camera", "lidar": "lidar",
                     "reflectance": "reflectance", "peer": "peer"}
-OWN = ("camera", "lidar", "reflectance")
+#: the node's own sensor sources (the fourth, ``peer``, is the shared latents)
+OWN = MODALITIES
 
 
 def configure(parser) -> None:

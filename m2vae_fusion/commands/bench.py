@@ -24,10 +24,8 @@ def _mog_configure(parser):
 
 
 def _mog_run(args) -> int:
-    import json
-    import os
-
     from m2vae_fusion.errors import UserError
+    from m2vae_fusion.files import write_json
     from m2vae_fusion.training.mog import format_table, run_benchmark
 
     over = {"seed": args.seed}
@@ -46,9 +44,7 @@ def _mog_run(args) -> int:
     print(format_table(res))
     print(f"({res['seconds']['total']:.0f} s)")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res)
         print(f"wrote {args.json}")
     return 0
 
