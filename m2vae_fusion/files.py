@@ -100,3 +100,17 @@ def write_json(path: str, obj, indent: int | None = 2, nonfinite: str = "null", 
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_result(path: str | None, obj) -> bool:
+    """A command's ``--json OUT``: write ``obj`` to ``path`` with :func:`write_json` (non-finite numbers as null) and
+    print ``wrote OUT``; nothing when ``path`` is empty or None. Returns whether it wrote.
+
+    Raises:
+        ValueError, TypeError, OSError: see :func:`write_json`.
+    """
+    if not path:
+        return False
+    write_json(path, obj)
+    print(f"wrote {path}", flush=True)
+    return True

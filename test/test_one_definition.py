@@ -187,3 +187,13 @@ def test_default_bundle_path_is_not_cached(tmp_path, monkeypatch):
     """default_bundle_path() asks share_path on each call (an install that appears later is found)."""
     monkeypatch.setattr(paths, "share_path", lambda *parts: os.path.join(str(tmp_path), *parts))
     assert paths.default_bundle_path() == str(tmp_path / "models" / "amiro")
+
+
+def test_write_result_writes_and_says_so(tmp_path, capsys):
+    """--json OUT of the commands: written with write_json and named on stdout; no path, no file and no line."""
+    assert files.write_result(None, {"a": 1}) is False and files.write_result("", {"a": 1}) is False
+    assert capsys.readouterr().out == ""
+    out = tmp_path / "o" / "r.json"
+    assert files.write_result(str(out), {"a": math.nan}) is True
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert json.loads(out.read_text()) == {"a": None}

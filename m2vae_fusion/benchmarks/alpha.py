@@ -195,11 +195,9 @@ def run(args) -> int:
            "k": args.k, "seeds": seeds, "alphas": alphas, "betavae_run": init,
            "runs": runs, "per_alpha": table, "seconds": round(time.time() - t0, 1)}
     print(format_table(res))
-    if args.json:
-        from m2vae_fusion.benchmarks.common import write_json
+    from m2vae_fusion.files import write_result
 
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     if args.plot:
         plot(res, args.plot)
         print(f"wrote {args.plot}")

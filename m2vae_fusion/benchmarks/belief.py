@@ -277,11 +277,9 @@ def _run(args, source, bundle, held) -> int:
     for m, row in res["latency"].items():
         print(f"{m:12s} Agent.observe p50 {row['with_ms']:.2f} ms with accumulation + novelty, {row['without_ms']:.2f} ms "
               f"without (forgetting 0, novelty off): ratio {row['ratio']:.2f} (same run, interleaved; shared CPU)")
-    if args.json:
-        from m2vae_fusion.benchmarks.common import write_json
+    from m2vae_fusion.files import write_result
 
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     if args.plot:
         _plot(bundle, traces, args.plot)
         print(f"wrote {args.plot}")

@@ -195,8 +195,8 @@ def format_table(res: dict) -> str:
 
 
 def run(args) -> int:
-    from m2vae_fusion.benchmarks.common import write_json
     from m2vae_fusion.errors import UserError
+    from m2vae_fusion.files import write_result
     from m2vae_fusion.paths import default_bundle_path
 
     if args.repeats <= 0 or args.warmup < 0 or args.threads <= 0:
@@ -204,7 +204,5 @@ def run(args) -> int:
     bundle_dir = args.bundle or default_bundle_path()
     res = measure(bundle_dir, args.repeats, args.warmup, args.threads, args.seed)
     print(format_table(res))
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     return 0

@@ -191,11 +191,9 @@ def run(args) -> int:
         probe.close()
         rclpy.try_shutdown()
     print(format_results(results))
-    if args.json:
-        from m2vae_fusion.benchmarks.common import write_json
+    from m2vae_fusion.files import write_result
 
-        write_json(args.json, results)
-        print(f"wrote {args.json}")
+    write_result(args.json, results)
     return 0
 
 

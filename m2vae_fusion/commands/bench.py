@@ -25,7 +25,7 @@ def _mog_configure(parser):
 
 def _mog_run(args) -> int:
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.files import write_json
+    from m2vae_fusion.files import write_result
     from m2vae_fusion.training.mog import format_table, run_benchmark
 
     over = {"seed": args.seed}
@@ -43,9 +43,7 @@ def _mog_run(args) -> int:
     res = run_benchmark(over)
     print(format_table(res))
     print(f"({res['seconds']['total']:.0f} s)")
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     return 0
 
 
