@@ -197,3 +197,15 @@ def test_write_result_writes_and_says_so(tmp_path, capsys):
     assert files.write_result(str(out), {"a": math.nan}) is True
     assert capsys.readouterr().out == f"wrote {out}\n"
     assert json.loads(out.read_text()) == {"a": None}
+
+
+def test_bench_help_lists_every_benchmark(capsys):
+    """``m2vae-fusion bench --help`` (argparse %-formats the sub-commands' help: a "95 % intervals" once crashed it)."""
+    from m2vae_fusion.cli import main
+    from m2vae_fusion.commands.bench import BENCHMARKS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "95 % intervals" in out and all(name in out for name in BENCHMARKS)

@@ -81,7 +81,8 @@ def configure(parser):
         if entry is None:
             continue
         help_, conf, run_ = entry
-        p = sub.add_parser(name, help=help_, description=help_)
+        # argparse %-formats help (not description): "95 % intervals" would read as a "% i" conversion
+        p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
         conf(p)
         p.set_defaults(_bench_run=run_)
 
