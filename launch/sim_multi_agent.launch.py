@@ -17,8 +17,9 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from m2vae_fusion.core.modalities import MODALITIES as SENSORS
+
 PACKAGE = "m2vae_fusion"
-SENSORS = ("camera", "lidar", "reflectance")
 
 
 def _rig(spec):

@@ -1,11 +1,11 @@
-"""Results of a multi-agent fusion run (the demo): per-target and per-agent figures, JSON and a PNG.
+"""Results of a multi-agent fusion run (the demo): per-target and per-agent figures, tables and a PNG (the summary is
+written as JSON by :func:`m2vae_fusion.files.write_json`).
 
 Pure functions over recorded events, no ROS: the demo records what the agents publish and hands it here, so the
 analysis is unit-testable. Times are seconds since the start of the run.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -137,12 +137,6 @@ def format_tables(summary: Mapping) -> str:
         ttc = "-" if s["time_to_correct_s"] is None else f"{s['time_to_correct_s']:.2f}"
         lines.append(f"{a:<14} {s['accuracy']:>9.1%} {ttc:>28} {s['targets_with_belief']:>13}")
     return "\n".join(lines)
-
-
-def write_json(summary: Mapping, path: str) -> None:
-    """Write :func:`summarise`'s output to ``path`` (UTF-8, indented)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
 
 
 def plot(rec: RunRecord, path: str, title: str = "") -> None:

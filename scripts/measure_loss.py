@@ -27,10 +27,10 @@ def main(argv=None) -> int:
     import rclpy
     from m2vae_fusion.core import messages as conv
     from m2vae_fusion.core.bundle import Bundle
-    from m2vae_fusion.paths import share_path
+    from m2vae_fusion.paths import default_bundle_path
     from m2vae_fusion.ros.harness import SENSOR_QOS, NodeProcess, Probe
 
-    model_dir = share_path("models", "amiro")
+    model_dir = default_bundle_path()
     bundle = Bundle.load(model_dir, check_sums=False)
     name, modality = ("la", "lidar") if args.side == "a" else ("lb", "reflectance")
     rclpy.init()

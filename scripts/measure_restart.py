@@ -30,10 +30,10 @@ def main(argv=None) -> int:
 
     from m2vae_fusion.core.bundle import read_manifest
     from m2vae_fusion.core.modalities import MODALITIES
-    from m2vae_fusion.paths import share_path
+    from m2vae_fusion.paths import default_bundle_path, share_path
     from m2vae_fusion.ros.demo import isolate_dds
 
-    model_dir = os.path.abspath(share_path("models", "amiro"))
+    model_dir = os.path.abspath(default_bundle_path())
     manifest = read_manifest(model_dir)
     classes = manifest["class_names"]
     domain = isolate_dds()
@@ -113,8 +113,9 @@ def main(argv=None) -> int:
         rclpy.try_shutdown()
     print(json.dumps(result, indent=1))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from m2vae_fusion.files import write_json
+
+        write_json(args.json, result, indent=1)
     return 0 if result.get("full_accuracy_after_up_s") is not None else 1
 
 

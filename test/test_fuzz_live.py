@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image, LaserScan, PointCloud2  # noqa: E402
 from m2vae_fusion.benchmarks import hostile  # noqa: E402
 from m2vae_fusion.core import messages as conv  # noqa: E402
 from m2vae_fusion.core.bundle import read_manifest  # noqa: E402
-from m2vae_fusion.ros.fusion_node import default_model_dir  # noqa: E402
+from m2vae_fusion.paths import default_bundle_path  # noqa: E402
 from m2vae_fusion.ros.harness import NodeProcess, Probe  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -42,7 +42,7 @@ REPEAT = 2  # each hostile case this many times per honest target
 
 @pytest.fixture(scope="module")
 def manifest():
-    return read_manifest(default_model_dir())
+    return read_manifest(default_bundle_path())
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def probe():
 @pytest.fixture(scope="module")
 def nodes(probe, tmp_path_factory):
     logs = str(tmp_path_factory.mktemp("fuzz_logs"))
-    common = {"model_dir": default_model_dir(), "diagnostics_period": 0.2, "warn_throttle": 2.0,
+    common = {"model_dir": default_bundle_path(), "diagnostics_period": 0.2, "warn_throttle": 2.0,
               "sensor_qos_reliability": "reliable", "sensor_qos_depth": 5000, "peer_queue": 5000,
               "max_targets": 64, "belief_ttl": 600.0, "trusted_agents": TRUSTED, "shared_latent_rate": 0.0}
     specs = {"fa": {**common, "agent_id": "fa", "shared_latent_topic": SHARED["fa"]},

@@ -23,7 +23,8 @@ EXTRA_ONLY = HEAVY | {"scikit-learn", "onnx", "psutil"}
 #: modules a robot runs: the core, the conversions, the nodes' ROS glue, recording and bag extraction, the CLI
 RUNTIME_MODULES = ["m2vae_fusion.core.bundle", "m2vae_fusion.core.fusion", "m2vae_fusion.core.messages",
                    "m2vae_fusion.core.preprocess", "m2vae_fusion.core.reasons", "m2vae_fusion.bags",
-                   "m2vae_fusion.paths", "m2vae_fusion.errors", "m2vae_fusion.cli", "m2vae_fusion.ros.fusion_node",
+                   "m2vae_fusion.paths", "m2vae_fusion.files", "m2vae_fusion.errors", "m2vae_fusion.cli",
+                   "m2vae_fusion.ros.fusion_node",
                    "m2vae_fusion.ros.params", "m2vae_fusion.ros.stats", "m2vae_fusion.ros.spin",
                    "m2vae_fusion.ros.record", "m2vae_fusion.commands.record", "m2vae_fusion.data.from_bag"]
 BLOCKER = r"""

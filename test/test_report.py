@@ -3,7 +3,8 @@ import json
 
 import numpy as np
 
-from m2vae_fusion.report import BeliefEvent, LatentEvent, RunRecord, format_tables, plot, summarise, write_json
+from m2vae_fusion.files import write_json
+from m2vae_fusion.report import BeliefEvent, LatentEvent, RunRecord, format_tables, plot, summarise
 
 NAMES = ["a", "b", "c"]
 
@@ -46,7 +47,7 @@ def test_tables_json_png(tmp_path):
     s = summarise(rec)
     text = format_tables(s)
     assert "t0" in text and "100.0%" in text and "(no belief)" in text
-    write_json(s, str(tmp_path / "r.json"))
+    write_json(str(tmp_path / "r.json"), s)
     assert json.loads((tmp_path / "r.json").read_text())["agents"]["lid"]["accuracy"] == 0.0
     plot(rec, str(tmp_path / "r.png"), "test")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

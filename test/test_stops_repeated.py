@@ -11,7 +11,7 @@ import pytest
 
 import rclpy  # noqa: E402,F401
 
-from m2vae_fusion.ros.fusion_node import default_model_dir  # noqa: E402
+from m2vae_fusion.paths import default_bundle_path  # noqa: E402
 from m2vae_fusion.ros.harness import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -26,7 +26,7 @@ def test_repeated_stops_exit_zero_without_traceback(tmp_path):
             if prog == "fusion_node":
                 # namespace agent0: the world below publishes to it
                 p = NodeProcess("m2vae_fusion.ros.fusion_node", f"/agent{i % 2}",
-                                {"model_dir": default_model_dir(), "agent_id": f"stop{i}"}, str(tmp_path),
+                                {"model_dir": default_bundle_path(), "agent_id": f"stop{i}"}, str(tmp_path),
                                 name=f"stop{i}_{prog}_{how}")
                 ready = "fusing"
             else:

@@ -195,11 +195,9 @@ def run(args) -> int:
            "k": args.k, "seeds": seeds, "alphas": alphas, "betavae_run": init,
            "runs": runs, "per_alpha": table, "seconds": round(time.time() - t0, 1)}
     print(format_table(res))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-        print(f"wrote {args.json}")
+    from m2vae_fusion.files import write_result
+
+    write_result(args.json, res)
     if args.plot:
         plot(res, args.plot)
         print(f"wrote {args.plot}")

@@ -283,7 +283,7 @@ def _multivae_available() -> bool:
 def run(args) -> int:
     import torch
 
-    from m2vae_fusion.benchmarks.common import write_json
+    from m2vae_fusion.files import write_result
     from m2vae_fusion.errors import UserError
     from m2vae_fusion.training import objectives
     from m2vae_fusion.training.mog import make_mog
@@ -340,9 +340,7 @@ def run(args) -> int:
            "multivae_note": note, "not_done": ["b: simulated AMiRo world", "c: e-MNIST"],
            "seconds": round(time.time() - t0, 1)}
     print(format_table(res))
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     if args.plot:
         plot(res, args.plot)
         print(f"wrote {args.plot}")

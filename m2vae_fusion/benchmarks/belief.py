@@ -207,13 +207,11 @@ def configure(parser):
 
 
 def run(args) -> int:
-    import json
     import os
 
-    from m2vae_fusion.core import novelty as nv
     from m2vae_fusion.core.bundle import Bundle
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.paths import share_path
+    from m2vae_fusion.paths import default_bundle_path
     if args.samples < 80 or args.repeats < 1:
         raise UserError("--samples must be ≥ 80 and --repeats ≥ 1")
     import shutil
@@ -221,7 +219,7 @@ def run(args) -> int:
 
     from m2vae_fusion.training.export import add_novelty_calibration
 
-    source = Bundle.load(args.model_dir or share_path("models", "amiro"))
+    source = Bundle.load(args.model_dir or default_bundle_path())
     data = generate(source, args.samples, args.seed)
     half = args.samples // 2
     cal = {k: v[:half] for k, v in data.items()}
@@ -238,10 +236,6 @@ def run(args) -> int:
 
 
 def _run(args, source, bundle, held) -> int:
-    import json
-    import os
-
-    from m2vae_fusion.core import novelty as nv
     res = {"model_dir": source.path, "model_id": source.model_id, "samples": args.samples, "seed": args.seed,
            "misreads": {}, "novelty": {}}
     traces = {}
@@ -283,11 +277,9 @@ def _run(args, source, bundle, held) -> int:
     for m, row in res["latency"].items():
         print(f"{m:12s} Agent.observe p50 {row['with_ms']:.2f} ms with accumulation + novelty, {row['without_ms']:.2f} ms "
               f"without (forgetting 0, novelty off): ratio {row['ratio']:.2f} (same run, interleaved; shared CPU)")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-        print(f"wrote {args.json}")
+    from m2vae_fusion.files import write_result
+
+    write_result(args.json, res)
     if args.plot:
         _plot(bundle, traces, args.plot)
         print(f"wrote {args.plot}")

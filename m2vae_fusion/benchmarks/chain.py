@@ -195,20 +195,14 @@ def format_table(res: dict) -> str:
 
 
 def run(args) -> int:
-    import json
-    import os
-
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.paths import share_path
+    from m2vae_fusion.files import write_result
+    from m2vae_fusion.paths import default_bundle_path
 
     if args.repeats <= 0 or args.warmup < 0 or args.threads <= 0:
         raise UserError("--repeats and --threads must be positive, --warmup ≥ 0")
-    bundle_dir = args.bundle or share_path("models", "amiro")
+    bundle_dir = args.bundle or default_bundle_path()
     res = measure(bundle_dir, args.repeats, args.warmup, args.threads, args.seed)
     print(format_table(res))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     return 0

@@ -1,17 +1,19 @@
-"""Helpers shared by the benchmarks: DDS isolation, machine facts, statistics, process CPU and memory, tables, JSON.
+"""Helpers shared by the benchmarks: DDS isolation, machine facts, statistics, process CPU and memory, tables; JSON
+through :func:`m2vae_fusion.files.write_json` (re-exported here).
 
 Only the standard library, numpy and psutil here (no rclpy, no torch), so the benchmark modules' ``configure`` stays
 fast and this module is importable anywhere.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import sys
 import time
 from typing import Iterable, Mapping, Sequence
+
+from m2vae_fusion.files import write_json  # noqa: F401  (the benchmarks' result writer; its one definition is there)
 
 #: ROS domain ids the benchmarks pick from (tests use 1..100, the demo 101..200).
 DOMAIN_BASE, DOMAIN_SPAN = 201, 30
@@ -158,33 +160,6 @@ class OtherLoad:
 
 
 # -- output ---------------------------------------------------------------------------------------------------------
-def _clean(obj):
-    """JSON-safe copy: non-finite floats → None, tuples → lists, numpy scalars → Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalar
-        try:
-            obj = obj.item()
-        except (TypeError, ValueError):
-            pass
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON (non-finite numbers as null) via a temporary file and a rename."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_clean(obj), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def fmt(v, digits: int = 2, unit: str = "") -> str:
     """A number for a table cell ("-" for None/NaN)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):

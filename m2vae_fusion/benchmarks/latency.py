@@ -15,7 +15,6 @@ id when they are unset).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -46,10 +45,10 @@ def _bundle(args, tmp=None):
         UserError: the directory has no manifest.json (exit status 2, naming the path).
     """
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.paths import share_path
+    from m2vae_fusion.paths import default_bundle_path
 
     path, origin = (os.path.abspath(args.model_dir), "given") if args.model_dir else \
-        (share_path("models", "amiro"), "installed")
+        (default_bundle_path(), "installed")
     if not os.path.isfile(os.path.join(path, "manifest.json")):
         raise UserError(f"no model bundle in {path} (no manifest.json); give --model-dir DIR "
                         "(a bundle written by m2vae-fusion export)")
@@ -192,11 +191,9 @@ def run(args) -> int:
         probe.close()
         rclpy.try_shutdown()
     print(format_results(results))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
+    from m2vae_fusion.files import write_result
+
+    write_result(args.json, results)
     return 0
 
 

@@ -765,7 +765,7 @@ def _leftover(demo_log_dir: str) -> int:
 def run(args) -> int:
     from m2vae_fusion.core.bundle import read_manifest
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.paths import share_path
+    from m2vae_fusion.paths import default_bundle_path, share_path
     from m2vae_fusion.ros.demo import DemoConfig, resolve_world
 
     # a benchmark started in the background (``cmd &``) inherits SIGINT ignored, and so would every program it
@@ -785,7 +785,7 @@ def run(args) -> int:
     if not 0 < args.loss_percent < 100:
         raise UserError("--loss-percent must lie in (0, 100)")
     opts["loss_percent"] = float(args.loss_percent)
-    model_dir = os.path.abspath(args.model_dir or share_path("models", "amiro"))
+    model_dir = os.path.abspath(args.model_dir or default_bundle_path())
     manifest = read_manifest(model_dir)
     cfg = resolve_world(DemoConfig(model_dir=model_dir, num_objects=opts["objects"], seed=args.seed), manifest)
     domain = args.domain

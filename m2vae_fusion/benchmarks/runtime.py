@@ -45,7 +45,9 @@ import tempfile
 import time
 
 from m2vae_fusion.benchmarks.common import (OtherLoad, fmt, isolate_dds, load_average, machine_info, ratio, stats_ms,
-                                            table, target, targets_table, write_json)
+                                            table, target, targets_table)
+from m2vae_fusion.core.modalities import MODALITIES
+from m2vae_fusion.files import write_result
 
 HELP = ("runtime: node latency vs bare onnxruntime and torch, message sizes, sustained camera rate, "
         "1-8 agents (CPU, RSS), Fast DDS SHM profile")
@@ -59,7 +61,8 @@ QUICK = {"samples": 10, "repeats": 20, "latency_rate": 30.0, "rates": "30,120", 
          "headline_seconds": 1.5, "eight_seconds": 1.5, "stops": 3}
 KIND_RATE_SOURCE = {"camera_320x240": "camera", "camera_640x480": "camera", "lidar": "lidar",
                     "reflectance": "reflectance", "peer": "peer"}
-OWN = ("camera", "lidar", "reflectance")
+#: the node's own sensor sources (the fourth, ``peer``, is the shared latents)
+OWN = MODALITIES
 
 
 def configure(parser) -> None:
@@ -1177,9 +1180,7 @@ def run(args) -> int:
     res["seconds"] = time.monotonic() - t_begin
     print(format_results(res))
     print(f"({res['seconds']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["section_seconds"].items()) + ")")
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     return 0
 
 

@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 
-from m2vae_fusion.benchmarks.common import OtherLoad, fmt, load_average, machine_info, table, write_json
+from m2vae_fusion.benchmarks.common import OtherLoad, fmt, load_average, machine_info, table
+from m2vae_fusion.files import write_result
 
 HELP = "training: data generation samples/s, per-stage samples/s and wall time for the default configuration"
 
@@ -312,9 +313,7 @@ def run(args) -> int:
     res["other_processes"] = others.stop()
     res["seconds"] = time.monotonic() - t_begin
     print(format_results(res))
-    if args.json:
-        write_json(args.json, res)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     return 0
 
 

@@ -24,10 +24,8 @@ def _mog_configure(parser):
 
 
 def _mog_run(args) -> int:
-    import json
-    import os
-
     from m2vae_fusion.errors import UserError
+    from m2vae_fusion.files import write_result
     from m2vae_fusion.training.mog import format_table, run_benchmark
 
     over = {"seed": args.seed}
@@ -45,11 +43,7 @@ def _mog_run(args) -> int:
     res = run_benchmark(over)
     print(format_table(res))
     print(f"({res['seconds']['total']:.0f} s)")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-        print(f"wrote {args.json}")
+    write_result(args.json, res)
     return 0
 
 
@@ -87,7 +81,8 @@ def configure(parser):
         if entry is None:
             continue
         help_, conf, run_ = entry
-        p = sub.add_parser(name, help=help_, description=help_)
+        # argparse %-formats help (not description): "95 % intervals" would read as a "% i" conversion
+        p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
         conf(p)
         p.set_defaults(_bench_run=run_)
 

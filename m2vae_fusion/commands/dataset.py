@@ -209,7 +209,6 @@ def _run_write(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ checking
 def _run_check(args) -> int:
-    import json
     import os
     import time
 
@@ -217,8 +216,9 @@ def _run_check(args) -> int:
     from tqdm import tqdm
 
     from m2vae_fusion.data.check import format_table, separability
-    from m2vae_fusion.data.shards import atomic_write_bytes, load_split, read_metadata, world_of
+    from m2vae_fusion.data.shards import load_split, read_metadata, world_of
     from m2vae_fusion.errors import UserError
+    from m2vae_fusion.files import write_json
 
     meta = read_metadata(args.check)
     train = load_split(args.check, "train")
@@ -245,7 +245,7 @@ def _run_check(args) -> int:
     print(f"check took {result['seconds']} s")
     if args.json:
         try:
-            atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+            write_json(args.json, result)
         except OSError as exc:
             raise UserError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
     return 0 if result["passed"] else 1

@@ -32,7 +32,8 @@ def run(args) -> int:
     import sys
 
     from m2vae_fusion.errors import UserError
-    from m2vae_fusion.report import format_tables, plot, summarise, write_json
+    from m2vae_fusion.files import write_json
+    from m2vae_fusion.report import format_tables, plot, summarise
     from m2vae_fusion.ros.demo import DemoConfig, run_demo
 
     agents = [a for a in args.agents.split(",") if a.strip()]
@@ -69,7 +70,7 @@ def run(args) -> int:
     print()
     print(format_tables(summary))
     if args.json:
-        write_json(summary, args.json)
+        write_json(args.json, summary)
         print(f"\nwrote {args.json}")
     if args.plot:
         mode = "with" if cfg.exchange else "without"

@@ -24,10 +24,10 @@ def configure(parser):
 
 
 def run(args) -> int:
-    import json
     import os
 
     from m2vae_fusion.errors import UserError
+    from m2vae_fusion.files import write_json
 
     if args.reencode_steps < 1 or args.elbo_samples < 1:
         raise UserError("--reencode-steps and --elbo-samples must be positive")
@@ -55,9 +55,6 @@ def run(args) -> int:
     if args.plot:
         for path in plot_v2(args.bundle, args.data, args.plot, seed=args.seed):
             print(f"wrote {path}")
-    d = os.path.dirname(os.path.abspath(args.json))
-    os.makedirs(d, exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(res, f, indent=2)
+    write_json(args.json, res)
     print(f"wrote {args.json} ({res['seconds']:.0f} s)")
     return 0

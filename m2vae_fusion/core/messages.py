@@ -150,6 +150,23 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def camera_info_k(msg) -> tuple | None:
+    """``((width, height), k)`` of a sensor_msgs/CameraInfo (``k``: 9 floats, row-major, for images of ``width`` x
+    ``height`` pixels) when the camera crop accepts its ``k``
+    (:func:`m2vae_fusion.core.preprocess.camera_intrinsics`: 9 finite numbers with positive ``fx``, ``fy``), else None:
+    an uncalibrated camera (``k`` all zeros) or a malformed ``k``, for which the crop uses the config's K. Raises
+    nothing for a bad ``k`` (None is the answer); the fusion node and ``dataset --from-bag`` read CameraInfo with it."""
+    from m2vae_fusion.core.preprocess import PreprocessError, camera_intrinsics
+
+    k = tuple(float(v) for v in msg.k)
+    width, height = int(msg.width), int(msg.height)
+    try:
+        camera_intrinsics({}, width, height, k)
+    except PreprocessError:
+        return None
+    return (width, height), k
+
+
 def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", stamp_ns: int = 0, frame_id: str = "camera",
                  row_padding: int = 0):
     """uint8 RGB array (H, W, 3) → sensor_msgs/Image in ``encoding`` (one of :data:`IMAGE_ENCODINGS`).

@@ -628,20 +628,6 @@ class _AgentPolicy:
         return (self.runs.get(target, -1), target.target_id), crop_position(target, self.config.base_frame)
 
 
-def _valid_k(msg):
-    """``((width, height), k)`` of a CameraInfo whose ``k`` the node's crop accepts
-    (:func:`m2vae_fusion.core.preprocess.camera_intrinsics`: finite, positive focal lengths), else None (an
-    uncalibrated camera: the node then uses the config's K)."""
-    from m2vae_fusion.core.preprocess import PreprocessError, camera_intrinsics
-
-    k = tuple(float(v) for v in msg.k)
-    try:
-        camera_intrinsics({}, int(msg.width), int(msg.height), k)
-    except PreprocessError:
-        return None
-    return (int(msg.width), int(msg.height)), k
-
-
 def _read_bag(bag, reader, agents, types, sensors, store, cloud_z, tally: _Tally, bar, config):
     """Deserialise, admit and convert every message of the agents' topics in one bag: first the target announcements
     of each agent (its timeline, :class:`_AgentPolicy`), then the sensor messages in bag (receive) order, each through
@@ -851,6 +837,7 @@ def target_centred_configs(crop_like: str, sensors: dict, bags, readers, agents,
         UserError: ``crop_like`` unreadable or without an enabled crop; a camera crop without intrinsics or without
             a camera-to-base translation; a ``camera_to_base`` that is not 3 finite numbers.
     """
+    from m2vae_fusion.core.messages import camera_info_k
     from m2vae_fusion.core.preprocess import crop_config
 
     src, where = _crop_source(crop_like)
@@ -871,9 +858,9 @@ def target_centred_configs(crop_like: str, sensors: dict, bags, readers, agents,
             topic = a.camera_info_topic()
             if not topic or not any(c.topic == topic and c.msgtype == CAMERA_INFO for c in reader.connections):
                 continue
-            msg = _first_message(reader, topic, store, lambda x: _valid_k(x) is not None)
+            msg = _first_message(reader, topic, store, lambda x: camera_info_k(x) is not None)
             if msg is not None and "K" not in cam:
-                (mw, mh), k = _valid_k(msg)
+                (mw, mh), k = camera_info_k(msg)
                 cam["K"] = _scale_k(k, w / mw, h / mh)
                 done["camera_K"] = f"CameraInfo.k on {topic} ({mw}x{mh}) in {bag}, scaled to {w}x{h}"
     if "K" not in cam:

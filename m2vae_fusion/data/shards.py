@@ -23,6 +23,7 @@ from m2vae_fusion import __version__
 from m2vae_fusion.core.modalities import MODALITIES
 from m2vae_fusion.data.classes import ATTRIBUTES, CLASS_NAMES
 from m2vae_fusion.errors import UserError
+from m2vae_fusion.files import atomic_write_bytes, fsync_dir, write_json
 
 FORMAT = "m2vae_fusion.dataset"
 FORMAT_VERSION = 1
@@ -93,37 +94,6 @@ def validate_arrays(arrays: Dict[str, np.ndarray], where: str = "shard") -> int:
     return int(n)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
 def shard_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
     """The ``np.savez`` bytes of one shard (keys in docs/formats.md order); deterministic for equal arrays."""
     validate_arrays(arrays)
@@ -167,7 +137,7 @@ def prepare_output_dir(directory: str, overwrite: bool = False) -> None:
     try:
         if METADATA in entries:
             os.unlink(os.path.join(directory, METADATA))
-            _fsync_dir(directory)
+            fsync_dir(directory)
         for e in entries:
             if _SHARD_RE.match(e) or (e.startswith(".") and ".tmp-" in e):
                 os.unlink(os.path.join(directory, e))
@@ -218,8 +188,7 @@ def world_of(meta: dict) -> str:
 
 def write_metadata(directory: str, metadata: dict) -> None:
     """Write ``metadata.json`` atomically (the last file of a data set)."""
-    text = json.dumps(metadata, indent=2, allow_nan=False) + "\n"
-    atomic_write_bytes(os.path.join(directory, METADATA), text.encode("utf-8"))
+    write_json(os.path.join(directory, METADATA), metadata, nonfinite="raise")
 
 
 def write_dataset(directory: str, shards: Iterable[Tuple[str, int, Dict[str, np.ndarray]]], source: str,

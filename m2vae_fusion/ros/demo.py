@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from m2vae_fusion.errors import UserError
-from m2vae_fusion.paths import share_path
+from m2vae_fusion.paths import default_bundle_path, share_path
 from m2vae_fusion.report import BeliefEvent, LatentEvent, RunRecord
 
 CLASS_NAMES = [f"{c}_{s}_{m}" for c in ("red", "green") for s in ("cylinder", "cube") for m in ("matte", "shiny")]
@@ -163,7 +163,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
     rigs = [parse_rig(a) for a in cfg.agents]
     if not rigs:
         raise UserError("--agents: at least one agent is needed")
-    model_dir = os.path.abspath(cfg.model_dir or share_path("models", "amiro"))
+    model_dir = os.path.abspath(cfg.model_dir or default_bundle_path())
     from m2vae_fusion.core.bundle import read_manifest
 
     manifest = read_manifest(model_dir)  # a missing bundle stops here, naming the file

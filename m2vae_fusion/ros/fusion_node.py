@@ -74,14 +74,13 @@ from m2vae_fusion.core.modalities import MODALITIES
 from m2vae_fusion.core.fusion import FusionEngine
 from m2vae_fusion.core.reasons import DropReason
 from m2vae_fusion.errors import UserError
-from m2vae_fusion.paths import share_path
+from m2vae_fusion.paths import default_bundle_path
 from m2vae_fusion.core import messages as conv
 from m2vae_fusion.ros.params import ConfigError, coerce, declare_parameters, read_parameters
 from m2vae_fusion.ros.spin import run_node
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array
 
-MODEL_NAME = "amiro"
-__all__ = ["FusionNode", "default_model_dir", "main", "ns_to_s", "s_to_ns"]
+__all__ = ["FusionNode", "main", "ns_to_s", "s_to_ns"]
 
 #: parameters that may change while the node is configured (applied at once); the agent's runtime fields first
 RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "belief_ttl",
@@ -97,11 +96,6 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
 RESYNC_DELAY = 0.5
 #: seconds after a new reader appeared at which the re-share is repeated (each lost with the link's loss rate)
 RESYNC_REPEATS = (2.0, 5.0)
-
-
-def default_model_dir() -> str:
-    """``share/m2vae_fusion/models/amiro`` of the installed package, else the repository's ``models/amiro``."""
-    return share_path("models", MODEL_NAME)
 
 
 class _ShareFlusher:
@@ -416,7 +410,7 @@ class FusionNode(LifecycleNode):
         if missing:
             self.get_logger().warning(f"onnxruntime execution providers {missing} are not available here "
                                       f"(available: {available}); skipping them")
-        bundle = Bundle.load(p["model_dir"] or default_model_dir(), check_sums=p["check_sums"],
+        bundle = Bundle.load(p["model_dir"] or default_bundle_path(), check_sums=p["check_sums"],
                              threads=p["ort_threads"], providers=wanted)
         modalities = tuple(m for m in p["modalities"] if m)
         if not modalities:
@@ -581,12 +575,8 @@ class FusionNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         """Keep the newest camera intrinsics ((width, height), k) for the crop; an uncalibrated camera's k (zeros,
-        non-finite) is ignored (the bundle's K is used)."""
-        k = tuple(float(v) for v in msg.k)
-        if len(k) != 9 or not all(math.isfinite(v) for v in k) or k[0] <= 0 or k[4] <= 0:
-            self._camera_k = None
-            return
-        self._camera_k = ((int(msg.width), int(msg.height)), k)
+        non-finite) clears them (the bundle's K is used): :func:`m2vae_fusion.core.messages.camera_info_k`."""
+        self._camera_k = conv.camera_info_k(msg)
 
     def _camera_k_for(self, msg) -> tuple | None:
         """The newest CameraInfo.k when it describes an image of this size (else None: the bundle's K)."""

@@ -15,7 +15,6 @@ training set (manifest ``latent_bounds``, format v3) through the bundle's own ON
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from m2vae_fusion.core.bundle import (FORMAT, FORMAT_VERSION, FORMAT_VERSION_NO_
                                       upgrade_command)
 from m2vae_fusion.core.bundle import OBJECTIVES
 from m2vae_fusion.errors import BundleError
+from m2vae_fusion.files import write_json
 
 PARITY_TOL = 1e-4
 OPSET = 17
@@ -343,9 +343,9 @@ def _finish_manifest(manifest: Dict, files: Mapping[str, str]) -> Dict:
 
 
 def _write_manifest(dir_: str, manifest: Mapping) -> None:
-    with open(os.path.join(dir_, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-        f.write("\n")
+    """Write ``dir_/manifest.json`` atomically: indented by 2, keys in ``manifest``'s order, a final newline, numbers
+    as given (the bytes every export wrote, so rewriting an unchanged manifest changes nothing)."""
+    write_json(os.path.join(dir_, "manifest.json"), manifest, nonfinite="keep")
 
 
 # ---------------------------------------------------------------------------------------------------- latent bounds
@@ -470,11 +470,7 @@ def add_latent_bounds(bundle_dir: str, data, split: str = "train") -> Dict:
     verify_sums(bundle_dir, manifest)
     _set_bounds(manifest, compute_latent_bounds(bundle_dir, manifest, data, split=split))
     manifest = _order_manifest(_finish_manifest(manifest, manifest["files"]))
-    tmp = os.path.join(bundle_dir, ".manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, os.path.join(bundle_dir, "manifest.json"))
+    _write_manifest(bundle_dir, manifest)
     return manifest
 
 
@@ -570,11 +566,7 @@ def add_novelty_calibration(bundle_dir: str, data, split: str = "val", tail: Opt
     manifest["novelty"] = compute_novelty_block(bundle_dir, manifest, data, split=split, tail=tail,
                                                 statistics=statistics)
     manifest = _order_manifest(manifest)
-    tmp = os.path.join(bundle_dir, ".manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, os.path.join(bundle_dir, "manifest.json"))
+    _write_manifest(bundle_dir, manifest)
     return manifest
 
 

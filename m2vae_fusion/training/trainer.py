@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from m2vae_fusion.errors import UserError
+from m2vae_fusion.files import write_json
 from m2vae_fusion.training import config as cfgmod
 from m2vae_fusion.training.data import Split, class_names_of, load_dataset
 from m2vae_fusion.training import objectives
@@ -128,8 +129,7 @@ class Run:
                                 "samples": int(sum((meta.get("splits") or {}).values()))}}
             if meta.get("world"):  # the simulated world (absent: easy, or not simulated); the demo tours it
                 info["dataset"]["world"] = meta["world"]
-            with open(os.path.join(self.run_dir, "dataset.json"), "w") as f:
-                json.dump(info, f, indent=2)
+            write_json(os.path.join(self.run_dir, "dataset.json"), info)
 
     def dataset_info(self) -> dict:
         p = os.path.join(self.run_dir, "dataset.json")
