@@ -6,7 +6,8 @@ run as child processes so that they can be placed in a network namespace (``ip n
   corrupt outputs of the agents named in ``agents`` (non-finite latents, non-finite or non-normalised beliefs;
   m2vae_fusion.benchmarks.hostile) and,
   for every shared latent received from another agent, the age of that agent's newest evidence in it (receive wall
-  time − newest modality stamp whose source is the sender). Writes everything at the end (SIGTERM/SIGINT).
+  time − newest modality stamp whose source is the sender; the shared topic subscribed best effort, as the agents
+  do). Writes everything at the end (SIGTERM/SIGINT).
 - ``fuzzer``: publishes hostile messages (m2vae_fusion.benchmarks.hostile) of every kind to the agents' sensor topics
   and the shared latent topic at a fixed rate; must-refuse latents name the target the agent inspects now (from its
   ``target_of_interest``), the others targets of their own (``fuzz_<agent>``). Writes what it sent.
@@ -104,8 +105,9 @@ def monitor(spec: dict, rclpy, stop: _Stop) -> int:
     subs = [node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, qos)]
     for a in spec.get("belief_agents", []):
         subs.append(node.create_subscription(ClassBelief, f"/{a}/belief", lambda m, a=a: on_belief(m, a), qos))
-    if spec.get("shared_topic"):
-        subs.append(node.create_subscription(LatentEmbedding, spec["shared_topic"], on_latent, qos))
+    if spec.get("shared_topic"):  # as the agents subscribe (best effort: a lost latent is not repaired late)
+        subs.append(node.create_subscription(LatentEmbedding, spec["shared_topic"], on_latent, QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.BEST_EFFORT)))
     for a in spec.get("latent_agents", []):
         subs.append(node.create_subscription(LatentEmbedding, f"/{a}/latent", on_latent, qos))
     if spec.get("truth_topic"):
