@@ -5,7 +5,9 @@
 1. ``fuzz``: 3 agents tour the world twice with the same seed, once alone and once while a fuzzer process
    (:mod:`m2vae_fusion.benchmarks.reliability_children`) sends hostile messages of every kind in
    :mod:`m2vae_fusion.benchmarks.hostile` (images, LaserScans, reflectance scans, peer latents with finite extremes,
-   bad stamps and ids) mixed with the honest traffic. Reported: crashes (nodes that exited), corrupt outputs
+   bad stamps and ids) mixed with the honest traffic. The cases a node may accept (valid but odd frames and latents)
+   go about targets of their own: latents name ``fuzz_<agent>``, sensor frames are stamped inside an agent's transit
+   (``--fuzz-accepted-sensor any``: at any time, where a valid fake frame becomes evidence about the honest target). Reported: crashes (nodes that exited), corrupt outputs
    (non-finite latents, non-finite or non-normalised beliefs, counted by a monitor process), hostile messages sent
    and the drops the nodes counted (by source and reason; the sensor topics are best-effort depth 1 as deployed, so
    some hostile messages are superseded in DDS before they reach a callback: ``received`` says how many arrived),
@@ -73,6 +75,10 @@ def configure(parser):
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip, from {','.join(PARTS)}")
     parser.add_argument("--objects", type=int, help="objects in the world (easy world; default 8, --quick 4)")
     parser.add_argument("--fuzz-messages", type=int, help="hostile messages in the fuzz part (default 10500)")
+    parser.add_argument("--fuzz-accepted-sensor", choices=("transit", "any"), default="transit",
+                        help="when the fuzzer sends the sensor cases a node may accept (valid but odd frames): only "
+                             "stamped inside an agent's transit, fused into no target (default), or at any time, "
+                             "where they become evidence about the honest target")
     parser.add_argument("--loss-seeds", type=int, help="world seeds of the loss part (default 5)")
     parser.add_argument("--loss-percent", type=float, default=20.0, help="packets dropped on the link (%%)")
     parser.add_argument("--loss-share-rate", type=float,
@@ -348,7 +354,8 @@ def part_fuzz(ctx, opts, say) -> dict:
         if fuzz:
             fspec = {"agents": list(agents), "manifest": ctx["manifest_path"], "shared_topic": "/m2vae/latents",
                      "messages": opts["fuzz_messages"], "rate": opts["fuzz_messages"] / max(1.0, duration - 2.0),
-                     "seed": ctx["seed"], "peer": "fuzz_peer"}
+                     "seed": ctx["seed"], "peer": "fuzz_peer", "accepted_sensor": opts["fuzz_accepted_sensor"],
+                     "transit_window": 0.6}
         say(f"fuzz: {label.replace('_', ' ')} ({duration:.0f} s of the world, 3 agents)")
         # the agents trust each other and the fuzzer's trusted-but-faulty peer id, not its other ids (the trust
         # list is the defence against unknown agents; with an empty list every agent id is merged)
@@ -807,6 +814,7 @@ def run(args) -> int:
         raise UserError("--loss-percent must lie in (0, 100)")
     opts["loss_percent"] = float(args.loss_percent)
     opts["loss_share_rate"] = args.loss_share_rate
+    opts["fuzz_accepted_sensor"] = args.fuzz_accepted_sensor
     model_dir = os.path.abspath(args.model_dir or share_path("models", "amiro"))
     manifest = read_manifest(model_dir)
     cfg = resolve_world(DemoConfig(model_dir=model_dir, num_objects=opts["objects"], seed=args.seed), manifest)
