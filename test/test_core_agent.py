@@ -1,4 +1,5 @@
 """The agent's policy (m2vae_fusion.core.agent) without ROS, on a linear bundle whose fusion is exact."""
+import dataclasses
 import math
 
 import numpy as np
@@ -368,5 +369,12 @@ def test_peer_evidence_age(bundle):
     assert st["peer_evidence.age_samples"] == 2 and st["peer_evidence.age_discarded"] == 1
     assert st["peer_evidence.age_s.max"] == pytest.approx(0.7) and st["peer_evidence.age_s.p50"] == pytest.approx(0.45)
     assert st["peer_evidence.age_pending"] == 1       # the 9.0 s sample
+    # a contribution stamped beyond the future tolerance (a faulty relay) does not make the copy look fresh
+    lat = peer_from_latent(fuse(b, "lidar", 9.1, lidar()).latent)
+    lat = dataclasses.replace(lat, contribution_modalities=(*lat.contribution_modalities, "lidar"),
+                              contribution_sources=(*lat.contribution_sources, "b"),
+                              contribution_stamps_ns=(*lat.contribution_stamps_ns, s_to_ns(1e6)))
+    a.merge(lat, 9.2)
+    assert a.peer_evidence_age(9.2) == pytest.approx(0.1)
     a.reset()
     assert a.peer_evidence_age(10.0) is None and a.peer_evidence_stats(10.0) == {}

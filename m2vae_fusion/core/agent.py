@@ -518,7 +518,7 @@ class Agent:
             raise Drop(DropReason.EMPTY, f"latent from {peer.agent_id!r} names no modalities")
         self.check_stamp(max(stamps), self.config.latent_age_limit, now_s)  # newest slot: not stale, not future
         slots = peer_slots(peer, stamps, incs)
-        self._learn_peer_evidence(peer.target_id, slots)
+        self._learn_peer_evidence(peer.target_id, slots, now_s)
         with self._lock:
             own = self.store.get(peer.target_id)
             if own is not None and not any(m not in own.slots or s.stamp > own.slots[m].stamp
@@ -662,15 +662,16 @@ class Agent:
             i -= 1
         return stamps[i] <= held
 
-    def _learn_peer_evidence(self, target_id: str, slots: dict) -> None:
+    def _learn_peer_evidence(self, target_id: str, slots: dict, now_s: float) -> None:
         """Record the evidence stamps of other agents that an accepted peer latent about ``target_id`` holds (its
-        slots' newest stamps and listed contributions, whoever relays them) and confirm the pending age samples
-        they show the peer kept observing for."""
+        slots' newest stamps and listed contributions, whoever relays them; none later than ``now_s`` plus the
+        future tolerance) and confirm the pending age samples they show the peer kept observing for."""
         me = self.config.agent_id
+        latest = now_s + self.config.future_tolerance
         learned: dict = {}
         for sl in slots.values():
             for agent, stamp in sl.evidence:
-                if agent and agent != me and math.isfinite(stamp):
+                if agent and agent != me and math.isfinite(stamp) and stamp <= latest:
                     learned.setdefault(agent, set()).add(stamp)
         if not learned:
             return
