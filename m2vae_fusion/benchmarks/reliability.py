@@ -7,7 +7,8 @@
    :mod:`m2vae_fusion.benchmarks.hostile` (images, LaserScans, reflectance scans, peer latents with finite extremes,
    bad stamps and ids) mixed with the honest traffic. The cases a node may accept (valid but odd frames and latents)
    go about targets of their own: latents name ``fuzz_<agent>``, sensor frames are stamped inside an agent's transit
-   (``--fuzz-accepted-sensor any``: at any time, where a valid fake frame becomes evidence about the honest target). Reported: crashes (nodes that exited), corrupt outputs
+   (``--fuzz-accepted-sensor any``: at any time, where a valid fake frame becomes evidence about the honest target).
+   Reported: crashes (nodes that exited), corrupt outputs
    (non-finite latents, non-finite or non-normalised beliefs, counted by a monitor process), hostile messages sent
    and the drops the nodes counted (by source and reason; the sensor topics are best-effort depth 1 as deployed, so
    some hostile messages are superseded in DDS before they reach a callback: ``received`` says how many arrived),

@@ -11,9 +11,9 @@ run as child processes so that they can be placed in a network namespace (``ip n
 - ``fuzzer``: publishes hostile messages (m2vae_fusion.benchmarks.hostile) of every kind to the agents' sensor topics
   and the shared latent topic at a fixed rate; must-refuse latents name the target the agent inspects now (from its
   ``target_of_interest``), the others targets of their own (``fuzz_<agent>``), also the ones only the victim refuses
-  (``victim_only``: fabricated evidence attributed to the victim, which the other agents merge as a relay). A sensor message names no target: the
-  node fuses it into the target announced at its stamp, so the sensor cases a node may accept (a valid but odd image
-  or scan, ``must_refuse`` False) would become evidence about an honest target. With ``accepted_sensor: transit``
+  (``victim_only``: fabricated evidence attributed to the victim, which the other agents merge as a relay). A sensor
+  message names no target: the node fuses it into the target announced at its stamp, so the sensor cases a node may
+  accept (a valid but odd image or scan, ``must_refuse`` False) would become evidence about an honest target. With ``accepted_sensor: transit``
   (default) they are sent only stamped inside an agent's transit (its announcement of "no target" is at most
   ``transit_window`` s old), where they are parsed and checked but fused into nothing; at other times a must-refuse
   case of the same sensor goes instead. ``accepted_sensor: any`` sends them at any time (they then land in honest
