@@ -3,8 +3,8 @@
 Side ``a`` runs fusion node ``la`` (LiDAR), side ``b`` runs ``lb`` (reflectance), each in its own network namespace,
 each fed by this process's scans at 10 Hz about the same target. They exchange latents over the veth link that
 measure_loss.sh makes lossy with nftables. Side ``a`` prints ``la``'s peer-evidence age statistics from /diagnostics
-(``peer_evidence.age_s.*``: now minus the stamp of the newest peer slot held, sampled at every admitted observation
-and merged peer latent) as JSON at the end.
+(``peer_evidence.age_s.*``: how stale ``la``'s copy of ``lb``'s evidence about the target both observe is while
+``lb`` keeps observing it, m2vae_fusion.core.agent) as JSON at the end.
 """
 from __future__ import annotations
 

@@ -50,3 +50,32 @@ def test_targets_and_report_from_a_result():
     res["targets"] = rel.targets_of(res)
     text = rel.format_report(res)
     assert "with fuzz" in text and "demo/SIGINT" in text and "MISS" in text
+
+
+def test_loss_layout_tours_both_agents_over_the_same_objects_together():
+    """The peer-evidence age is about the target both agents observe: each namespace's world has one agent, so both
+    start at the first object and tour in the same order; agent1 listens to the shadow world's agent."""
+    ctx = {"objects": ["x", "y"], "world": "easy", "seed": 3, "loss_domain": 170}
+    lay = rel.netns_layout(ctx)
+    assert [s["params"]["num_agents"] for s in lay["sims"]] == [1, 1]
+    assert [s["params"]["seed"] for s in lay["sims"]] == [3, 3]
+    assert lay["sims"][1]["params"]["agent_prefix"] == "shadow"
+    assert lay["agents"]["agent1"]["topics"]["lidar_topic"] == "/shadow0/scan"
+    assert [s["prefix"][-1] for s in lay["sims"]] == list(rel.NS)
+
+
+def test_loss_report_over_seeds():
+    runs = [{"seed": s, "loss_percent": lp, "mean_accuracy": acc, "arrival_age_s": {"p50": 0.03, "p99": 0.1},
+             "evidence_age_s": {"p99": age}, "peer_latents_received": 100, "nft_dropped_packets": {"a": 5}}
+            for s, (lp, acc, age) in enumerate([(0.0, 1.0, 0.2), (0.0, 1.0, 0.3), (20.0, 1.0, 0.4), (20.0, 0.9, 0.6)])]
+    summ = {"0": {"mean_accuracy": 1.0, "accuracy_ci95": 0.0, "evidence_age_p99_s_mean": 0.25,
+                  "evidence_age_p99_s_ci95": 0.6, "evidence_age_p99_s_max": 0.3, "seeds": 2},
+            "20": {"mean_accuracy": 0.95, "accuracy_ci95": 0.64, "evidence_age_p99_s_mean": 0.5,
+                   "evidence_age_p99_s_ci95": 1.3, "evidence_age_p99_s_max": 0.6, "seeds": 2}}
+    res = {"loss": {"runs": runs, "summary": summ}}
+    rows = {t["name"]: t for t in rel.targets_of(res)}
+    assert rows["loss 20 %: accuracy drop (points)"]["value"] == pytest.approx(5.0)
+    assert rows["loss 20 %: accuracy drop (points)"]["pass"] is False
+    assert rows["loss 20 %: peer-evidence age p99"]["pass"] is False  # the worst seed counts
+    text = rel.format_report({**res, "targets": rel.targets_of(res)})
+    assert "Loss: over seeds" in text and "0.950 ± 0.640" in text

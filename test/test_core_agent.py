@@ -1,4 +1,5 @@
 """The agent's policy (m2vae_fusion.core.agent) without ROS, on a linear bundle whose fusion is exact."""
+import dataclasses
 import math
 
 import numpy as np
@@ -342,19 +343,38 @@ def test_resync_shares_every_belief_within_the_rate(bundle):
 
 
 def test_peer_evidence_age(bundle):
+    """The age of the held copy of a peer's evidence about the target both observe, counted while the peer keeps
+    observing it (its evidence continuous from the held stamp to the sample, learned also later); else discarded."""
     a, _ = make_agent(bundle, "a")
     b, _ = make_agent(bundle, "b")
     for ag in (a, b):
         ag.on_target(0.0, "t")
     assert a.peer_evidence_age(5.0) is None and a.peer_evidence_stats(5.0) == {}
-    fuse(a, "camera", 1.0, camera())
+    fuse(a, "camera", 1.0, camera())                  # no peer evidence held yet: no sample
     a.merge(peer_from_latent(fuse(b, "lidar", 1.5, lidar()).latent), 1.6)
-    assert a.peer_evidence_age(2.0) == pytest.approx(0.5)
-    for now in (1.7, 1.8, 1.9, 2.0):
-        a.admit("camera", now, now)
-    st = a.peer_evidence_stats(2.5)
-    assert st["peer_evidence.age_s"] == pytest.approx(1.0)
-    assert st["peer_evidence.age_s.max"] == pytest.approx(0.5) and st["peer_evidence.age_samples"] == 4
-    assert st["peer_evidence.age_s.p50"] == pytest.approx(0.35)
+    assert a.peer_evidence_age(2.0) == pytest.approx(0.5) and a.peer_evidence_age(2.0, "other") is None
+    a.admit("camera", 1.7, 1.7)                       # held 1.5 ≥ 1.7 − gap: 0.2 s at once
+    a.admit("camera", 2.2, 2.2)                       # held 1.5 < 2.2 − gap: pending (0.7 s)
+    st = a.peer_evidence_stats(2.2)
+    assert st["peer_evidence.age_samples"] == 1 and st["peer_evidence.age_pending"] == 1
+    # b kept observing (1.9 s: that latent lost; 2.1 s): the 2.1 s latent, arriving late, lists both observations
+    fuse(b, "lidar", 1.9, lidar())
+    a.merge(peer_from_latent(fuse(b, "lidar", 2.1, lidar()).latent), 2.3)
+    a.admit("camera", 3.5, 3.5)                       # pending, age 1.4 s ...
+    # ... but b's next evidence is stamped 3.6 s: b paused from 2.1 s to 3.6 s, the sample is not confirmed
+    a.merge(peer_from_latent(fuse(b, "lidar", 3.6, lidar()).latent), 3.7)
+    a.admit("camera", 9.0, 9.0)                       # the 3.5 s sample is past the horizon: discarded
+    st = a.peer_evidence_stats(9.0)
+    assert st["peer_evidence.age_s"] == pytest.approx(9.0 - 3.6)
+    assert st["peer_evidence.age_samples"] == 2 and st["peer_evidence.age_discarded"] == 1
+    assert st["peer_evidence.age_s.max"] == pytest.approx(0.7) and st["peer_evidence.age_s.p50"] == pytest.approx(0.45)
+    assert st["peer_evidence.age_pending"] == 1       # the 9.0 s sample
+    # a contribution stamped beyond the future tolerance (a faulty relay) does not make the copy look fresh
+    lat = peer_from_latent(fuse(b, "lidar", 9.1, lidar()).latent)
+    lat = dataclasses.replace(lat, contribution_modalities=(*lat.contribution_modalities, "lidar"),
+                              contribution_sources=(*lat.contribution_sources, "b"),
+                              contribution_stamps_ns=(*lat.contribution_stamps_ns, s_to_ns(1e6)))
+    a.merge(lat, 9.2)
+    assert a.peer_evidence_age(9.2) == pytest.approx(0.1)
     a.reset()
-    assert a.peer_evidence_age(3.0) is None
+    assert a.peer_evidence_age(10.0) is None and a.peer_evidence_stats(10.0) == {}

@@ -3,12 +3,15 @@
 peer LatentEmbeddings, finite extremes included (``mean = [3e38] * Dz``, 1e-38, ±1e30 log-variances), bad stamps
 and ids.
 
-Each case is ``Case(source, name, make, must_refuse)``: ``source`` is the node's drop-counter source (``camera``,
-``lidar``, ``reflectance``, ``peer``; ``cloud`` cases count as ``lidar`` on a node with ``lidar_type:
+Each case is ``Case(source, name, make, must_refuse, victim_only)``: ``source`` is the node's drop-counter source
+(``camera``, ``lidar``, ``reflectance``, ``peer``; ``cloud`` cases count as ``lidar`` on a node with ``lidar_type:
 PointCloud2``), ``make(now_ns, target_id)`` builds a fresh message, and ``must_refuse`` says the node has to drop it
 (counted as ``dropped.<source>.<reason>`` in /diagnostics). Cases that are not ``must_refuse`` are finite but unusual
 inputs a node may accept (a belief built from them must still be finite and normalised); send them about targets of
-their own, never about targets whose beliefs are compared.
+their own, never about targets whose beliefs are compared. ``victim_only`` cases are must-refuse for the victim
+only: a latent from a trusted peer relaying fabricated evidence attributed to the victim is spoofed for the victim,
+but every other agent merges it as a relay (the consistency checks cannot tell it from a real one: README,
+"Reliability and threat model"); on a topic others read too, send them about targets of their own as well.
 
 rclpy message types only (no torch).
 """
@@ -29,6 +32,9 @@ class Case:
     name: str
     make: Callable
     must_refuse: bool = True
+    #: refused by the victim only (it names the victim as the source of evidence the victim never produced); to any
+    #: other receiver of the shared topic it is a valid relay by a trusted peer, which it merges: a target of its own
+    victim_only: bool = False
 
     @property
     def counter_source(self) -> str:
@@ -234,7 +240,7 @@ def latent_cases(model_id: str, dim: int, victim: str, peer: str = "fuzz_peer", 
         Case("peer", "unknown_format", L(fmt=250)),
         Case("peer", "spoofed_own_evidence", lambda t, target: _latent(t, target, model_id, D, agent=peer,
                                                                         sources=[victim], contributors=[peer, victim],
-                                                                        stamp=t + 200_000_000)),
+                                                                        stamp=t + 200_000_000), victim_only=True),
         # finite extremes a node may accept (capped): about fuzz targets only; outputs must stay finite
         Case("peer", "mean_1e-38", L(mean=np.full(D, 1e-38, f)), must_refuse=False),
         Case("peer", "logvar_-1e30", L(logvar=np.full(D, -1e30, f)), must_refuse=False),

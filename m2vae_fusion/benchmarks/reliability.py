@@ -5,7 +5,10 @@
 1. ``fuzz``: 3 agents tour the world twice with the same seed, once alone and once while a fuzzer process
    (:mod:`m2vae_fusion.benchmarks.reliability_children`) sends hostile messages of every kind in
    :mod:`m2vae_fusion.benchmarks.hostile` (images, LaserScans, reflectance scans, peer latents with finite extremes,
-   bad stamps and ids) mixed with the honest traffic. Reported: crashes (nodes that exited), corrupt outputs
+   bad stamps and ids) mixed with the honest traffic. The cases a node may accept (valid but odd frames and latents)
+   go about targets of their own: latents name ``fuzz_<agent>``, sensor frames are stamped inside an agent's transit
+   (``--fuzz-accepted-sensor any``: at any time, where a valid fake frame becomes evidence about the honest target).
+   Reported: crashes (nodes that exited), corrupt outputs
    (non-finite latents, non-finite or non-normalised beliefs, counted by a monitor process), hostile messages sent
    and the drops the nodes counted (by source and reason; the sensor topics are best-effort depth 1 as deployed, so
    some hostile messages are superseded in DDS before they reach a callback: ``received`` says how many arrived),
@@ -16,15 +19,19 @@
    (over the objects it held beliefs about then), its first belief after the restart, and the ``spoofed`` drops it
    counted (peers relaying its own pre-crash evidence).
 3. ``loss``: 2 agents (camera / LiDAR + reflectance) in two network namespaces joined by a veth pair; each namespace
-   runs its own copy of the simulated world (same seed: same objects and tours), so only the agents' exchange crosses
-   the link, where nftables drops a random 20 % of the packets in both directions (``numgen random mod 100 < 20``;
-   this kernel has no netem). Fast DDS over UDPv4 only (no shared memory across namespaces), discovery range SUBNET
-   (the namespaces see nothing of the host's other DDS traffic). Reported per seed, with and without loss: accuracy
-   and the age of the sender's newest evidence in each shared latent when a monitor process in the receiving
-   namespace gets it (receive wall time − newest modality stamp from the sender; same clock), p50/p99. Needs root,
-   ``ip`` and ``nft``: ``scripts/install_netns_deps.sh`` installs them from the distribution where missing (root);
-   without root the part is skipped with the reason printed. The namespaces are deleted at the end, also on
-   failure or Ctrl-C.
+   runs its own copy of the simulated world with one agent (same seed: same objects, same tour order, so both agents
+   inspect the same object at about the same time), so only the agents' exchange crosses the link, where nftables
+   drops a random 20 % of the packets entering each namespace (``numgen random mod 100 < 20``; this kernel has no
+   netem). Fast DDS over UDPv4 only (no shared memory across namespaces), discovery range SUBNET (the namespaces
+   see nothing of the host's other DDS traffic). Reported per seed, with and without loss: accuracy and the
+   receiving nodes' own peer-evidence age (``peer_evidence.age_s.p99`` from /diagnostics: how stale a node's copy of
+   the peer's evidence about the target both observe is while the peer keeps observing it,
+   :mod:`m2vae_fusion.core.agent`); over the seeds the mean accuracy with a 95 % Student-t interval. Also the age of
+   the sender's newest evidence in each shared latent when a monitor process in the receiving namespace gets it
+   (receive wall time − newest modality stamp from the sender; same clock), p50/p99. ``--loss-share-rate`` sets the
+   agents' ``shared_latent_rate``. Needs root, ``ip`` and ``nft``: ``scripts/install_netns_deps.sh`` installs them
+   from the distribution where missing (root); without root the part is skipped with the reason printed. The
+   namespaces are deleted at the end, also on failure or Ctrl-C.
 4. ``soak``: 8 agents for ``--soak-minutes``: each node's RSS (psutil, every 10 s) and its receive → publish latency
    percentiles from ``/diagnostics`` over time; reported as the change between the first and the last minute.
 5. ``stops``: ``--stops`` stops spread over program (fusion_node, sim_world, demo, recorder) × signal (SIGINT,
@@ -69,8 +76,14 @@ def configure(parser):
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip, from {','.join(PARTS)}")
     parser.add_argument("--objects", type=int, help="objects in the world (easy world; default 8, --quick 4)")
     parser.add_argument("--fuzz-messages", type=int, help="hostile messages in the fuzz part (default 10500)")
+    parser.add_argument("--fuzz-accepted-sensor", choices=("transit", "any"), default="transit",
+                        help="when the fuzzer sends the sensor cases a node may accept (valid but odd frames): only "
+                             "stamped inside an agent's transit, fused into no target (default), or at any time, "
+                             "where they become evidence about the honest target")
     parser.add_argument("--loss-seeds", type=int, help="world seeds of the loss part (default 5)")
     parser.add_argument("--loss-percent", type=float, default=20.0, help="packets dropped on the link (%%)")
+    parser.add_argument("--loss-share-rate", type=float,
+                        help="the loss part's agents' shared_latent_rate (Hz per target; default: config/fusion.yaml)")
     parser.add_argument("--soak-minutes", type=float, help="minutes of the 8-agent soak (default 5)")
     parser.add_argument("--stops", type=int, help="stops in the stops part (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="world seed of the fuzz, restart and soak parts")
@@ -342,7 +355,8 @@ def part_fuzz(ctx, opts, say) -> dict:
         if fuzz:
             fspec = {"agents": list(agents), "manifest": ctx["manifest_path"], "shared_topic": "/m2vae/latents",
                      "messages": opts["fuzz_messages"], "rate": opts["fuzz_messages"] / max(1.0, duration - 2.0),
-                     "seed": ctx["seed"], "peer": "fuzz_peer"}
+                     "seed": ctx["seed"], "peer": "fuzz_peer", "accepted_sensor": opts["fuzz_accepted_sensor"],
+                     "transit_window": 0.6}
         say(f"fuzz: {label.replace('_', ' ')} ({duration:.0f} s of the world, 3 agents)")
         # the agents trust each other and the fuzzer's trusted-but-faulty peer id, not its other ids (the trust
         # list is the defence against unknown agents; with an empty list every agent id is merged)
@@ -508,21 +522,23 @@ def netns_down() -> None:
 
 
 def netns_layout(ctx: dict) -> dict:
-    """agent0 (camera) + a world in namespace a; agent1 (LiDAR + reflectance) + a copy of the world publishing
-    under /shadow<k> in namespace b; one monitor per namespace."""
-    rigs = ["camera", "lidar+reflectance"]
-    sim = {"num_agents": 2, "sensors": rigs, "objects": ctx["objects"], "world": ctx["world"], "seed": ctx["seed"],
+    """agent0 (camera) + a world in namespace a; agent1 (LiDAR + reflectance) + a copy of the world publishing under
+    /shadow0 in namespace b; one monitor per namespace. Each world has one agent, so both agents tour the objects
+    in the same order at (about) the same time: they observe the same target together, which is what the
+    peer-evidence age is about (the worlds start a few tenths of a second apart; the node counts an age sample only
+    while the peer observes the target)."""
+    sim = {"num_agents": 1, "objects": ctx["objects"], "world": ctx["world"], "seed": ctx["seed"],
            "inspect_duration": 4.0, "transit_duration": 1.0}
     pre = [["ip", "netns", "exec", ns] for ns in NS]
-    shadow = {"camera_topic": "/shadow1/camera/image_raw", "lidar_topic": "/shadow1/scan",
-              "reflectance_topic": "/shadow1/reflectance", "target_topic": "/shadow1/target_of_interest"}
+    shadow = {"camera_topic": "/shadow0/camera/image_raw", "lidar_topic": "/shadow0/scan",
+              "reflectance_topic": "/shadow0/reflectance", "target_topic": "/shadow0/target_of_interest"}
     return {"env": {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4",
                     "ROS_DOMAIN_ID": str(ctx["loss_domain"]), "FASTDDS_DEFAULT_PROFILES_FILE": ""},
             "agents": {"agent0": {"rig": ["camera"], "prefix": pre[0]},
                        "agent1": {"rig": ["lidar", "reflectance"], "prefix": pre[1], "topics": shadow}},
-            "sims": [{"params": sim, "prefix": pre[0]},
-                     {"params": {**sim, "agent_prefix": "shadow", "ground_truth_topic": "/sim_b/ground_truth"},
-                      "prefix": pre[1]}],
+            "sims": [{"params": {**sim, "sensors": ["camera"]}, "prefix": pre[0]},
+                     {"params": {**sim, "sensors": ["lidar+reflectance"], "agent_prefix": "shadow",
+                                 "ground_truth_topic": "/sim_b/ground_truth"}, "prefix": pre[1]}],
             "monitors": {"monitor_a": {"prefix": pre[0], "spec": {
                              "belief_agents": ["agent0"], "shared_topic": "/m2vae/latents",
                              "truth_topic": "/sim/ground_truth", "age_from": ["agent1"]}},
@@ -550,6 +566,7 @@ def part_loss(ctx, opts, say) -> dict:
     import numpy as np
 
     runs = []
+    share = {} if opts.get("loss_share_rate") is None else {"shared_latent_rate": float(opts["loss_share_rate"])}
     try:
         for seed in range(opts["loss_seeds"]):
             for loss in (0.0, opts["loss_percent"]):
@@ -558,7 +575,8 @@ def part_loss(ctx, opts, say) -> dict:
                 netns_up(loss)
                 try:
                     with WorldRun(sctx, netns_layout(sctx), ctx["tour"],
-                                  os.path.join(ctx["log_dir"], f"loss_{seed}_{int(loss)}")) as run:
+                                  os.path.join(ctx["log_dir"], f"loss_{seed}_{int(loss)}"),
+                                  agent_params=share) as run:
                         r = run.run()
                     drops = netns_drops() if loss > 0 else {}
                 finally:
@@ -568,30 +586,41 @@ def part_loss(ctx, opts, say) -> dict:
                        **accuracy(mb, ["agent1"], ctx["class_names"])}
                 ages = [x[2] for m in (ma, mb) for x in m.get("latent_ages", [])]
                 a = np.asarray(ages) if ages else None
-                # the issue's measure: at each receiving agent, now minus the stamp of the newest peer slot it holds,
-                # as the node itself summarises it in /diagnostics (peer_evidence.age_s.p99 over its last samples)
+                # the issue's measure, as each receiving node summarises it in /diagnostics: how stale its copy of
+                # the peer's evidence about the target both observe is while the peer observes it
+                # (peer_evidence.age_s.p99 over its last 1000 confirmed samples, i.e. the whole tour)
                 held = [_diag_value(m, agent, "peer_evidence.age_s.p99") for m, agent in ((ma, "agent0"),
                                                                                           (mb, "agent1"))]
                 held = [v for v in held if v is not None]
+                samples = {agent: {k: _diag_value(m, agent, f"peer_evidence.age_{k}")
+                                   for k in ("samples", "discarded", "pending")}
+                           for m, agent in ((ma, "agent0"), (mb, "agent1"))}
                 runs.append({"seed": seed, "loss_percent": loss, "accuracy": acc, "mean_accuracy": _mean(acc.values()),
                              "peer_latents_received": len(ages),
                              "arrival_age_s": None if a is None else {
                                  "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
                                  "max": float(a.max())},
-                             "evidence_age_s": {"p99": max(held)} if held else None,
+                             "evidence_age_s": {"p99": max(held), "per_agent_p99": held,
+                                                "samples": samples} if held else None,
+                             "load_average": load_average(),
                              "nft_dropped_packets": drops, "crashed": r["crashed"],
                              "corrupt_outputs": (ma.get("n_corrupt") or 0) + (mb.get("n_corrupt") or 0),
                              "exit_codes": r["exit_codes"]})
     finally:
         netns_down()
+    from m2vae_fusion.benchmarks.alpha import interval
+
     summ = {}
     for loss in (0.0, opts["loss_percent"]):
         rr = [x for x in runs if x["loss_percent"] == loss]
         p99 = [x["evidence_age_s"]["p99"] for x in rr if x["evidence_age_s"]]
+        acc = interval([x["mean_accuracy"] for x in rr if x["mean_accuracy"] is not None])
         summ[f"{loss:g}"] = {"mean_accuracy": _mean([x["mean_accuracy"] for x in rr]),
-                             "evidence_age_p99_s_mean": _mean(p99), "evidence_age_p99_s_max": max(p99) if p99 else None,
-                             "seeds": len(rr)}
-    return {"runs": runs, "summary": summ, "loss_percent": opts["loss_percent"]}
+                             "accuracy_ci95": acc["ci95"], "evidence_age_p99_s_mean": _mean(p99),
+                             "evidence_age_p99_s_ci95": interval(p99)["ci95"],
+                             "evidence_age_p99_s_max": max(p99) if p99 else None, "seeds": len(rr)}
+    return {"runs": runs, "summary": summ, "loss_percent": opts["loss_percent"],
+            "shared_latent_rate": share.get("shared_latent_rate", "config/fusion.yaml")}
 
 
 def part_soak(ctx, opts, say) -> dict:
@@ -785,6 +814,8 @@ def run(args) -> int:
     if not 0 < args.loss_percent < 100:
         raise UserError("--loss-percent must lie in (0, 100)")
     opts["loss_percent"] = float(args.loss_percent)
+    opts["loss_share_rate"] = args.loss_share_rate
+    opts["fuzz_accepted_sensor"] = args.fuzz_accepted_sensor
     model_dir = os.path.abspath(args.model_dir or default_bundle_path())
     manifest = read_manifest(model_dir)
     cfg = resolve_world(DemoConfig(model_dir=model_dir, num_objects=opts["objects"], seed=args.seed), manifest)
@@ -911,6 +942,11 @@ def format_report(res: dict) -> str:
         out.append(table(["seed", "loss", "accuracy", "arrival age p50 s", "arrival age p99 s", "held age p99 s",
                           "peer latents", "nft drops"], body,
                          "Loss between network namespaces"))
+        body = [[f"{k} %", v["seeds"], f"{fmt(v['mean_accuracy'], 3)} ± {fmt(v.get('accuracy_ci95'), 3)}",
+                 f"{fmt(v['evidence_age_p99_s_mean'], 3)} ± {fmt(v.get('evidence_age_p99_s_ci95'), 3)}",
+                 fmt(v["evidence_age_p99_s_max"], 3)] for k, v in (ls.get("summary") or {}).items()]
+        out.append(table(["loss", "seeds", "accuracy (mean ± 95 %)", "held age p99 s (mean ± 95 %)",
+                          "held age p99 s (worst)"], body, "Loss: over seeds"))
     elif "skipped" in ls:
         out.append(f"Loss between network namespaces: skipped: {ls['skipped']}")
     sk = res.get("soak") or {}

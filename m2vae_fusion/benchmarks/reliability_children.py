@@ -6,10 +6,19 @@ run as child processes so that they can be placed in a network namespace (``ip n
   corrupt outputs of the agents named in ``agents`` (non-finite latents, non-finite or non-normalised beliefs;
   m2vae_fusion.benchmarks.hostile) and,
   for every shared latent received from another agent, the age of that agent's newest evidence in it (receive wall
-  time − newest modality stamp whose source is the sender). Writes everything at the end (SIGTERM/SIGINT).
+  time − newest modality stamp whose source is the sender; the shared topic subscribed best effort, as the agents
+  do). Writes everything at the end (SIGTERM/SIGINT).
 - ``fuzzer``: publishes hostile messages (m2vae_fusion.benchmarks.hostile) of every kind to the agents' sensor topics
   and the shared latent topic at a fixed rate; must-refuse latents name the target the agent inspects now (from its
-  ``target_of_interest``), the others targets of their own (``fuzz_<agent>``). Writes what it sent.
+  ``target_of_interest``), the others targets of their own (``fuzz_<agent>``), also the ones only the victim refuses
+  (``victim_only``: fabricated evidence attributed to the victim, which the other agents merge as a relay). A sensor
+  message names no target: the node fuses it into the target announced at its stamp, so the sensor cases a node may
+  accept (a valid but odd image or scan, ``must_refuse`` False) would become evidence about an honest target. With ``accepted_sensor: transit``
+  (default) they are sent only stamped inside an agent's transit (its announcement of "no target" is at most
+  ``transit_window`` s old), where they are parsed and checked but fused into nothing; at other times a must-refuse
+  case of the same sensor goes instead. ``accepted_sensor: any`` sends them at any time (they then land in honest
+  beliefs: a fake but valid frame on a sensor topic is evidence, which no consistency check can tell from a real
+  one). Writes what it sent.
 
 Run as ``python -m m2vae_fusion.benchmarks.reliability_children --ros-args`` with ``M2VAE_BENCH_CHILD=<spec.json>``
 (as :mod:`m2vae_fusion.benchmarks.children`): the spec names the role, its parameters, ``ready_file`` (written once
@@ -104,8 +113,9 @@ def monitor(spec: dict, rclpy, stop: _Stop) -> int:
     subs = [node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, qos)]
     for a in spec.get("belief_agents", []):
         subs.append(node.create_subscription(ClassBelief, f"/{a}/belief", lambda m, a=a: on_belief(m, a), qos))
-    if spec.get("shared_topic"):
-        subs.append(node.create_subscription(LatentEmbedding, spec["shared_topic"], on_latent, qos))
+    if spec.get("shared_topic"):  # as the agents subscribe (best effort: a lost latent is not repaired late)
+        subs.append(node.create_subscription(LatentEmbedding, spec["shared_topic"], on_latent, QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.BEST_EFFORT)))
     for a in spec.get("latent_agents", []):
         subs.append(node.create_subscription(LatentEmbedding, f"/{a}/latent", on_latent, qos))
     if spec.get("truth_topic"):
@@ -149,9 +159,12 @@ def fuzzer(spec: dict, rclpy, stop: _Stop) -> int:
             for s, t in topics.items()}
     shared = node.create_publisher(LatentEmbedding, spec["shared_topic"], reliable)
     current = {a: "" for a in agents}
+    empty_since = {a: None for a in agents}  # stamp (ns) of the agent's newest "no target" announcement in force
+    from m2vae_fusion.core import messages as conv
 
     def on_target(msg, a):
         current[a] = msg.target_id
+        empty_since[a] = None if msg.target_id else conv.stamp_to_ns(msg.header.stamp)
 
     subs = [node.create_subscription(TargetOfInterest, f"/{a}/target_of_interest",
                                      lambda m, a=a: on_target(m, a), QoSProfile(depth=10)) for a in agents]
@@ -164,8 +177,14 @@ def fuzzer(spec: dict, rclpy, stop: _Stop) -> int:
             break
     _write(spec["ready_file"], {"pid": os.getpid()})
     rng = np.random.default_rng(int(spec.get("seed", 0)))
+    accepted = spec.get("accepted_sensor", "transit")
+    if accepted not in ("transit", "any"):
+        raise ValueError(f"accepted_sensor must be transit or any, got {accepted!r}")
+    window_ns = int(float(spec.get("transit_window", 0.6)) * 1e9)
+    refused = {src: [c for c in sensors if c.source == src and c.must_refuse] for src in topics}
     rate, total = float(spec["rate"]), int(spec["messages"])
     sent: dict = {}
+    in_transit = 0  # accepted-kind sensor messages sent stamped inside a transit
     t_next = time.monotonic()
     i = 0
     latent_cases = {a: hostile.latent_cases(manifest["model_id"], int(manifest["latent_dim"]), victim=a,
@@ -180,18 +199,27 @@ def fuzzer(spec: dict, rclpy, stop: _Stop) -> int:
         a = agents[i % len(agents)]
         if rng.random() < float(spec.get("latent_fraction", 0.4)):
             c = latent_cases[a][int(rng.integers(len(latent_cases[a])))]
-            target = current[a] if (c.must_refuse and current[a]) else f"fuzz_{a}"
+            # the shared topic reaches every agent: a case only the victim refuses goes about a target of its own
+            target = current[a] if (c.must_refuse and not c.victim_only and current[a]) else f"fuzz_{a}"
             shared.publish(c.make(node.get_clock().now().nanoseconds, target))
         else:
             c = sensors[int(rng.integers(len(sensors)))]
-            pubs[(a, c.source)].publish(c.make(node.get_clock().now().nanoseconds))
+            stamp = node.get_clock().now().nanoseconds
+            if not c.must_refuse and accepted == "transit":
+                t_empty = empty_since[a]
+                if t_empty is None or not 0 <= stamp - t_empty <= window_ns:
+                    c = refused[c.source][int(rng.integers(len(refused[c.source])))]
+                else:
+                    in_transit += 1
+            pubs[(a, c.source)].publish(c.make(stamp))
         key = f"{c.counter_source}.{c.name}"
         sent[key] = sent.get(key, 0) + 1
         i += 1
     by_source: dict = {}
     for key, n in sent.items():
         by_source[key.split(".")[0]] = by_source.get(key.split(".")[0], 0) + n
-    _write(spec["result_file"], {"sent": i, "by_case": sent, "by_source": by_source})
+    _write(spec["result_file"], {"sent": i, "by_case": sent, "by_source": by_source, "accepted_sensor": accepted,
+                                 "accepted_sensor_in_transit": in_transit})
     while not stop.flag and rclpy.ok():  # stay (matched) until told to stop
         ex.spin_once(timeout_sec=0.1)
     del subs

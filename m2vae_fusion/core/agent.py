@@ -19,8 +19,13 @@ An :class:`Agent` owns one :class:`~m2vae_fusion.core.fusion.FusionEngine` and o
 - **late joiners**: :meth:`Agent.note_peer` tells when a peer appears (a new agent id or a new incarnation), and
   :meth:`Agent.resync` queues every held belief to share now, so a new or restarted peer gets the current
   beliefs without waiting for a change;
-- **peer-evidence age**: now minus the stamp of the newest peer slot held, sampled at every admitted observation and
-  every merged peer latent (:meth:`Agent.peer_evidence_age`, :meth:`Agent.peer_evidence_stats`);
+- **peer-evidence age**: how stale this agent's copy of a peer's evidence about the target both observe is while
+  the peer keeps observing it: at every own observation admitted for a target, for each peer whose evidence about
+  that target the agent holds, now minus the stamp of the newest evidence of that peer about it held. A sample
+  counts once the peer is known to have observed the target without a pause longer than :data:`PEER_AGE_GAP` s from
+  that held stamp up to the sample (its evidence stamps, from the slots and contribution lists of any latent, also
+  ones received later); otherwise (the peer was elsewhere) it is discarded after :data:`PEER_AGE_HORIZON` s and
+  counted (:meth:`Agent.peer_evidence_age`, :meth:`Agent.peer_evidence_stats`);
 - **format and model checks**: a message of another format version or another ``model_id`` is refused;
 - **merge only when the peer adds evidence** (a newer slot; FUSION 2019, Eq. 18 applied to latents, see
   :meth:`FusionEngine.merge`), otherwise the latent is counted as redundant and nothing is published;
@@ -42,7 +47,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter, deque
+from bisect import bisect_right
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
@@ -61,6 +67,15 @@ FORMAT_VERSION = 3
 ACCEPTED_FORMAT_VERSIONS = frozenset({2, FORMAT_VERSION})
 #: How many peer-evidence age samples :meth:`Agent.peer_evidence_stats` summarises.
 PEER_AGE_WINDOW = 1000
+#: s: a peer observes a target continuously while its evidence stamps about it are at most this far apart (its sensors
+#: run at 10-15 Hz); a longer pause means it was elsewhere, and the staleness of a copy then is not the link's
+PEER_AGE_GAP = 0.5
+#: s: an age sample whose peer is not known to have observed the target continuously within this long is discarded
+PEER_AGE_HORIZON = 5.0
+#: (peer, target) pairs whose evidence stamps are remembered for the age (least recently used forgotten), and stamps
+#: remembered per pair (newest; 128 cover 6 s of a peer with two 10 Hz sensors)
+PEER_AGE_KEYS = 256
+PEER_AGE_STAMPS = 128
 
 
 def ns_to_s(ns: int) -> float:
@@ -346,8 +361,11 @@ class Agent:
         self._share_last: dict = {}               # target → clock() of its last shared latent
         self._share_pending: dict = {}            # target → newest LatentOutput waiting for its turn
         self._peers: dict = {}                    # peer agent id → newest incarnation seen
-        self._peer_newest = -math.inf             # stamp (s) of the newest peer slot merged into a held belief
-        self._peer_ages: deque = deque(maxlen=PEER_AGE_WINDOW)  # (now − _peer_newest) samples, s
+        self._age_lock = threading.Lock()         # the peer-evidence age state below
+        self._peer_stamps: OrderedDict = OrderedDict()  # (peer, target) → sorted stamps (s) of its evidence held
+        self._age_pending: deque = deque()        # (t, peer, target, held stamp) samples not confirmed, t ascending
+        self._peer_ages: deque = deque(maxlen=PEER_AGE_WINDOW)  # confirmed age samples, s
+        self._age_discarded = 0                   # samples discarded: the peer did not observe the target then
 
     def _own_count(self, key: str, n: int = 1) -> None:
         self.counts[key] += n
@@ -430,10 +448,11 @@ class Agent:
         Raises:
             Drop: STALE / FUTURE.
         """
-        self._sample_peer_age(now_s)
         target = admit_observation(self.timeline, stamp, now_s, self.config)
         if target is None:
             self._count(f"no_target.{modality}")
+        else:
+            self._sample_peer_age(target.target_id, now_s)
         return target
 
     def crop_position(self, target: Target) -> tuple | None:
@@ -545,7 +564,6 @@ class Agent:
                            f"latent from {peer.agent_id!r} holds evidence of untrusted agents {others}")
         stamps = [ns_to_s(s) for s in peer.modality_stamps_ns]
         incs = tuple(getattr(peer, "modality_source_incarnations", ()) or ()) or (0,) * len(stamps)
-        self._sample_peer_age(now_s)
         with self._lock:
             for m, s, src, inc in zip(peer.modalities, stamps, peer.modality_sources, incs):
                 if src == me:
@@ -562,6 +580,7 @@ class Agent:
             raise Drop(DropReason.EMPTY, f"latent from {peer.agent_id!r} names no modalities")
         self.check_stamp(max(stamps), self.config.latent_age_limit, now_s)  # newest slot: not stale, not future
         slots = peer_slots(peer, stamps, incs)
+        self._learn_peer_evidence(peer.target_id, slots, now_s)
         with self._lock:
             own = self.store.get(peer.target_id)
             if own is not None and not any(m not in own.slots or s.stamp > own.slots[m].stamp
@@ -577,8 +596,6 @@ class Agent:
                 self._count("redundant.peer")
                 return None
             self.store.put(belief)
-            newest_peer = max((sl.stamp for sl in belief.slots.values() if sl.agent != me), default=-math.inf)
-            self._peer_newest = max(self._peer_newest, newest_peer)
             # tell the others only when the merged belief holds something the sender's latent does not
             news = any(belief.slots[m] != slots.get(m) for m in belief.slots)
             return self._outputs(belief, peer.frame_id, share=news)
@@ -664,29 +681,94 @@ class Agent:
         return self.timeline.frame_of(target_id)
 
     # -- peer-evidence age ------------------------------------------------------------------------------------
-    def peer_evidence_age(self, now_s: float) -> float | None:
-        """Seconds from the stamp of the newest peer slot merged into a held belief to ``now_s`` (None: none yet)."""
-        newest = self._peer_newest
-        return now_s - newest if newest > -math.inf else None
+    def peer_evidence_age(self, now_s: float, target_id: str | None = None) -> float | None:
+        """Seconds from the newest peer evidence held about ``target_id`` (default: the current target, see
+        :attr:`current_target`) to ``now_s``, over the peers whose evidence about it is held (the freshest copy);
+        None: none held."""
+        tid = self.current_target if target_id is None else target_id
+        with self._age_lock:
+            held = [st[-1] for (_, t), st in self._peer_stamps.items() if t == tid and st]
+        return now_s - max(held) if held else None
 
-    def _sample_peer_age(self, now_s: float) -> None:
-        age = self.peer_evidence_age(now_s)
-        if age is not None:
-            self._peer_ages.append(age)
+    def _sample_peer_age(self, target_id: str, now_s: float) -> None:
+        """One age sample per peer holding evidence about ``target_id``, at an own observation of it (time
+        ``now_s``): confirmed at once when the held evidence is within :data:`PEER_AGE_GAP`, else pending until
+        the peer's evidence is known to be continuous from the held stamp to ``now_s``
+        (:meth:`_learn_peer_evidence`)."""
+        with self._age_lock:
+            while self._age_pending and self._age_pending[0][0] < now_s - PEER_AGE_HORIZON:
+                self._age_pending.popleft()
+                self._age_discarded += 1
+            for (peer, t), st in self._peer_stamps.items():
+                if t != target_id or not st:
+                    continue
+                if st[-1] >= now_s - PEER_AGE_GAP:
+                    self._peer_ages.append(max(0.0, now_s - st[-1]))
+                elif len(self._age_pending) < 8 * PEER_AGE_WINDOW:
+                    self._age_pending.append((now_s, peer, t, st[-1]))
+
+    @staticmethod
+    def _continuous(stamps: list, held: float, t: float) -> bool:
+        """Whether the sorted ``stamps`` run from ``held`` to within :data:`PEER_AGE_GAP` before ``t`` with no gap
+        longer than it (the peer kept observing from its held evidence up to ``t``)."""
+        i = bisect_right(stamps, t) - 1
+        if i < 0 or stamps[i] < t - PEER_AGE_GAP:
+            return False
+        while i > 0 and stamps[i] > held:
+            if stamps[i] - stamps[i - 1] > PEER_AGE_GAP:
+                return False
+            i -= 1
+        return stamps[i] <= held
+
+    def _learn_peer_evidence(self, target_id: str, slots: dict, now_s: float) -> None:
+        """Record the evidence stamps of other agents that an accepted peer latent about ``target_id`` holds (its
+        slots' newest stamps and listed contributions, whoever relays them; none later than ``now_s`` plus the
+        future tolerance) and confirm the pending age samples they show the peer kept observing for."""
+        me = self.config.agent_id
+        latest = now_s + self.config.future_tolerance
+        learned: dict = {}
+        for sl in slots.values():
+            for agent, stamp in sl.evidence:
+                if agent and agent != me and math.isfinite(stamp) and stamp <= latest:
+                    learned.setdefault(agent, set()).add(stamp)
+        if not learned:
+            return
+        with self._age_lock:
+            for agent, new in learned.items():
+                key = (agent, target_id)
+                st = self._peer_stamps.get(key)
+                st = sorted(new) if st is None else sorted(set(st) | new)
+                self._peer_stamps[key] = st[-PEER_AGE_STAMPS:]
+                self._peer_stamps.move_to_end(key)
+            while len(self._peer_stamps) > PEER_AGE_KEYS:
+                self._peer_stamps.popitem(last=False)
+            keep = deque()
+            for t, agent, tid, held in self._age_pending:
+                if tid == target_id and agent in learned and \
+                        self._continuous(self._peer_stamps.get((agent, tid), []), held, t):
+                    self._peer_ages.append(t - held)
+                else:
+                    keep.append((t, agent, tid, held))
+            self._age_pending = keep
 
     def peer_evidence_stats(self, now_s: float) -> dict:
-        """The peer-evidence age now and over the last :data:`PEER_AGE_WINDOW` samples (taken at every admitted
-        observation and every peer latent reaching :meth:`merge`): ``peer_evidence.age_s`` (now),
-        ``peer_evidence.age_s.{p50,p90,p99,max}`` and ``peer_evidence.age_samples`` (window size); empty before any
-        peer evidence was merged."""
+        """The peer-evidence age (module docstring) now and over the last :data:`PEER_AGE_WINDOW` confirmed samples:
+        ``peer_evidence.age_s`` (now, about the current target; absent when none is held),
+        ``peer_evidence.age_s.{p50,p90,p99,max}`` (s), ``peer_evidence.age_samples`` (confirmed samples in the
+        window), ``peer_evidence.age_pending`` and ``peer_evidence.age_discarded`` (samples not confirmed yet /
+        discarded because the peer was not observing the target then); empty before any sample."""
         age = self.peer_evidence_age(now_s)
-        if age is None:
-            return {}
-        a = np.asarray(list(self._peer_ages) or [age], dtype=np.float64)
-        p50, p90, p99 = np.percentile(a, [50, 90, 99])
-        return {"peer_evidence.age_s": age, "peer_evidence.age_s.p50": float(p50),
-                "peer_evidence.age_s.p90": float(p90), "peer_evidence.age_s.p99": float(p99),
-                "peer_evidence.age_s.max": float(a.max()), "peer_evidence.age_samples": len(self._peer_ages)}
+        with self._age_lock:
+            a = np.asarray(self._peer_ages, dtype=np.float64)
+            pending, discarded = len(self._age_pending), self._age_discarded
+        out = {} if age is None else {"peer_evidence.age_s": age}
+        if a.size:
+            p50, p90, p99 = np.percentile(a, [50, 90, 99])
+            out.update({"peer_evidence.age_s.p50": float(p50), "peer_evidence.age_s.p90": float(p90),
+                        "peer_evidence.age_s.p99": float(p99), "peer_evidence.age_s.max": float(a.max()),
+                        "peer_evidence.age_samples": int(a.size), "peer_evidence.age_pending": pending,
+                        "peer_evidence.age_discarded": discarded})
+        return out
 
     # -- outputs and sharing ----------------------------------------------------------------------------------
     def latent_output(self, belief: Belief, frame_id: str) -> LatentOutput:
@@ -766,8 +848,11 @@ class Agent:
             n = self.store.clear()
         with self._share_lock:
             self._share_pending.clear()
-        self._peer_newest = -math.inf
-        self._peer_ages.clear()
+        with self._age_lock:
+            self._peer_stamps.clear()
+            self._age_pending.clear()
+            self._peer_ages.clear()
+            self._age_discarded = 0
         return n
 
     def expire(self) -> list:
@@ -822,6 +907,7 @@ def peer_slots(peer, stamps, incarnations=()) -> dict:
     return slots
 
 
-__all__ = ["ACCEPTED_FORMAT_VERSIONS", "PEER_AGE_WINDOW", "Agent", "AgentConfig", "BeliefOutput", "Drop", "FORMAT_VERSION",
+__all__ = ["ACCEPTED_FORMAT_VERSIONS", "PEER_AGE_GAP", "PEER_AGE_HORIZON", "PEER_AGE_KEYS", "PEER_AGE_STAMPS",
+           "PEER_AGE_WINDOW", "Agent", "AgentConfig", "BeliefOutput", "Drop", "FORMAT_VERSION",
            "LatentOutput", "Outputs", "PeerLatent", "Target", "TargetTimeline", "admit_observation", "check_stamp",
            "crop_position", "drop_from", "ns_to_s", "peer_from_latent", "s_to_ns"]

@@ -20,7 +20,8 @@ Topics (relative names resolve in the node's namespace):
   (m2vae_fusion_msgs/TargetOfInterest), the shared latent topic ``/m2vae/latents`` (m2vae_fusion_msgs/LatentEmbedding);
 - publishes ``latent`` (LatentEmbedding), the shared latent topic, ``belief`` (m2vae_fusion_msgs/ClassBelief),
   ``/diagnostics`` (diagnostic_msgs/DiagnosticArray: counters, rates, latencies, the peer-evidence age
-  ``peer_evidence.age_s[.p50|.p90|.p99|.max]``);
+  ``peer_evidence.age_s[.p50|.p90|.p99|.max]``: how stale the node's copy of a peer's evidence about the target both
+  observe is while the peer keeps observing it, :mod:`m2vae_fusion.core.agent`);
 - service ``~/reset`` (std_srvs/Trigger): forget every belief.
 
 Execution: the work runs on one thread. The node runs under rclpy's ``EventsExecutor`` driven by a ``spin_once``
