@@ -23,7 +23,7 @@ CALIBRATION, SCENARIO = 160, 90
 @pytest.fixture(scope="module")
 def data():
     """Observations of the shipped bundle's world: the first CALIBRATION calibrate, the rest are the test set."""
-    shipped = Bundle.load(os.path.join(ROOT, "models", "amiro"))
+    shipped = Bundle.load(os.path.join(ROOT, "models", "amiro_easy"))
     d = bb.generate(shipped, CALIBRATION + SCENARIO, seed=11)
     return {k: v[:CALIBRATION] for k, v in d.items()}, {k: v[CALIBRATION:] for k, v in d.items()}
 
@@ -32,7 +32,7 @@ def data():
 def calibrated(tmp_path_factory, data):
     """The shipped bundle with a novelty block (feature spreads for the accumulation's gate, novelty intervals)."""
     out = str(tmp_path_factory.mktemp("cal") / "amiro")
-    shutil.copytree(os.path.join(ROOT, "models", "amiro"), out)
+    shutil.copytree(os.path.join(ROOT, "models", "amiro_easy"), out)
     man = add_novelty_calibration(out, data[0])
     assert man["novelty"]["modalities"]["lidar"]["samples"] == CALIBRATION
     return Bundle.load(out)
@@ -163,7 +163,7 @@ def test_bundle_without_novelty_block_never_flags_and_bad_block_is_refused(tmp_p
 
     from m2vae_fusion.errors import BundleError
 
-    shipped = Bundle.load(os.path.join(ROOT, "models", "amiro"))
+    shipped = Bundle.load(os.path.join(ROOT, "models", "amiro_easy"))
     assert "novelty" not in shipped.manifest and not shipped.novelty.entries
     out = str(tmp_path / "bad")
     shutil.copytree(calibrated.path, out)

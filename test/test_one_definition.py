@@ -98,7 +98,7 @@ def test_write_json_keep_and_raise(tmp_path):
     assert out.read_text() == '{"x": NaN, "y": [Infinity]}\n' and os.listdir(tmp_path) == ["r.json"]
 
 
-@pytest.mark.parametrize("name", ["amiro", "amiro_noreenc"])
+@pytest.mark.parametrize("name", ["amiro", "amiro_reenc", "amiro_easy", "amiro_easy_noreenc"])
 def test_manifest_rewritten_byte_for_byte(tmp_path, name):
     """The export's manifest writer (the one JSON writer, numbers kept) writes a shipped manifest back unchanged."""
     from m2vae_fusion.training.export import _write_manifest

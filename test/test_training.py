@@ -77,7 +77,7 @@ def test_train_writes_bundle_checkpoints_and_metrics(trained):
     assert all(np.isfinite(r["train_loss"]) for r in recs if "train_loss" in r)
     # head temperature folded into head.onnx: probabilities sum to one
     from m2vae_fusion.training.export import run_onnx
-    p = run_onnx(os.path.join(out, "head.onnx"), {"z": np.zeros((3, 10), np.float32)})["probabilities"]
+    p = run_onnx(os.path.join(out, "head.onnx"), {"z": np.zeros((3, man["latent_dim"]), np.float32)})["probabilities"]
     np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
     total = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     assert total < 20e6
@@ -159,12 +159,12 @@ def test_eval_v2_chain_schedules_and_plots(trained, tmp_path):
 
 def test_train_ablation_reuses_betavae(trained, tmp_path):
     out, runs = str(tmp_path / "noreenc"), str(tmp_path / "runs")
-    rc = main(["train", "--out", out, "--config", trained["cfg"], "--runs", runs, "--set", "m2vae.alpha_reenc=0",
+    rc = main(["train", "--out", out, "--config", trained["cfg"], "--runs", runs, "--set", "m2vae.alpha_reenc=0.3",
                "--init-betavae", trained["runs"]])
     assert rc == 0
     with open(os.path.join(out, "manifest.json")) as f:
         man = json.load(f)
-    assert man["training"]["config"]["m2vae"]["alpha_reenc"] == 0.0
+    assert man["training"]["config"]["m2vae"]["alpha_reenc"] == 0.3  # the default is 0
     with open(os.path.join(trained["out"], "manifest.json")) as f:
         ref = json.load(f)
     # identical β-VAEs, different M2VAE
@@ -177,7 +177,8 @@ def test_train_ablation_reuses_betavae(trained, tmp_path):
 def test_default_config_file_matches_builtin_defaults():
     assert cfgmod.load_config(os.path.join(REPO, "config", "train.yaml")) == cfgmod.load_config(None)
     c = cfgmod.load_config(None)
-    assert c["latent_dim"] == 10 and c["feature_dim"] == 10 and c["m2vae"]["alpha_reenc"] > 0
+    assert c["latent_dim"] == 32 and c["feature_dim"] == 10 and c["m2vae"]["alpha_reenc"] == 0
+    assert c["betavae"]["aux_weight"] == 0 and c["betavae"]["standardize"] is True
 
 
 @pytest.mark.parametrize("text, key", [

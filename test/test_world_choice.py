@@ -18,7 +18,7 @@ def test_bundle_world_from_the_manifest_else_the_class_names_else_easy():
     assert bundle_world({"training": {"dataset": None}, "class_names": None}) == "easy"
 
 
-def test_shipped_bundle_tours_the_easy_world():
+def test_shipped_bundle_tours_the_hard_world_and_the_easy_bundle_the_easy_one():
     import os
 
     from m2vae_fusion.core.bundle import read_manifest
@@ -26,6 +26,10 @@ def test_shipped_bundle_tours_the_easy_world():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     man = read_manifest(os.path.join(root, "models", "amiro"))
     cfg = resolve_world(DemoConfig(), man)
+    assert cfg.world == "hard" and len(cfg.objects) == 10 and set(cfg.objects) <= set(WORLDS["hard"].class_names)
+    assert man["class_names"] == list(WORLDS["hard"].class_names)
+    easy = read_manifest(os.path.join(root, "models", "amiro_easy"))
+    cfg = resolve_world(DemoConfig(), easy)
     assert cfg.world == "easy" and cfg.objects == WORLDS["easy"].class_names
 
 

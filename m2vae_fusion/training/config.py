@@ -20,7 +20,7 @@ DEFAULTS: Dict[str, Any] = {
     "threads": 2,
     "modalities": list(MODALITIES),
     "feature_dim": 10,
-    "latent_dim": 10,
+    "latent_dim": 32,
     "objective": "m2vae",
     "betavae": {
         "beta_norm": 0.01,
@@ -39,7 +39,7 @@ DEFAULTS: Dict[str, Any] = {
     "m2vae": {
         "beta_norm": 0.01,
         "alpha": 0.01,
-        "alpha_reenc": 3.0,
+        "alpha_reenc": 0.0,
         "epochs": 60,
         "min_steps": 3000,
         "batch_size": 256,
@@ -48,8 +48,8 @@ DEFAULTS: Dict[str, Any] = {
         "fusion_hidden": 64,
     },
     "head": {
-        "hidden": 64,
-        "epochs": 30,
+        "hidden": 256,
+        "epochs": 60,
         "batch_size": 256,
         "lr": 1.0e-3,
     },
