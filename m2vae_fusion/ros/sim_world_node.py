@@ -281,7 +281,6 @@ class SimWorldNode(Node):
         from m2vae_fusion.sim.hard import camera_intrinsics
 
         self.camera_k = camera_intrinsics(self.world.camera, int(p["camera_width"]), int(p["camera_height"]))
-        self.target_count = 0       # TargetOfInterest messages sent (not counting the 1 s repeats)
         self._lidar = self.world.lidar_info()
         refl = self.world.reflectance_info()
         self._refl_cfg = {"angle_min": 0.0, "angle_increment": 2 * math.pi / refl["beams"], "range_min": 0.0,
@@ -353,7 +352,6 @@ class SimWorldNode(Node):
         self._target_pose[agent] = pose
         self._target_obj[agent] = obj
         self.pubs[agent]["target"].publish(self._targets[agent])
-        self.target_count += 1
 
     def _schedule(self) -> None:
         now = self.get_clock().now().nanoseconds
@@ -452,8 +450,9 @@ class SimWorldNode(Node):
             self.counts[modality] += 1
 
     def _camera_info(self, image: Image) -> CameraInfo:
-        """The CameraInfo of a published image: same header and size, the rendered projection's intrinsics (pixel
-        edges at integers, as :mod:`m2vae_fusion.core.preprocess` reads them), no distortion, P = [K | 0]."""
+        """The CameraInfo of a published image: same header and size, the rendered projection's intrinsics
+        (:func:`m2vae_fusion.sim.hard.camera_intrinsics`, as the hard data set records them for its training images;
+        principal point at (w/2, h/2)), no distortion, P = [K | 0]."""
         k = [float(v) for v in self.camera_k]
         return CameraInfo(header=image.header, width=image.width, height=image.height, distortion_model="plumb_bob",
                           d=[0.0] * 5, k=k, r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
