@@ -6,8 +6,8 @@ Real rclpy pub/sub between processes: the sim world node (hard world, one camera
 and a fusion node on a linear bundle with the hard world's crop configuration (no training). Checked here, with code
 of its own: the published position against the ground truth's object position and robot pose (x forward, y left,
 z up); the position projected through the published CameraInfo and the camera mount onto the rendered image lands on
-the object, whose silhouette edges are where the cylinder's tangents from the camera put them; the fusion node crops every camera image and LiDAR scan from the position
-(``crop_fallback.*`` stay 0)."""
+the object, whose silhouette edges are where the cylinder's tangents from the camera put them; the fusion node crops
+every camera image and LiDAR scan from the position (``crop_fallback.*`` stay 0)."""
 import json
 import math
 import os

@@ -6,8 +6,8 @@ ground truth, stops every child process (also on Ctrl-C, SIGTERM or an error), a
 :mod:`m2vae_fusion.report`. The record's ``meta["preprocessing"]`` holds, per agent, the fusion node's final
 ``/diagnostics`` counters of observations ``processed.<sensor>`` and of crops that took the preprocessing fallback
 ``crop_fallback.<sensor>`` (the simulated world gives each TargetOfInterest position in the agent's base frame, so
-with a bundle that crops these stay 0; :func:`preprocessing_counters`). DDS stays on localhost with a domain id of its own; large images go through the Fast
-DDS shared-memory profile ``config/fastdds_shm.xml``.
+with a bundle that crops these stay 0; :func:`preprocessing_counters`). DDS stays on localhost with a domain id of
+its own; large images go through the Fast DDS shared-memory profile ``config/fastdds_shm.xml``.
 """
 from __future__ import annotations
 
