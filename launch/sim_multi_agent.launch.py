@@ -5,7 +5,9 @@
 Arguments: num_agents, rigs (comma-separated sensor rig per agent: all, camera, lidar, reflectance or e.g.
 lidar+reflectance; the last one repeats), world (easy | hard; empty: the parameter file's, easy), model_dir (empty: the installed models/amiro), sim_params_file (default
 config/sim_world.yaml), fusion_params_file (default config/fusion.yaml), fastdds_profile, use_sim_time.
-The simulator publishes the ground truth on /sim/ground_truth (evaluation only).
+The simulator publishes the ground truth on /sim/ground_truth (evaluation only), and each agent's target of
+interest with its position in base_link (the fusion nodes' default base_frame) plus camera/camera_info, so
+bundles whose preprocessing crops (the hard world's) crop on the target.
 """
 import os
 

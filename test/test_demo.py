@@ -46,6 +46,11 @@ def test_exchange_fills_every_slot_and_cleans_up(bundle, tmp_path):
             assert cell["modalities"] == ["camera", "lidar", "reflectance"], (agent, cell)
             assert sorted(cell["contributors"]) == ["agent0", "agent1", "agent2"]
     assert "accuracy" in r.stdout and (tmp_path / "d.png").stat().st_size > 10_000
+    # each node's final counters: its own sensor's observations; this bundle does not crop, so no crop fallback
+    pre = res["preprocessing"]
+    for agent, sensor in (("agent0", "camera"), ("agent1", "lidar"), ("agent2", "reflectance")):
+        assert pre[agent].get(f"processed.{sensor}", 0) > 10 and pre[agent].get("received.target", 0) >= 2, pre
+    assert not [k for v in pre.values() for k in v if k.startswith("crop_fallback")], pre
     assert leftover(tmp_path / "logs") == []
 
 

@@ -3,8 +3,11 @@
 Starts ``sim_world`` and ``fusion_node`` as separate processes with parameters from ``config/sim_world.yaml`` and
 ``config/fusion.yaml`` (overridden per agent), records what the agents publish (``belief``, ``latent``) and the
 ground truth, stops every child process (also on Ctrl-C, SIGTERM or an error), and hands the record to
-:mod:`m2vae_fusion.report`. DDS stays on localhost with a domain id of its own; large images go through the Fast
-DDS shared-memory profile ``config/fastdds_shm.xml``.
+:mod:`m2vae_fusion.report`. The record's ``meta["preprocessing"]`` holds, per agent, the fusion node's final
+``/diagnostics`` counters of observations ``processed.<sensor>`` and of crops that took the preprocessing fallback
+``crop_fallback.<sensor>`` (the simulated world gives each TargetOfInterest position in the agent's base frame, so
+with a bundle that crops these stay 0; :func:`preprocessing_counters`). DDS stays on localhost with a domain id of
+its own; large images go through the Fast DDS shared-memory profile ``config/fastdds_shm.xml``.
 """
 from __future__ import annotations
 
@@ -91,6 +94,22 @@ def isolate_dds(domain_id: int | None = None) -> int:
     if os.path.isfile(profile):
         os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", profile)
     return domain_id
+
+
+#: /diagnostics counters of each fusion node the demo reports (``meta["preprocessing"]``)
+COUNTER_PREFIXES = ("processed.", "crop_fallback.", "received.target")
+
+
+def preprocessing_counters(values: dict) -> dict:
+    """The counters of one fusion node's ``/diagnostics`` values that tell how its observations were preprocessed:
+    ``processed.<sensor>``, ``crop_fallback.<sensor>`` (crops without a usable target position), ``received.target``
+    (TargetOfInterest messages that were new). Returns ``{name: int}``; a counter the node never incremented is
+    absent."""
+    out = {}
+    for k, v in values.items():
+        if k.startswith(COUNTER_PREFIXES) and isinstance(v, (int, float)):
+            out[k] = int(v)
+    return dict(sorted(out.items()))
 
 
 class _Terminated(Exception):
@@ -279,6 +298,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True, say=print) -> RunRecord:
         if bar is not None:
             bar.close()
         time.sleep(0.5)  # the last observations' beliefs are in flight
+        # the nodes' counters after the tour (a /diagnostics status sent after the tour ended)
+        t_end = time.monotonic()
+        rec.meta["preprocessing"] = {}
+        for n in names:
+            vals = probe.diagnostics(f"/{n}/fusion_node", after=t_end, timeout=3.0) or \
+                probe.diagnostics(f"/{n}/fusion_node", timeout=0.0) or {}
+            rec.meta["preprocessing"][n] = preprocessing_counters(vals)
         if recorder is not None:
             recorder.close()
             say(f"demo: recorded {recorder.count} messages to {cfg.record_bag}")

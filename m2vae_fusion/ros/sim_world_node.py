@@ -9,8 +9,17 @@ rates and only for the sensors of its rig:
   ``camera_height``, ``camera_rate`` Hz),
 - ``/<ns>/scan`` sensor_msgs/LaserScan, or PointCloud2 with ``lidar_type: PointCloud2`` (``lidar_rate`` Hz),
 - ``/<ns>/reflectance`` sensor_msgs/LaserScan with ranges + intensities of the IR ring (``reflectance_rate`` Hz),
+- ``/<ns>/camera/camera_info`` sensor_msgs/CameraInfo with every image (same stamp and frame): the intrinsics ``k``
+  of the rendered projection at the published size (:func:`m2vae_fusion.sim.hard.camera_intrinsics`, no
+  distortion),
 - ``/<ns>/target_of_interest`` m2vae_fusion_msgs/TargetOfInterest on every change (stamped with the time the new
-  target became active) and repeated every second,
+  target became active) and repeated every second. While the agent inspects an object the message carries the
+  object's centre in the agent's base frame (``target_frame``, default ``base_link``: x forward, y left, z up, origin
+  on the floor under the robot's centre; what a perception pipeline gives, so the fusion node crops there without
+  tf): the robot pans, so whenever that position has moved more than ``target_refresh_distance`` since the last
+  message, a new message for the same target goes out, stamped with the time of the pose it was computed from and
+  published before the sensor messages of that instant (at most once per sensor tick). With ``target_frame`` equal
+  to ``frame_id`` the position is the object's centre in the world frame instead (fixed per visit),
 
 and, for evaluation only, ``/sim/ground_truth`` std_msgs/String holding JSON (object ids → class name, id,
 attributes and position; agent → target, pose, sensors), transient-local so late subscribers get the newest.
@@ -18,8 +27,9 @@ attributes and position; agent → target, pose, sensors), transient-local so la
 Worlds (``world`` parameter): ``easy`` (default; the 8 classes of the shipped bundles, the objects named by
 ``objects``) or ``hard`` (the 27-class world of :mod:`m2vae_fusion.sim.hard`: ``num_objects`` objects of classes
 drawn by ``seed`` from all 27, unless ``objects`` names hard-world classes; its sensor noise, object sizes,
-inspection distances and camera model, with light colour temperature and intensity drawn per visit; the
-TargetOfInterest position is the object's centre, z = half its height).
+inspection distances and camera model, with light colour temperature and intensity drawn per visit). In both
+worlds the TargetOfInterest position is the object's centre (z = half its height), as in the hard data set's
+``target_position``.
 
 Time: every stamp and the tour schedule come from the node's ROS clock (wall time, or ``/clock`` with
 ``use_sim_time``), the same convention as the fusion node. No torch.
@@ -34,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, LaserScan, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, LaserScan, PointCloud2
 from std_msgs.msg import String
 
 from m2vae_fusion.errors import UserError
@@ -83,6 +93,16 @@ def tour_classes(seed: int, n: int) -> list:
     while len(out) < n:
         out += [int(c) for c in rng.permutation(k)]
     return out[:n]
+
+
+def to_base_frame(pose, point) -> tuple:
+    """A world-frame point ``(x, y, z)`` (m) in the base frame of a robot at ``pose`` ``(x, y, yaw)`` (m, rad; yaw
+    counter-clockwise from world x): x forward, y left, z up (REP 103), origin on the floor under the robot's centre.
+    Returns ``(x, y, z)`` floats (m)."""
+    px, py, yaw = (float(v) for v in pose)
+    dx, dy = float(point[0]) - px, float(point[1]) - py
+    c, s = math.cos(yaw), math.sin(yaw)
+    return c * dx + s * dy, -s * dx + c * dy, float(point[2])
 
 
 class Tour:
@@ -134,7 +154,14 @@ class SimWorldNode(Node):
         ("reflectance_topic", "reflectance", "Reflectance topic, relative to each agent's namespace"),
         ("target_topic", "target_of_interest", "TargetOfInterest topic, relative to each agent's namespace"),
         ("ground_truth_topic", "/sim/ground_truth", "Ground truth (std_msgs/String, JSON) for evaluation only"),
-        ("frame_id", "map", "World frame of positions in TargetOfInterest and the ground truth"),
+        ("frame_id", "map", "World frame of the ground truth's positions and poses"),
+        ("target_frame", "base_link", "Frame of the TargetOfInterest position: the agents' base frame (the fusion "
+                                      "node's base_frame; position relative to the robot, refreshed as it moves), "
+                                      "or frame_id for world positions"),
+        ("target_refresh_distance", 0.005, "Base frame: a new TargetOfInterest goes out when the target's position "
+                                           "moved more than this (m) since the last one (0: at every sensor tick)"),
+        ("camera_info_topic", "camera/camera_info", "CameraInfo topic, relative to each agent's namespace; empty: "
+                                                    "none"),
         ("noise", True, "Sensor noise on"),
     ]
 
@@ -149,6 +176,14 @@ class SimWorldNode(Node):
             raise UserError(f"parameter camera_encoding must be one of {list(conv.IMAGE_ENCODINGS)}")
         if p["lidar_type"] not in ("LaserScan", "PointCloud2"):
             raise UserError(f"parameter lidar_type must be LaserScan or PointCloud2, got {p['lidar_type']!r}")
+        if not str(p["target_frame"]).strip():
+            raise UserError("parameter target_frame must name a frame (the fusion node's base_frame, e.g. base_link, "
+                            "or frame_id for world positions)")
+        if not (float(p["target_refresh_distance"]) >= 0 and math.isfinite(float(p["target_refresh_distance"]))):
+            raise UserError(f"parameter target_refresh_distance must be a finite number >= 0 (m), got "
+                            f"{p['target_refresh_distance']!r}")
+        #: positions in the agents' base frames (relative to the moving robot) or in the world frame
+        self.base_target = p["target_frame"] != p["frame_id"]
         from m2vae_fusion.data.classes import WORLDS
 
         if p["world"] not in WORLDS:
@@ -230,6 +265,8 @@ class SimWorldNode(Node):
             pubs = {"target": self.create_publisher(TargetOfInterest, f"/{ns}/{p['target_topic']}", latched)}
             if "camera" in self.rigs[i]:
                 pubs["camera"] = self.create_publisher(Image, f"/{ns}/{p['camera_topic']}", rel)
+                if p["camera_info_topic"]:
+                    pubs["camera_info"] = self.create_publisher(CameraInfo, f"/{ns}/{p['camera_info_topic']}", rel)
             if "lidar" in self.rigs[i]:
                 pubs["lidar"] = self.create_publisher(lidar_msg, f"/{ns}/{p['lidar_topic']}", rel)
             if "reflectance" in self.rigs[i]:
@@ -238,6 +275,12 @@ class SimWorldNode(Node):
         self.pub_truth = self.create_publisher(String, p["ground_truth_topic"], latched)
         self.t0_ns = self.get_clock().now().nanoseconds
         self._targets = [None] * k  # last published TargetOfInterest per agent
+        self._since = [0] * k       # ns: when each agent's current target became active
+        self._target_pose = [None] * k  # the robot pose (x, y, yaw) its last target position was computed from
+        self._target_obj = [None] * k   # index of the object of its current target (None: no target)
+        from m2vae_fusion.sim.hard import camera_intrinsics
+
+        self.camera_k = camera_intrinsics(self.world.camera, int(p["camera_width"]), int(p["camera_height"]))
         self._lidar = self.world.lidar_info()
         refl = self.world.reflectance_info()
         self._refl_cfg = {"angle_min": 0.0, "angle_increment": 2 * math.pi / refl["beams"], "range_min": 0.0,
@@ -285,6 +328,31 @@ class SimWorldNode(Node):
         ph = self.tours[agent].phase(t)
         return (self.objects[ph.obj][0] if ph.inspecting else ""), ph.start
 
+    def target_position(self, agent: int, t: float, obj: int | None = None):
+        """((x, y, z) of the centre of the object ``agent`` inspects at tour time ``t`` (or of object index ``obj``)
+        in ``target_frame`` (m), the robot pose (x, y, yaw) at ``t`` it was computed from); (None, pose) between
+        objects."""
+        pose = self._pose(agent, t)
+        if obj is None:
+            ph = self.tours[agent].phase(t)
+            if not ph.inspecting:
+                return None, pose
+            obj = ph.obj
+        _, _, spec, (x, y), _ = self.objects[obj]
+        centre = (x, y, spec.height / 2)
+        return (to_base_frame(pose, centre) if self.base_target else centre), pose
+
+    def _announce(self, agent: int, tid: str, stamp_ns: int, obj: int | None) -> None:
+        """Publish ``agent``'s TargetOfInterest ``tid`` stamped ``stamp_ns`` with the position of object ``obj``
+        (None: no target) at that time."""
+        pos, pose = self.target_position(agent, (stamp_ns - self.t0_ns) * 1e-9, obj) if obj is not None else \
+            (None, None)
+        frame = self.p["target_frame"] if pos is not None else self.p["frame_id"]
+        self._targets[agent] = conv.target_msg(tid, stamp_ns, frame, pos)
+        self._target_pose[agent] = pose
+        self._target_obj[agent] = obj
+        self.pubs[agent]["target"].publish(self._targets[agent])
+
     def _schedule(self) -> None:
         now = self.get_clock().now().nanoseconds
         t = self._t(now)
@@ -292,16 +360,26 @@ class SimWorldNode(Node):
         for i in range(len(self.names)):
             tid, start = self.target(i, t)
             if self._targets[i] is None or self._targets[i].target_id != tid:
-                stamp = self.t0_ns + int(round(start * 1e9))
-                pos = None
-                if tid:
-                    _, _, spec, (x, y), _ = self.objects[self.tours[i].phase(t).obj]
-                    pos = (x, y, spec.height / 2 if self.hard else 0.0)
-                self._targets[i] = conv.target_msg(tid, stamp, self.p["frame_id"], pos)
-                self.pubs[i]["target"].publish(self._targets[i])
+                self._since[i] = self.t0_ns + int(round(start * 1e9))
+                self._announce(i, tid, self._since[i], self.tours[i].phase(t).obj if tid else None)
                 changed = True
         if changed:
             self._publish_truth(now)
+
+    def _refresh_target(self, agent: int, now_ns: int) -> None:
+        """Base-frame targets move with the robot: a new TargetOfInterest for the same target, stamped ``now_ns``
+        (the pose of this sensor tick), when its position moved more than ``target_refresh_distance``."""
+        last = self._targets[agent]
+        if not self.base_target or last is None or not last.has_position:
+            return
+        t = self._t(now_ns)
+        if self.target(agent, t)[0] != last.target_id or now_ns <= conv.stamp_to_ns(last.header.stamp):
+            return  # a target change is due: _schedule announces it
+        obj = self._target_obj[agent]
+        pos, _ = self.target_position(agent, t, obj)
+        old = (last.position.x, last.position.y, last.position.z)
+        if math.dist(pos, old) > float(self.p["target_refresh_distance"]):
+            self._announce(agent, last.target_id, now_ns, obj)
 
     def _republish(self) -> None:
         for i, msg in enumerate(self._targets):
@@ -317,12 +395,24 @@ class SimWorldNode(Node):
                                "shape": spec.shape, "material": spec.material, "position": [x, y, 0.0],
                                "height": spec.height, "width": spec.width}
                         for name, _, spec, (x, y), _ in self.objects},
+            "target_frame": self.p["target_frame"],
             "agents": {ns: {"namespace": f"/{ns}", "target_id": self._targets[i].target_id if self._targets[i] else "",
-                            "since_ns": conv.stamp_to_ns(self._targets[i].header.stamp) if self._targets[i] else 0,
-                            "pose": list(self.world.agent_pose(i)), "sensors": list(self.rigs[i])}
+                            "since_ns": self._since[i] if self._targets[i] else 0,
+                            "pose": list(self.world.agent_pose(i)), "sensors": list(self.rigs[i]),
+                            **self._target_truth(i)}
                        for i, ns in enumerate(self.names)},
         }
         self.pub_truth.publish(String(data=json.dumps(truth)))
+
+    def _target_truth(self, agent: int) -> dict:
+        """The agent's newest TargetOfInterest position (``target_frame``), its stamp and the robot pose (world
+        frame) it was computed from; empty between targets."""
+        msg = self._targets[agent]
+        if msg is None or not msg.has_position:
+            return {}
+        return {"target_position": [msg.position.x, msg.position.y, msg.position.z],
+                "target_stamp_ns": conv.stamp_to_ns(msg.header.stamp),
+                "target_pose": list(self._target_pose[agent])}
 
     # -- sensors ------------------------------------------------------------------------------------------------
     def _tick(self, modality: str) -> None:
@@ -331,6 +421,7 @@ class SimWorldNode(Node):
             if modality not in self.rigs[i]:
                 continue
             now = self.get_clock().now().nanoseconds
+            self._refresh_target(i, now)  # where the target is now, before what the sensors see now
             x, y, yaw = self._pose(i, self._t(now))
             self.world.set_agent_pose(i, x, y, yaw)
             noise = bool(self.p["noise"])
@@ -353,8 +444,19 @@ class SimWorldNode(Node):
                 scan = self.world.reflectance_scan(i, noise=noise)
                 msg = conv.ranges_to_scan(scan[:, 0], self._refl_cfg, now, f"{ns}/ir_ring", intensities=scan[:, 1],
                                           scan_time=1.0 / max(self.p["reflectance_rate"], 1e-6))
+            if modality == "camera" and "camera_info" in self.pubs[i]:
+                self.pubs[i]["camera_info"].publish(self._camera_info(msg))
             self.pubs[i][modality].publish(msg)
             self.counts[modality] += 1
+
+    def _camera_info(self, image: Image) -> CameraInfo:
+        """The CameraInfo of a published image: same header and size, the rendered projection's intrinsics
+        (:func:`m2vae_fusion.sim.hard.camera_intrinsics`, as the hard data set records them for its training images;
+        principal point at (w/2, h/2)), no distortion, P = [K | 0]."""
+        k = [float(v) for v in self.camera_k]
+        return CameraInfo(header=image.header, width=image.width, height=image.height, distortion_model="plumb_bob",
+                          d=[0.0] * 5, k=k, r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                          p=[k[0], 0.0, k[2], 0.0, 0.0, k[4], k[5], 0.0, 0.0, 0.0, 1.0, 0.0])
 
     def _hard_camera(self, agent: int, t: float, noise: bool) -> np.ndarray:
         """The hard world's camera: flat-lit albedo, then the visit's illuminant, gain noise and 8-bit output
