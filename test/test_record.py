@@ -87,6 +87,7 @@ def recorded(world, tmp_path_factory):
     rec = BagRecorder(probe.node, bag, namespaces=["/agent0", "/agent1"])  # before the world publishes
     try:
         want = set(sensor_topics()) | {f"/{a}/target_of_interest" for a in RIGS} | {"/sim/ground_truth"}
+        want |= {f"/{a}/camera/camera_info" for a, rig in RIGS.items() if "camera" in rig}  # sim_world sends K
         deadline = time.monotonic() + 40
         while not want <= set(rec.counts):
             assert sim.alive(), sim.log()[-3000:]
@@ -244,8 +245,8 @@ def test_record_command_stops_cleanly_on_sigterm(world, tmp_path):
     assert proc.returncode == 0, text
     assert "bag " + bag + " closed" in text
     msgs, conns = bag_messages(bag)
-    assert set(conns) == {"/agent1/camera/image_raw", "/agent1/scan", "/agent1/target_of_interest",
-                          "/sim/ground_truth"}
+    assert set(conns) == {"/agent1/camera/image_raw", "/agent1/camera/camera_info", "/agent1/scan",
+                          "/agent1/target_of_interest", "/sim/ground_truth"}
     assert os.path.isfile(os.path.join(bag, "cmdbag.db3"))
     assert len(msgs["/agent1/camera/image_raw"]) >= 10
     lab = fb.load_labels(labels)
@@ -303,6 +304,6 @@ def test_record_command_stops_cleanly_under_load(world, tmp_path, how):
     sig = "SIGTERM" if how == "SIGTERM" else "SIGINT"
     assert f"(stopped by {sig}); bag {bag} closed" in text, text
     msgs, conns = bag_messages(bag)
-    assert set(conns) <= {"/agent0/camera/image_raw", "/agent0/scan", "/agent0/reflectance",
-                          "/agent0/target_of_interest", "/sim/ground_truth"}
+    assert set(conns) <= {"/agent0/camera/image_raw", "/agent0/camera/camera_info", "/agent0/scan",
+                          "/agent0/reflectance", "/agent0/target_of_interest", "/sim/ground_truth"}
     assert sum(len(m) for m in msgs.values()) > 0
