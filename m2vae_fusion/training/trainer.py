@@ -34,7 +34,9 @@ from m2vae_fusion.training.networks import M2VAE, BetaVAE, ClassHead, subset_key
 
 STAGES = ("betavae", "m2vae", "head", "export")
 _SEED_OFFSET = {"betavae": 0, "m2vae": 1000, "head": 2000}
-STD_FLOOR = 1e-4  # smallest feature scale of the β-VAE standardisation (a dimension constant over the train split)
+# smallest feature scale of the β-VAE standardisation: a dimension that barely varies over the train split is not
+# amplified beyond 100x (float32 differences between torch and onnxruntime grow with 1/scale; parity tolerance 1e-4)
+STD_FLOOR = 1e-2
 
 
 def _progress(iterable, desc: str, total: Optional[int] = None):
