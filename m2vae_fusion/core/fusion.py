@@ -434,8 +434,9 @@ class FusionEngine:
         if modality not in self.order:
             raise FusionError(f"unknown modality {modality!r}; bundle has {list(self.order)}", DropReason.MISMATCH)
         f = _check_vector(f"{modality} feature", feature, self.bundle.feature_dim)
-        prec = (np.ones_like(f) if log_variance is None else
-                np.exp(-_check_vector(f"{modality} log-variance", log_variance, self.bundle.feature_dim)))
+        with np.errstate(over="ignore", under="ignore"):  # an extreme log-variance is refused just below
+            prec = (np.ones_like(f) if log_variance is None else
+                    np.exp(-_check_vector(f"{modality} log-variance", log_variance, self.bundle.feature_dim)))
         if not np.isfinite(prec).all() or not (prec > 0).all():
             raise FusionError(f"{modality} log-variance gives a precision outside (0, inf)", DropReason.NON_FINITE)
         if not math.isfinite(float(stamp)):
