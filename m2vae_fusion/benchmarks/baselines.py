@@ -55,7 +55,28 @@ TARGET_POINTS = 2.0
 KEYS = ("ab", "a", "b")
 
 
+SETS = ("mog", "amiro", "emnist")
+# parts (b) and (c): modules with configure(parser) (their own --amiro-* / --emnist-* options) and
+# run_set(args, names, seeds) -> dict (with "table": the printed text; optional plot(res, path))
+PART_MODULES = {"amiro": "m2vae_fusion.benchmarks.baselines_amiro", "emnist": "m2vae_fusion.benchmarks.baselines_emnist"}
+
+
+def _part(name: str):
+    import importlib
+    import importlib.util
+
+    mod = PART_MODULES[name]
+    return importlib.import_module(mod) if importlib.util.find_spec(mod) is not None else None
+
+
 def configure(parser):
+    parser.add_argument("--sets", default="mog",
+                        help="comma-separated data sets: mog (FUSION 2019 Table I), amiro (the simulated world), "
+                             "emnist (the ICLR draft's e-MNIST from real data sets); default mog")
+    for name in PART_MODULES:
+        part = _part(name)
+        if part is not None:
+            part.configure(parser)
     parser.add_argument("--objectives", default="m2vae,jmvae,mvae,mmvae,mopoe",
                         help="comma-separated objectives (default all five)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2; at least 3 for intervals)")
@@ -281,12 +302,42 @@ def _multivae_available() -> bool:
 
 
 def run(args) -> int:
-    import torch
-
+    """Run every set in ``--sets``; one JSON: the MoG result at the top level (as before), the others under their
+    set's name."""
+    from m2vae_fusion.errors import UserError
     from m2vae_fusion.files import write_result
+
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    for s in sets:
+        if s not in SETS:
+            raise UserError(f"--sets: unknown set {s!r} (expected some of {', '.join(SETS)})")
+        if s != "mog" and _part(s) is None:
+            raise UserError(f"--sets {s}: this part of the benchmark is not installed ({PART_MODULES[s]})")
+    res = run_mog(args) if "mog" in sets else {"benchmark": "baselines"}
+    names, seeds = parse_names_seeds(args)
+    for s in sets:
+        if s == "mog":
+            continue
+        part = _part(s)
+        res[s] = part.run_set(args, names, seeds)
+        print(res[s]["table"], flush=True)
+    write_result(args.json, res)
+    if args.plot:
+        if "mog" in sets:
+            plot(res, args.plot)
+            print(f"wrote {args.plot}")
+        for s in sets:
+            if s != "mog" and hasattr(_part(s), "plot"):
+                root, ext = args.plot.rsplit(".", 1) if "." in args.plot else (args.plot, "png")
+                _part(s).plot(res[s], f"{root}_{s}.{ext}")
+                print(f"wrote {root}_{s}.{ext}")
+    return 0
+
+
+def parse_names_seeds(args):
+    """``--objectives`` and ``--seeds`` checked; raises :class:`UserError` naming the bad value."""
     from m2vae_fusion.errors import UserError
     from m2vae_fusion.training import objectives
-    from m2vae_fusion.training.mog import make_mog
 
     names = [s.strip() for s in args.objectives.split(",") if s.strip()]
     for n in names:
@@ -298,6 +349,17 @@ def run(args) -> int:
         seeds = []
     if not seeds:
         raise UserError(f"--seeds must be integers separated by commas (got {args.seeds!r})")
+    return names, seeds
+
+
+def run_mog(args) -> dict:
+    """Part (a), the MoG set; returns the result dict (printed table included)."""
+    import torch
+
+    from m2vae_fusion.errors import UserError
+    from m2vae_fusion.training.mog import make_mog
+
+    names, seeds = parse_names_seeds(args)
     if args.epochs <= 0 or args.samples_per_class <= 0:
         raise UserError("--epochs and --samples-per-class must be positive")
     use_mv = {"yes": True, "no": False, "auto": _multivae_available()}[args.multivae]
@@ -340,11 +402,7 @@ def run(args) -> int:
            "multivae_note": note, "not_done": ["b: simulated AMiRo world", "c: e-MNIST"],
            "seconds": round(time.time() - t0, 1)}
     print(format_table(res))
-    write_result(args.json, res)
-    if args.plot:
-        plot(res, args.plot)
-        print(f"wrote {args.plot}")
-    return 0
+    return res
 
 
 if __name__ == "__main__":

@@ -2,13 +2,23 @@
 
 Executor: for the fusion node rclpy's ``EventsExecutor`` (rclpy.experimental; C++ event queue, no Python wait set
 rebuilt per wake-up), for other nodes rclpy's ``SingleThreadedExecutor``, driven by a ``spin_once(timeout)`` loop on
-the main thread. Its ``spin()`` ignores SIGINT in rclpy 9.1.2 and
-spinning it from another thread hung; the main-thread loop ends on SIGINT/SIGTERM through rclpy's signal handlers
-(the context shuts down, ``spin_once`` raises ``ExternalShutdownException``) and on Ctrl-C (``KeyboardInterrupt``).
+the main thread. Its ``spin()`` ignores SIGINT in rclpy 9.1.2 and spinning it from another thread hung.
+
+Signals: rclpy's own SIGINT/SIGTERM handlers are *not* installed (``SignalHandlerOptions.NO``). Theirs shut the
+context down from a C++ thread of their own while the main thread goes on (rclpy 9.1.2), and chain to Python's
+SIGINT handler, which raises ``KeyboardInterrupt`` wherever the main thread happens to be. Both raced our shut-down
+(measured in the repeated-stop tests under load): a ``KeyboardInterrupt`` raised while the EventsExecutor converted a
+message for a callback surfaced as pybind11's ``RuntimeError: Unable to convert call argument``, exit 1; ``sim_world``
+aborted once with a corrupted heap in ``Publisher.destroy`` (its publishers destroyed while that thread shut the
+context down). Instead a Python handler only sets a flag; the loop sees it within one ``spin_once`` timeout and then
+everything is shut down in order on the main thread: executor, the node's resources, the node, the context. A second
+signal during that clean-up is ignored (the clean-up is bounded); SIGKILL still ends a hung process.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Callable
 
 import rclpy
@@ -28,20 +38,50 @@ def make_executor(kind: str = "events", context=None):
     return SingleThreadedExecutor(context=context)
 
 
-def spin_loop(node, executor, timeout: float = 0.5) -> None:
-    """Spin ``node`` on ``executor`` from this (the main) thread until the context shuts down (SIGINT/SIGTERM) or
-    Ctrl-C; returns normally in both cases."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM (installed with :meth:`install`, main thread only); the spin loop polls it.
+
+    Attributes:
+        event: ``threading.Event`` set by the first stop signal.
+        signal_name: ``"SIGINT"`` / ``"SIGTERM"`` of the first stop signal, ``None`` before.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name = None
+
+    def _on_signal(self, signum, _frame) -> None:  # a flag only: never raises where the main thread happens to be
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+    def install(self) -> "StopFlag":
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def spin_loop(node, executor, stop: StopFlag | None = None, timeout: float = 0.25) -> None:
+    """Spin ``node`` on ``executor`` from this (the main) thread until ``stop`` is set (a stop signal), the context
+    shuts down (someone called ``rclpy.shutdown``) or Ctrl-C raises ``KeyboardInterrupt`` (only where no
+    :class:`StopFlag` is installed); returns normally in all these cases. ``timeout`` (s) bounds how long a stop
+    signal waits to be seen."""
     executor.add_node(node)
     try:
-        while rclpy.ok(context=node.context):
+        while rclpy.ok(context=node.context) and not (stop is not None and stop.is_set()):
             executor.spin_once(timeout_sec=timeout)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        if rclpy.ok(context=node.context):
+        if rclpy.ok(context=node.context) and not (stop is not None and stop.is_set()):
             raise
-        # a callback that raced the shut-down (e.g. a timer publishing on the context SIGTERM just shut down):
-        # the normal end, not an error
+        # a callback that raced a shut-down: the normal end, not an error
 
 
 def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, args=None,
@@ -63,12 +103,15 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, ar
     Returns:
         0 after SIGINT/SIGTERM/Ctrl-C, the error's exit status (2) when start-up fails.
     """
-    rclpy.init(args=args if args is not None else sys.argv)
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = StopFlag().install()  # before rclpy.init: a signal during start-up is seen too
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = ex = None
     try:
         try:
             node = factory()
-            if hasattr(node, "start"):
+            if hasattr(node, "start") and not stop.is_set():
                 node.start()
         except UserError as exc:
             rclpy.logging.get_logger(name).fatal(f"cannot start: {exc}")
@@ -76,7 +119,7 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, ar
         except (KeyboardInterrupt, ExternalShutdownException):
             return 0
         ex = make_executor(getattr(node, "executor_kind", executor), node.context)
-        spin_loop(node, ex)
+        spin_loop(node, ex, stop)
         return 0
     finally:
         try:
