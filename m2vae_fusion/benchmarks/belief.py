@@ -58,8 +58,16 @@ def attribute_probabilities(bundle, probs: np.ndarray, modality: str) -> np.ndar
     return out
 
 
+def position_of(data: Mapping, i: int):
+    """Target position (x, y, z) m in the base frame of sample ``i`` (hard-world data sets carry it; the bundle's
+    target-centred crop needs it, as the node gets it from TargetOfInterest), None when the data set has none."""
+    pos = data.get("target_position")
+    return None if pos is None else tuple(float(v) for v in pos[i])
+
+
 def misread_sequence(data: Mapping, modality: str, rng: np.random.Generator) -> tuple:
-    """(raw observations, true attribute value per step, index of misread steps) of the misread scenario."""
+    """(raw observations, true attribute value per step, index of misread steps, a, b, target position per step)
+    of the misread scenario."""
     lab = np.asarray(data[ATTRIBUTE[modality]])
     values = np.unique(lab)
     a, b = rng.choice(values, 2, replace=False)
@@ -75,7 +83,8 @@ def misread_sequence(data: Mapping, modality: str, rng: np.random.Generator) -> 
     misread = [GOOD, GOOD + 6, GOOD + 7, GOOD + 8]
     order += bad[1 + BURST:]
     truth += [b] * NEW
-    return [data[modality][i] for i in order], np.array(truth), misread, int(a), int(b)
+    return ([data[modality][i] for i in order], np.array(truth), misread, int(a), int(b),
+            [position_of(data, i) for i in order])
 
 
 def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, **config) -> dict:
@@ -87,10 +96,12 @@ def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, **config) 
         held back, "novel": observations dropped as novel,
         "switch_after": observations of the new object until its value is on top and stays (None: never)}``.
     """
+    from dataclasses import replace
+
     from m2vae_fusion.core.agent import Agent, AgentConfig, Drop
     from m2vae_fusion.core.fusion import FusionEngine
 
-    raws, truth, misread, a, b = misread_sequence(data, modality, np.random.default_rng(seed))
+    raws, truth, misread, a, b, positions = misread_sequence(data, modality, np.random.default_rng(seed))
     cfg = AgentConfig(agent_id="a", modalities=(modality,), max_message_age=0.0, belief_ttl=0.0, **config)
     agent = Agent(FusionEngine(bundle), cfg, clock=lambda: 0.0)
     agent.on_target(0.0, "object")
@@ -99,8 +110,8 @@ def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, **config) 
     last = None
     held = novel = 0
     for i, raw in enumerate(raws):
-        try:
-            out = agent.observe(modality, 1.0 + i, raw, target)
+        try:  # each observation with its own target position (one object seen from another place)
+            out = agent.observe(modality, 1.0 + i, raw, replace(target, position=positions[i]))
             last = attribute_probabilities(bundle, out.belief.probabilities, modality)
         except Drop as exc:
             held += exc.reason == "outlier"
@@ -149,12 +160,15 @@ def flat_inputs(bundle) -> dict:
     return {"camera": camera, "lidar": lidar, "reflectance": refl}
 
 
-def novelty_scores(bundle, novelty, modality: str, raws) -> np.ndarray:
-    """Novelty scores float (N,) of raw observations of ``modality`` under a :class:`~m2vae_fusion.core.novelty.Novelty`."""
+def novelty_scores(bundle, novelty, modality: str, raws, positions=None) -> np.ndarray:
+    """Novelty scores float (N,) of raw observations of ``modality`` under a :class:`~m2vae_fusion.core.novelty.Novelty`;
+    ``positions``: target position per observation for the target-centred crop (None: the crop's fallback, as for an
+    observation whose TargetOfInterest carries no position)."""
     from m2vae_fusion.core.preprocess import preprocess
 
     cfg = bundle.input_config(modality)
-    x = np.concatenate([preprocess(modality, r, cfg) for r in raws])
+    positions = positions if positions is not None else [None] * len(raws)
+    x = np.concatenate([preprocess(modality, r, cfg, target_position=p) for r, p in zip(raws, positions)])
     mu, lv = bundle.encode_feature(modality, x)
     return novelty.score_observation(modality, x, mu, lv, lambda f: bundle.decode_feature(modality, f))
 
@@ -164,6 +178,8 @@ def observe_latency(bundle, data: Mapping, rounds: int = 200) -> dict:
     with accumulation and novelty (the defaults) and one without (forgetting 0, novelty off), interleaved so both
     see the same machine load. Returns ``{modality: {"with_ms", "without_ms", "ratio"}}``."""
     import time
+
+    from dataclasses import replace
 
     from m2vae_fusion.core.agent import Agent, AgentConfig, Drop
     from m2vae_fusion.core.fusion import FusionEngine
@@ -180,12 +196,13 @@ def observe_latency(bundle, data: Mapping, rounds: int = 200) -> dict:
         lab = np.asarray(data[ATTRIBUTE[m]])
         same = np.flatnonzero(lab == lab[0])  # one object class: observations are fused, not held back
         for i in range(rounds):
-            raw = data[m][same[i % same.size]]
+            j = same[i % same.size]
+            raw, pos = data[m][j], position_of(data, j)
             for label in (("with", "without") if i % 2 else ("without", "with")):
                 ag = agents[label]
                 t0 = time.perf_counter()
                 try:
-                    ag.observe(m, 1.0 + i, raw, ag.target_at(1.0))
+                    ag.observe(m, 1.0 + i, raw, replace(ag.target_at(1.0), position=pos))
                 except Drop:
                     pass
                 times[label].append(time.perf_counter() - t0)
@@ -263,7 +280,7 @@ def _run(args, source, bundle, held) -> int:
     thr = nov.threshold
     ood = flat_inputs(bundle)
     for m in bundle.modalities:
-        s_in = novelty_scores(bundle, nov, m, held[m])
+        s_in = novelty_scores(bundle, nov, m, held[m], [position_of(held, i) for i in range(len(held[m]))])
         s_out = novelty_scores(bundle, nov, m, list(ood[m].values()))
         res["novelty"][m] = {"threshold": thr, "in_flagged": float((s_in > thr).mean()), "in_n": int(s_in.size),
                              "out_flagged": float((s_out > thr).mean()), "out_n": int(s_out.size),
