@@ -56,9 +56,15 @@ def summarise(rec: RunRecord) -> dict:
     Returns:
         ``{"targets": {target: {"true_class", "agents": {agent: {"top_class", "probability", "modalities",
         "contributors", "correct"}}}}, "agents": {agent: {"accuracy", "time_to_correct_s", "time_to_correct_per_target",
-        "targets_with_belief"}}, "exchange": bool, ...meta}``. ``accuracy`` counts a target without any belief as
-        wrong; ``time_to_correct_s`` is the median over targets that became correct of (first time the top class is
-        the true class and stays so until the end) − (the agent's first observation of the target), or None.
+        "targets_with_belief", "flips_after_correct", "flips_after_complete_correct", "flipped_targets"}},
+        "exchange": bool, ...meta}``. ``accuracy`` counts a target without any belief as wrong;
+        ``time_to_correct_s`` is the median over targets that became correct of (first time the top class is the
+        true class and stays so until the end) − (the agent's first observation of the target), or None.
+        ``flips_after_correct``: how often a published belief's top class went from the true class to another one
+        (all targets); ``flips_after_complete_correct``: the same, counted only once the belief held every modality
+        any belief of the run held (a belief that was right with all the evidence and then turned wrong: what a
+        user calls a flipped belief; a one-sensor belief that is right by chance and changes when the other sensors'
+        evidence arrives is not one); ``flipped_targets``: the targets with such a complete-evidence flip.
     """
     names = list(rec.class_names)
     last: dict = {}
@@ -66,6 +72,9 @@ def summarise(rec: RunRecord) -> dict:
     for ev in sorted(rec.beliefs, key=lambda e: e.t):
         last[(ev.agent, ev.target)] = ev
         series.setdefault((ev.agent, ev.target), []).append(ev)
+    complete = set()
+    for ev in rec.beliefs:
+        complete.update(ev.modalities)
     targets = {}
     for target in sorted(rec.truth):
         row = {"true_class": rec.truth[target], "agents": {}}
@@ -84,15 +93,28 @@ def summarise(rec: RunRecord) -> dict:
     for agent in rec.agents:
         correct = [targets[t]["agents"][agent]["correct"] for t in targets]
         ttc = {}
+        flips = flips_complete = 0
+        flipped = []
         for target in targets:
             evs = series.get((agent, target), [])
             true = rec.truth[target]
             t_ok = None
+            was_ok = was_ok_complete = False
+            n_complete = 0
             for ev in evs:  # the start of the final run of correct top classes
-                if names[int(np.argmax(ev.probabilities))] == true:
+                ok = names[int(np.argmax(ev.probabilities))] == true
+                full = complete <= set(ev.modalities)
+                flips += was_ok and not ok
+                if was_ok_complete and not ok:
+                    n_complete += 1
+                was_ok, was_ok_complete = ok, ok and full
+                if ok:
                     t_ok = ev.t if t_ok is None else t_ok
                 else:
                     t_ok = None
+            flips_complete += n_complete
+            if n_complete:
+                flipped.append(target)
             if t_ok is not None:
                 start = rec.first_observation.get((agent, target), evs[0].t)
                 ttc[target] = round(max(0.0, t_ok - start), 3)
@@ -101,6 +123,9 @@ def summarise(rec: RunRecord) -> dict:
             "time_to_correct_s": round(float(np.median(list(ttc.values()))), 3) if ttc else None,
             "time_to_correct_per_target": ttc,
             "targets_with_belief": sum(1 for t in targets if (agent, t) in last),
+            "flips_after_correct": int(flips),
+            "flips_after_complete_correct": int(flips_complete),
+            "flipped_targets": flipped,
         }
     out = {"targets": targets, "agents": agents}
     out.update(rec.meta)
@@ -131,11 +156,14 @@ def format_tables(summary: Mapping) -> str:
     lines.append("")
     lines.append("(modalities: C camera, L lidar, R reflectance)")
     lines.append("")
-    head = f"{'agent':<14} {'accuracy':>9} {'time to correct (median, s)':>28} {'targets seen':>13}"
+    head = (f"{'agent':<14} {'accuracy':>9} {'time to correct (median, s)':>28} {'targets seen':>13} "
+            f"{'flips (right with all evidence -> wrong)':>41}")
     lines += [head, "-" * len(head)]
     for a, s in summary["agents"].items():
         ttc = "-" if s["time_to_correct_s"] is None else f"{s['time_to_correct_s']:.2f}"
-        lines.append(f"{a:<14} {s['accuracy']:>9.1%} {ttc:>28} {s['targets_with_belief']:>13}")
+        flips = s.get("flips_after_complete_correct")
+        lines.append(f"{a:<14} {s['accuracy']:>9.1%} {ttc:>28} {s['targets_with_belief']:>13} "
+                     f"{'-' if flips is None else flips:>41}")
     return "\n".join(lines)
 
 

@@ -40,6 +40,19 @@ def test_summary_figures():
     assert s["agents"]["cam"]["time_to_correct_per_target"] == {"t0": 3.5, "t1": 0.0}
     assert s["agents"]["cam"]["time_to_correct_s"] == 1.75 and s["agents"]["lid"]["time_to_correct_s"] is None
     assert s["exchange"] is False
+    # t0: right with camera + lidar at 2.0 (all the run's modalities), wrong at 3.0: one flip of a complete belief
+    assert s["agents"]["cam"]["flips_after_correct"] == 1
+    assert s["agents"]["cam"]["flips_after_complete_correct"] == 1 and s["agents"]["cam"]["flipped_targets"] == ["t0"]
+    assert s["agents"]["lid"]["flips_after_correct"] == 0
+
+
+def test_a_one_sensor_belief_right_by_chance_is_not_a_flip():
+    rec = RunRecord(NAMES, ["cam"], {"t0": "a"})
+    rec.beliefs += [BeliefEvent(1.0, "cam", "t0", onehot(0), ("camera",)),            # right by chance, camera only
+                    BeliefEvent(2.0, "cam", "t0", onehot(1), ("camera", "lidar")),   # the lidar evidence changes it
+                    BeliefEvent(3.0, "cam", "t0", onehot(0), ("camera", "lidar"))]
+    s = summarise(rec)["agents"]["cam"]
+    assert s["flips_after_correct"] == 1 and s["flips_after_complete_correct"] == 0 and s["flipped_targets"] == []
 
 
 def test_tables_json_png(tmp_path):
