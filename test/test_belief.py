@@ -316,3 +316,23 @@ def test_reconstruction_error_statistic_runs_the_betavae_decoder(calibrated, dat
     assert calls == [20] and s.shape == (20,) and np.isfinite(s).all()
     with pytest.raises(Exception, match="subset"):
         compute_novelty_block(calibrated.path, calibrated.manifest, data[0], statistics=("likelihood",))
+
+
+def test_accumulation_over_views_on_the_hard_bundle_and_none_for_the_easy_one(calibrated):
+    """``bench belief``'s views analysis: 27-class accuracies in [0, 1] per k and method on the hard bundle, each a
+    multiple of 1/objects; the easy world (one view per object) has none. The hard bundle's observations carry their
+    target position (its crop needs it): its in-distribution LiDAR scans must not look novel."""
+    hard = Bundle.load(os.path.join(ROOT, "models", "amiro"))
+    out = bb.accumulation_over_views(hard, n_objects=4, views=3, seed=3, ks=(1, 3))
+    assert out["objects"] == 4 and out["views"] == 3 and set(out["k"]) == {1, 3}
+    for row in out["k"].values():
+        assert set(row) == {"feature_poe", "posterior_product", "last_view"}
+        for v in row.values():
+            assert 0.0 <= v <= 1.0 and abs(v * 4 - round(v * 4)) < 1e-9
+    # k = 1: the product of posteriors of one view per sensor and the joint head on one view are different methods,
+    # the last view and the slot accumulation of one view are the same computation
+    assert out["k"][1]["feature_poe"] == out["k"][1]["last_view"]
+    assert bb.accumulation_over_views(calibrated) is None
+    d = bb.generate(hard, 40, seed=5)
+    scores = bb.novelty_scores(hard, hard.novelty, "lidar", d["lidar"], [bb.position_of(d, i) for i in range(40)])
+    assert (scores > hard.novelty.threshold).mean() <= 0.2

@@ -211,6 +211,102 @@ def observe_latency(bundle, data: Mapping, rounds: int = 200) -> dict:
     return out
 
 
+def accumulation_over_views(bundle, n_objects: int = 60, views: int = 10, seed: int = 11,
+                            ks=(1, 3, 5, 10)) -> dict | None:
+    """How evidence from several views of one object adds up, outside the node (hard world only: its data sets
+    observe an object instance ``views`` times, each with another pose, distance and light).
+
+    For each object and k views per sensor: (a) ``feature_poe``: the slot's accumulation without forgetting, the
+    product of the k Gaussian β-VAE posteriors per modality (precision-weighted mean, :class:`Accumulation` with
+    λ = 1), then the subset encoder of all modalities and the class-belief head (what the engine computes);
+    (b) ``posterior_product``: the product over modalities and views of the unimodal class posteriors
+    ``head(subset encoder of {m}(feature))`` (naive Bayes with a uniform class prior: the views' and sensors'
+    evidence multiplied at the class level); (c) ``last_view``: the head on the last view of each sensor only.
+
+    Returns:
+        ``{"objects", "views", "k": {k: {"feature_poe", "posterior_product", "last_view"}}}`` (27-class accuracy),
+        or None for a bundle of the easy world (its data sets have one view per object).
+    """
+    world = world_of(bundle)
+    if world.num_classes == 8 or not bundle.has_head:
+        return None
+    from m2vae_fusion.core.preprocess import preprocess
+    from m2vae_fusion.sim import hard
+
+    d = hard.generate_samples(n_objects * views, np.random.default_rng(seed), views=views)
+    mods = list(bundle.modalities)
+    feats, precs, logq = {}, {}, {}
+    for m in mods:
+        cfg = bundle.input_config(m)
+        x = np.concatenate([preprocess(m, d[m][i], cfg, target_position=position_of(d, i))
+                            for i in range(len(d[m]))])
+        mu, lv = bundle.encode_feature(m, x)
+        feats[m], precs[m] = mu.astype(np.float64), np.exp(-lv.astype(np.float64))
+        logq[m] = np.log(np.maximum(bundle.classify(bundle.encode_subset({m: mu})[0]), 1e-6))
+    lab, oid = np.asarray(d["label"]), np.asarray(d["object_id"])
+    out = {"objects": int(len(np.unique(oid))), "views": int(views), "k": {}}
+    for k in ks:
+        hits = {"feature_poe": 0, "posterior_product": 0, "last_view": 0}
+        objs = np.unique(oid)
+        for o in objs:
+            idx = np.flatnonzero(oid == o)[:k]
+            y = lab[idx[0]]
+            hits["posterior_product"] += int(np.argmax(sum(logq[m][idx].sum(0) for m in mods)) == y)
+            f = {m: ((precs[m][idx] * feats[m][idx]).sum(0) / precs[m][idx].sum(0))[None].astype(np.float32)
+                 for m in mods}
+            hits["feature_poe"] += int(np.argmax(bundle.classify(bundle.encode_subset(f)[0])[0]) == y)
+            last = {m: feats[m][idx[-1:]].astype(np.float32) for m in mods}
+            hits["last_view"] += int(np.argmax(bundle.classify(bundle.encode_subset(last)[0])[0]) == y)
+        out["k"][int(k)] = {key: v / len(objs) for key, v in hits.items()}
+    return out
+
+
+def gate_separability(bundle, data: Mapping, pairs: int = 4000, seed: int = 0) -> dict:
+    """How well the accumulation's outlier gate can tell an observation of another attribute value from one of the
+    same value: random pairs of held-out observations per sensor, area under the ROC curve (scikit-learn) of
+    (a) the gate's distance (rms over dimensions of the feature difference in units of the bundle's ``feature_std``,
+    :class:`~m2vae_fusion.core.fusion.Accumulation`) and (b) the total-variation distance of the two observations'
+    attribute probabilities (class-belief head on the unimodal latent, summed per attribute value); plus the share
+    of different-value pairs inside the gate and of same-value pairs outside it (the engine's default gate).
+
+    Returns:
+        ``{modality: {"auc_feature_gate", "auc_class_posterior", "different_inside_gate", "same_outside_gate",
+        "pairs"}}`` (empty without a class-belief head).
+    """
+    if not bundle.has_head:
+        return {}
+    from sklearn.metrics import roc_auc_score
+
+    from m2vae_fusion.core.fusion import Accumulation, FusionEngine
+    from m2vae_fusion.core.preprocess import preprocess
+
+    gate = Accumulation().gate
+    scale = FusionEngine(bundle).feature_scale
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m in bundle.modalities:
+        cfg = bundle.input_config(m)
+        n = len(data[m])
+        x = np.concatenate([preprocess(m, data[m][i], cfg, target_position=position_of(data, i)) for i in range(n)])
+        mu, _ = bundle.encode_feature(m, x)
+        probs = bundle.classify(bundle.encode_subset({m: mu})[0])
+        ap = np.stack([attribute_probabilities(bundle, p, m) for p in probs])
+        lab = np.asarray(data[ATTRIBUTE[m]])
+        i1, i2 = rng.integers(0, n, (2, pairs))
+        keep = i1 != i2
+        i1, i2 = i1[keep], i2[keep]
+        different = lab[i1] != lab[i2]
+        d_gate = np.sqrt(np.mean(((mu[i1].astype(np.float64) - mu[i2]) / scale[m]) ** 2, axis=1))
+        d_post = 0.5 * np.abs(ap[i1] - ap[i2]).sum(axis=1)
+        if different.all() or not different.any():
+            continue
+        out[m] = {"auc_feature_gate": float(roc_auc_score(different, d_gate)),
+                  "auc_class_posterior": float(roc_auc_score(different, d_post)),
+                  "different_inside_gate": float((d_gate[different] <= gate).mean()),
+                  "same_outside_gate": float((d_gate[~different] > gate).mean()), "pairs": int(keep.sum())}
+    return out
+
+
 def configure(parser):
     parser.add_argument("--model-dir", help="bundle directory (default: the shipped models/amiro)")
     parser.add_argument("--samples", type=int, default=600,
@@ -290,6 +386,21 @@ def _run(args, source, bundle, held) -> int:
               f"{s_in.size}; out-of-distribution flagged {100 * (s_out > thr).mean():.0f} % of {s_out.size} "
               f"(missed: {[k for k, v in zip(ood[m], s_out) if not v > thr]})")
         traces[(m, "novelty")] = (s_in, s_out, list(ood[m]))
+    res["gate"] = gate_separability(bundle, held, seed=args.seed)
+    for m, row in res["gate"].items():
+        print(f"{m:12s} outlier gate vs another attribute value ({row['pairs']} pairs): ROC AUC of the feature-space "
+              f"gate distance {row['auc_feature_gate']:.3f}, of the class posteriors' distance "
+              f"{row['auc_class_posterior']:.3f}; different-value pairs inside the gate "
+              f"{100 * row['different_inside_gate']:.0f} %, same-value pairs outside {100 * row['same_outside_gate']:.0f} %")
+    views = accumulation_over_views(bundle, seed=args.seed + 11)
+    res["accumulation_over_views"] = views
+    if views is not None:
+        print(f"views of one object ({views['objects']} objects, all sensors, 27 classes): accuracy with k views per "
+              "sensor")
+        for k, row in views["k"].items():
+            print(f"  k={k:2d}: slot accumulation (product of feature posteriors) -> joint head "
+                  f"{row['feature_poe']:.3f}; product of unimodal class posteriors {row['posterior_product']:.3f}; "
+                  f"last view only {row['last_view']:.3f}")
     res["latency"] = observe_latency(bundle, held, rounds=args.latency_rounds)
     for m, row in res["latency"].items():
         print(f"{m:12s} Agent.observe p50 {row['with_ms']:.2f} ms with accumulation + novelty, {row['without_ms']:.2f} ms "
