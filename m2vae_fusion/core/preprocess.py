@@ -15,6 +15,7 @@ blob, else the whole image; LiDAR — the nearest return within ±40° of straig
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import cv2
@@ -178,9 +179,29 @@ def crop_camera(image: np.ndarray, cfg: Mapping, target_position=None, camera_k=
         m = np.array([[sx, 0.0, cu - hw + 0.5 * sx - 0.5], [0.0, sy, cv_ - hh + 0.5 * sy - 0.5]])
         src = img[i]
         if max(sx, sy) > 1.5:  # anti-aliasing before shrinking
-            src = cv2.GaussianBlur(src, (0, 0), 0.4 * max(sx, sy))
+            src = _blur_window(src, m, size, 0.4 * max(sx, sy))
         out[i] = cv2.warpAffine(np.ascontiguousarray(src), m, (size, size),
                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def _blur_window(src: np.ndarray, m: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """``cv2.GaussianBlur(src, (0, 0), sigma)`` where the (inverse) affine map ``m`` of a ``size`` x ``size`` output
+    samples, ``src`` elsewhere: the warp with ``m`` gives the same output as with the whole image blurred (the
+    blurred part reaches a kernel radius plus two pixels beyond every pixel the bilinear warp reads, clamped to the
+    image as the warp's replicated border is, and is cut either there or at the image's own border, where both see
+    the same reflected border), for a fraction of the cost: at 320x240 the whole-image blur was most of a camera
+    observation's CPU (cProfile). Returns a new uint8 image of ``src``'s shape."""
+    h, w = src.shape[:2]
+    ksize = int(round(sigma * 3 * 2 + 1)) | 1  # OpenCV's kernel size for 8-bit images and ksize (0, 0)
+    r = ksize // 2 + 2
+    corners = m @ np.array([[0.0, size - 1.0, 0.0, size - 1.0], [0.0, 0.0, size - 1.0, size - 1.0],
+                            [1.0, 1.0, 1.0, 1.0]])
+    xs, ys = np.clip(corners[0], 0, w - 1), np.clip(corners[1], 0, h - 1)
+    x0, x1 = max(0, math.floor(xs.min()) - r), min(w, math.ceil(xs.max()) + r + 2)
+    y0, y1 = max(0, math.floor(ys.min()) - r), min(h, math.ceil(ys.max()) + r + 2)
+    out = np.array(src, copy=True)
+    out[y0:y1, x0:x1] = cv2.GaussianBlur(np.ascontiguousarray(src[y0:y1, x0:x1]), (0, 0), sigma)
     return out
 
 
