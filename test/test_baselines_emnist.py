@@ -72,7 +72,8 @@ def test_mixture_elbo_uses_every_component():
         assert len(be.posterior_components(model, "ab", xs)) == k
         assert len(be.posterior_components(model, "a", xs)) == 1
         e = be.elbo(model, {"a": xs["a"].numpy(), "b": xs["b"].numpy()}, 2, 0)
-        assert all(math.isfinite(v) and v < 0 for v in e.values())
+        assert set(e) == {"ab", "a", "b", "kl_ab", "kl_a", "kl_b"}
+        assert all(math.isfinite(v) for v in e.values()) and all(e[k] < -e[f"kl_{k}"] for k in ("ab", "a", "b"))
 
 
 def test_bench_baselines_emnist_small(tmp_path, capsys):
@@ -97,6 +98,8 @@ def test_bench_baselines_emnist_small(tmp_path, capsys):
             assert s["ab"]["n"] == 2 and math.isfinite(s["ab"]["ci95"])
             assert all(0.0 <= s[k]["mean"] <= 1.0 for k in ("ab", "a", "b"))
             assert all(math.isfinite(s[f"elbo_{k}"]["mean"]) for k in ("ab", "a", "b"))
+            assert all(s[f"kl_{k}"]["mean"] > 0 for k in ("ab", "a", "b"))  # KL(q‖p) of a trained encoder
+            assert s["coh_a"]["mean"] >= 0 and s["coh_b"]["mean"] >= 0
         assert sorted(s["rank_ab"] for s in summary) == [1, 2, 3, 4, 5]
         assert res["raw"][p]["ab"] > 0.3  # the paired images carry the class (chance 0.1)
         assert res["data"]["pairs"][p] == {"train": 120, "test": 50}
