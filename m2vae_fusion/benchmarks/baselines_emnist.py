@@ -107,6 +107,8 @@ def configure(parser):
                              "root of its mean pixel variance, so the objectives' Gaussian likelihood (σ² = ½, made "
                              "for unit-variance features) sees unit-variance data, linear decoder outputs; none: "
                              "pixels in [0, 1] with sigmoid decoder outputs")
+    parser.add_argument("--emnist-alpha", type=float,
+                        help="weight α of the m2vae and jmvae mutual KL terms (default 0.1, the project's)")
     parser.add_argument("--emnist-quick", action="store_true",
                         help="the quick budget (30 epochs, 250 pairs/class, 30 CVAE epochs, 500 articles/class)")
 
@@ -136,6 +138,10 @@ def config_from(args) -> dict:
     if not pairings:
         raise UserError("--emnist-pairings: no pairing given")
     cfg["pairings"] = pairings
+    if getattr(args, "emnist_alpha", None) is not None:
+        if not args.emnist_alpha >= 0:
+            raise UserError(f"--emnist-alpha must be ≥ 0 (got {args.emnist_alpha})")
+        cfg["alpha"] = float(args.emnist_alpha)
     cfg["scale"] = getattr(args, "emnist_scale", None) or "standard"
     cfg["output_activation"] = None if cfg["scale"] == "standard" else "sigmoid"
     cfg["n_test_per_class"] = max(5, cfg["pairs_per_class"] // 3)
@@ -570,7 +576,8 @@ def format_table(res: Mapping) -> str:
                           "ELBO b (rank)", "train CPU s"], body,
                          f"e-MNIST part, {PAIRING_TITLES[p]}: {sz.get('train', '?')} train / {sz.get('test', '?')} "
                          f"test pairs; naive Bayes on latent means (chance 0.100) and test ELBO (nats/pair, draft "
-                         f"Eq. 12, higher is better); {n} seed(s), mean ± 95 % interval; {cfg['epochs']} epochs"))
+                         f"Eq. 12, higher is better); {n} seed(s), mean ± 95 % interval; {cfg['epochs']} epochs, "
+                         f"α = {cfg['alpha']:g}"))
         out.append(table(["  objective", "KL(q_ab‖p)", "KL(q_a‖p)", "KL(q_b‖p)", "KL(q_ab‖q_a)", "KL(q_ab‖q_b)"],
                          [["  " + r[0], *r[1:]] for r in diag],
                          "  the ELBOs' regularisers E_q[log q_S − log p(z)] and the distance of each unimodal encoder "
