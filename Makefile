@@ -6,12 +6,13 @@ PY     := $(VENV)/bin/python
 MSGS_SRC := $(wildcard m2vae_fusion_msgs/package.xml m2vae_fusion_msgs/CMakeLists.txt m2vae_fusion_msgs/msg/*.msg)
 REQS     := $(wildcard requirements*.txt)
 
-.PHONY: setup test demo clean help
+.PHONY: setup test demo clean help bench-data
 help:
 	@echo "make setup   create $(VENV) with every pinned dependency (runtime, interface build, train/sim/bench extras,"
 	@echo "             test tools), the interfaces and the package (editable, executables also in lib/m2vae_fusion/)"
 	@echo "make demo    set up if needed, then run the main job (simulated multi-agent fusion)"
 	@echo "make test    set up if needed, then run the whole test suite"
+	@echo "make bench-data  install the benchmark-only data (Fashion-MNIST, Debian package; needs root)"
 
 setup: $(VENV)/.stamp-project
 
@@ -35,6 +36,9 @@ test: setup
 demo: setup
 	@mkdir -p runs
 	$(VENV)/bin/m2vae-fusion demo --json runs/demo.json --plot runs/demo.png
+
+bench-data:
+	bash scripts/install_bench_data.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

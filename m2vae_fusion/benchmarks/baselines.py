@@ -109,15 +109,18 @@ def batch_order(n: int, cfg: Mapping, seed: int):
 
 
 def train_ours(name: str, train: Mapping[str, np.ndarray], cfg: Mapping, seed: int, beta=None):
-    """Train :mod:`m2vae_fusion.training.objectives` ``name`` on the MoG training set; returns the model. ``beta``:
-    one fixed β for every KL term (the cross-check), else ``β_norm · D_S / D_z``."""
+    """Train :mod:`m2vae_fusion.training.objectives` ``name`` on the training set (``a``, ``b`` float32 (N, D_m):
+    the MoG set, or the e-MNIST part's images with ``cfg["output_activation"] = "sigmoid"``); returns the model.
+    ``beta``: one fixed β for every KL term (the cross-check), else ``β_norm · D_S / D_z``."""
     import torch
 
     from m2vae_fusion.training import objectives
 
     torch.manual_seed(seed)
     obj = objectives.get(name)
-    model = obj.build(["a", "b"], {"a": 2, "b": 2}, cfg["latent_dim"], cfg["hidden"], cfg["fusion_hidden"])
+    dims = {m: int(train[m].shape[1]) for m in ("a", "b")}  # 2 and 2 on MoG; the e-MNIST part's images too
+    model = obj.build(["a", "b"], dims, cfg["latent_dim"], cfg["hidden"], cfg["fusion_hidden"],
+                      cfg.get("output_activation"))
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     xa, xb = torch.from_numpy(train["a"]), torch.from_numpy(train["b"])
     model.train()
