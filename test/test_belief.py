@@ -336,3 +336,32 @@ def test_accumulation_over_views_on_the_hard_bundle_and_none_for_the_easy_one(ca
     d = bb.generate(hard, 40, seed=5)
     scores = bb.novelty_scores(hard, hard.novelty, "lidar", d["lidar"], [bb.position_of(d, i) for i in range(40)])
     assert (scores > hard.novelty.threshold).mean() <= 0.2
+
+
+def test_a_change_needs_its_run_of_outliers_to_span_change_confirm_time(tmp_path):
+    """At a high frame rate, 4 agreeing outliers within a fraction of a second (one new view) do not replace the
+    slot; the run replaces it once it spans ``confirm_time`` seconds; an inlier in between restarts the run."""
+    from linear_bundle import make_linear_bundle
+
+    from m2vae_fusion.core.fusion import Accumulation
+
+    bundle = Bundle.load(make_linear_bundle(str(tmp_path / "lin"), 4, 4, seed=1))
+    eng = FusionEngine(bundle, clock=lambda: 0.0,
+                       accumulation=Accumulation(forgetting=0.99, gate=1.0, confirm=4, confirm_time=2.0))
+    near, far = np.array([0.1, 0.2, 0.0, 0.1], np.float32), np.array([3.0, -3.0, 3.0, -3.0], np.float32)
+    b = eng.observe(None, "t", "lidar", near, 1.0, "a")
+    held = b
+    for k in range(10):  # 15 Hz: 10 agreeing outliers span 0.6 s
+        held = eng.observe(held, "t", "lidar", far, 2.0 + k / 15, "a")
+        assert held.held_back and held.slots["lidar"].evidence == b.slots["lidar"].evidence
+    held = eng.observe(held, "t", "lidar", near, 2.7, "a")  # an inlier: the run is broken
+    assert not held.held_back and held.slots["lidar"].support_since is None
+    stamps = [2.8 + k / 15 for k in range(31)]  # a new run from 2.8 s: 2 s later (4.8 s) it replaces the slot
+    for t in stamps:
+        held = eng.observe(held, "t", "lidar", far, t, "a")
+        if t - 2.8 < 2.0 - 1e-9:
+            assert held.held_back, t
+    assert not held.held_back and held.slots["lidar"].stamp == stamps[-1]
+    assert [s for _, s in held.slots["lidar"].evidence] == stamps[-4:]
+    with pytest.raises(ValueError):
+        Accumulation(confirm_time=-1.0)

@@ -129,10 +129,12 @@ class AgentConfig:
     share: bool = True
     output_frame_id: str = ""
     #: evidence accumulation (:class:`~m2vae_fusion.core.fusion.Accumulation`): forgetting factor λ in [0, 1]
-    #: (0: each observation replaces its slot), outlier gate and outliers that confirm a change
-    forgetting_factor: float = 0.8
+    #: (0: each observation replaces its slot), outlier gate, outliers that confirm a change and the seconds their
+    #: run must span
+    forgetting_factor: float = 0.99
     outlier_gate: float = 1.25
     change_confirmations: int = 4
+    change_confirm_time: float = 2.0
     #: novelty threshold (:mod:`m2vae_fusion.core.novelty`): 0: the bundle's calibrated one; < 0: off
     novelty_threshold: float = 0.0
     #: frame of TargetOfInterest positions the crop uses (positions in another frame: the preprocessing fallback)
@@ -141,12 +143,13 @@ class AgentConfig:
     #: fields that may change while the agent runs (:meth:`Agent.reconfigure`)
     RUNTIME = ("trusted", "belief_ttl", "max_message_age", "max_latent_age", "future_tolerance",
                "shared_latent_rate", "output_frame_id", "forgetting_factor", "outlier_gate",
-               "change_confirmations", "novelty_threshold")
+               "change_confirmations", "change_confirm_time", "novelty_threshold")
 
     @property
     def accumulation(self) -> Accumulation:
         """The engine's accumulation settings (raises ValueError when out of range)."""
-        return Accumulation(float(self.forgetting_factor), float(self.outlier_gate), int(self.change_confirmations))
+        return Accumulation(float(self.forgetting_factor), float(self.outlier_gate), int(self.change_confirmations),
+                            confirm_time=float(self.change_confirm_time))
 
     @property
     def share_period(self) -> float:

@@ -89,7 +89,8 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
                   "future_tolerance": "future_tolerance", "trusted_agents": "trusted",
                   "output_frame_id": "output_frame_id", "warn_throttle": None,
                   "forgetting_factor": "forgetting_factor", "outlier_gate": "outlier_gate",
-                  "change_confirmations": "change_confirmations", "novelty_threshold": "novelty_threshold"}
+                  "change_confirmations": "change_confirmations", "change_confirm_time": "change_confirm_time",
+                  "novelty_threshold": "novelty_threshold"}
 
 
 #: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
@@ -306,15 +307,19 @@ class FusionNode(LifecycleNode):
                                                     "(unavailable ones are skipped)"),
         ("output_frame_id", "", "frame_id of published headers; empty: the target's frame"),
         ("diagnostics_period", 1.0, "Seconds between /diagnostics messages"),
-        ("forgetting_factor", 0.8, "Evidence accumulation: repeated observations of one sensor multiply into its "
-                                   "slot (product of Gaussian experts); the held evidence is weighted by this factor "
-                                   "at each new observation, so a steady stream counts as 1/(1-factor) observations "
-                                   "(0: each observation replaces the last, as in the paper; 1: never forget)"),
+        ("forgetting_factor", 0.99, "Evidence accumulation: repeated observations of one sensor multiply into its "
+                                    "slot (product of Gaussian experts); the held evidence is weighted by this factor "
+                                    "at each new observation, so a steady stream counts as 1/(1-factor) observations "
+                                    "(0: each observation replaces the last, as in the paper; 1: never forget)"),
         ("outlier_gate", 1.25, "An observation farther than this from its slot's accumulated feature (rms over "
                                "dimensions, in units of the calibrated in-distribution spread) is held back, not "
                                "fused"),
-        ("change_confirmations", 4, "When this many of a slot's last change_confirmations+1 observations were held "
-                                    "back, the object changed: the slot becomes the held-back observations"),
+        ("change_confirmations", 4, "When this many consecutive observations of a slot were held back as agreeing "
+                                    "outliers (and change_confirm_time has passed), the object changed: the slot "
+                                    "becomes the held-back observations"),
+        ("change_confirm_time", 2.0, "Seconds (stamps) the run of agreeing outliers must span before it replaces a "
+                                     "slot, so that the few frames of one new view of a 10-30 Hz sensor do not "
+                                     "(0: the count alone)"),
         ("novelty_threshold", 0.0, "Observations whose novelty score (two-sided test of the β-VAE ELBO terms, "
                                    "calibrated on in-distribution data in the bundle manifest) exceeds this are not "
                                    "fused (dropped.<sensor>.novel); 0: the bundle's calibrated threshold; < 0: off"),
@@ -429,11 +434,13 @@ class FusionNode(LifecycleNode):
             target_history=p["target_history"], shared_latent_rate=p["shared_latent_rate"],
             share=bool(p["shared_latent_topic"]), output_frame_id=p["output_frame_id"], base_frame=p["base_frame"],
             forgetting_factor=p["forgetting_factor"], outlier_gate=p["outlier_gate"],
-            change_confirmations=p["change_confirmations"], novelty_threshold=p["novelty_threshold"])
+            change_confirmations=p["change_confirmations"], change_confirm_time=p["change_confirm_time"],
+            novelty_threshold=p["novelty_threshold"])
         try:
             config.accumulation
         except ValueError as exc:
-            raise ConfigError(f"parameters forgetting_factor / outlier_gate / change_confirmations: {exc}") from None
+            raise ConfigError(f"parameters forgetting_factor / outlier_gate / change_confirmations / "
+                              f"change_confirm_time: {exc}") from None
         # this process's incarnation: its start stamp on the ROS clock (the stamps' time base); the wall clock while a
         # simulated clock has not started
         incarnation = self.get_clock().now().nanoseconds or time.time_ns()
