@@ -71,3 +71,26 @@ def test_bench_baselines_amiro_bad_options(tmp_path, capsys):
     assert main(base + ["--amiro-samples", "10"]) == 2
     assert "--amiro-samples" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "d")
+
+
+def test_demo_agents_on_the_shipped_mopoe_bundle_exchange_latents(tmp_path):
+    """Three single-sensor fusion nodes on ``models/amiro_mopoe`` (a MoPoE bundle, unchanged node and messages):
+    short tour of 2 objects; every agent ends with the evidence of all three sensors from all three agents."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "d.json"
+    cmd = [sys.executable, "-m", "m2vae_fusion", "demo", "--model-dir", os.path.join(repo, "models", "amiro_mopoe"),
+           "--objects", "2", "--inspect-duration", "2.5", "--transit-duration", "0.5", "--log-dir",
+           str(tmp_path / "logs"), "--json", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["exchange"] is True and set(res["agents"]) == {"agent0", "agent1", "agent2"}
+    assert len(res["targets"]) == 2
+    for target in res["targets"].values():
+        for agent, cell in target["agents"].items():
+            assert cell["modalities"] == ["camera", "lidar", "reflectance"], (agent, cell)
+            assert sorted(cell["contributors"]) == ["agent0", "agent1", "agent2"]
+            assert 0.0 < cell["probability"] <= 1.0

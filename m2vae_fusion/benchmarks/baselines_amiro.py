@@ -33,10 +33,12 @@ test split with the runtime's ONNX networks (no torch), as ``m2vae-fusion eval``
 
 Mean over seeds and a 95 % Student-t interval (``t_{0.975, n−1} · s / √n``).
 
-Time with the defaults (``--amiro-samples 5000``: 4,000 train / 500 val / 500 test, 125 test objects; M2VAE 1,500
-optimiser steps per run): data set about 1 min, β-VAEs about 4 min, then 1.5-3 min per (objective, seed) on one
-core; 5 objectives × 3 seeds about 35-45 min wall on the shared 2-core machine. ``--amiro-quick``: 2,000 samples,
-600 steps, 20 head epochs (about 10 min for 5 × 3).
+Time with the defaults (``--amiro-samples 5000``: 4,000 train / 500 val / 500 test, 126 test objects; every
+multimodal VAE 1,500 optimiser steps of 256), measured on the shared 2-core machine (load 3-5 from other jobs): data
+set 26 s, β-VAEs 228 s (once), then 33-192 s per (objective, seed) (training stage 22-55 s, head 13 s, export and
+scoring the rest); 5 objectives × 3 seeds 25 min wall in all. ``--amiro-reuse`` keeps every scored run (its
+``result.json``), so a call that adds seeds or re-renders the table only trains what is new. ``--amiro-quick``:
+2,000 samples, 600 steps, 20 head epochs.
 """
 from __future__ import annotations
 
@@ -506,7 +508,8 @@ def run_set(args, names: Sequence[str], seeds: Sequence[int]) -> Dict:
                   f"{max(r['head'].items(), key=lambda kv: len(kv[0]))[1]:.3f} in-place K=50 "
                   f"{r['in_place']['random']['50']['in_place']:.3f} coherence cross {r['coherence_cross_mean']:.3f} "
                   f"train {r['train_wall_s']:.0f} s, observe p50 {r['latency']['observe_ms']['p50']:.2f} ms "
-                  f"({r['seconds']:.0f} s, load {load_average()[0]})", flush=True)
+                  + (f"(reused: {cache}; {r['seconds']:.0f} s, load {(r.get('load_average') or ['?'])[0]} then)"
+                     if r.get("reused") else f"({r['seconds']:.0f} s, load {load_average()[0]})"), flush=True)
     load["end"] = load_average()
     if scorer is None:
         scorer = Scorer(rows[0]["bundle"], data, seed=0)
