@@ -199,7 +199,7 @@ def test_bench_baselines_small(tmp_path, capsys):
     from m2vae_fusion.cli import main
 
     js, png = tmp_path / "b.json", tmp_path / "b.png"
-    rc = main(["bench", "baselines", "--objectives", "m2vae,mopoe", "--seeds", "0,1", "--epochs", "1",
+    rc = main(["bench", "baselines", "--sets", "mog", "--objectives", "m2vae,mopoe", "--seeds", "0,1", "--epochs", "1",
                "--samples-per-class", "20", "--json", str(js), "--plot", str(png)])
     assert rc == 0
     res = json.loads(js.read_text())

@@ -35,7 +35,8 @@ from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
-HELP = "multimodal-VAE objectives (m2vae, jmvae, mvae, mmvae, mopoe) on the FUSION 2019 MoG set, vs MultiVae"
+HELP = ("multimodal-VAE objectives (m2vae, jmvae, mvae, mmvae, mopoe) on the FUSION 2019 MoG set (vs MultiVae), "
+        "the simulated AMiRo world and e-MNIST")
 
 DEFAULTS = {
     "n_train_per_class": 300,
@@ -71,9 +72,10 @@ def _part(name: str):
 
 
 def configure(parser):
-    parser.add_argument("--sets", default="mog",
+    parser.add_argument("--sets", default="mog,amiro,emnist",
                         help="comma-separated data sets: mog (FUSION 2019 Table I), amiro (the simulated world), "
-                             "emnist (the ICLR draft's e-MNIST from real data sets); default mog")
+                             "emnist (the ICLR draft's e-MNIST from real data sets; `make bench-data` installs it); "
+                             "default all three (about an hour on 2 cores; --amiro-quick / --emnist-quick: less)")
     for name in PART_MODULES:
         part = _part(name)
         if part is not None:
