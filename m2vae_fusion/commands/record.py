@@ -102,6 +102,11 @@ def run(args) -> int:
             except Exception:
                 pass
         rclpy.try_shutdown()
+        # the bag is closed: later stop signals are ignored, also while the interpreter exits (Python resets its
+        # own handlers to the default action at exit, and a second Ctrl-C arriving then killed the recorder
+        # with -2 after the bag was closed; an ignored signal is left ignored)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     dt = time.monotonic() - t0
     print(f"record: {rec.count} messages on {len(rec.counts)} topics in {dt:.1f} s"
           + (f" ({stop['signal']})" if stop["signal"] else "") + f"; bag {args.out} closed")

@@ -131,3 +131,8 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, close: str, ar
         except KeyboardInterrupt:  # a second Ctrl-C during clean-up
             pass
         rclpy.try_shutdown()
+        # everything is released: later stop signals are ignored, also while the interpreter exits (Python resets
+        # its own handlers to the default action then, so a late second Ctrl-C would kill the process with -2;
+        # an ignored signal stays ignored)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
