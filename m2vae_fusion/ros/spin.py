@@ -46,16 +46,12 @@ class StopFlag:
 
     Attributes:
         event: ``threading.Event`` set by the first stop signal.
-        signal_name: ``"SIGINT"`` / ``"SIGTERM"`` of the first stop signal, ``None`` before.
     """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.signal_name = None
 
-    def _on_signal(self, signum, _frame) -> None:  # a flag only: never raises where the main thread happens to be
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
+    def _on_signal(self, _signum, _frame) -> None:  # a flag only: never raises where the main thread happens to be
         self.event.set()
 
     def install(self) -> "StopFlag":
