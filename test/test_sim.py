@@ -188,3 +188,38 @@ def test_hard_samples_views_and_determinism():
     assert np.all((d > 0.09) & (d < 0.65)) and np.all(np.abs(np.arctan2(a["target_position"][:, 1],
                                                                           a["target_position"][:, 0])) < 0.26)
     assert hard.kelvin_rgb(2000)[2] < 0.3 and np.allclose(hard.kelvin_rgb(6500), 1.0, atol=0.03)
+
+
+def test_hard_static_views_are_fused_by_the_shipped_bundle():
+    """``bench runtime`` feeds the node these: one object, one pose, new sensor noise per observation, with the
+    target's position. The shipped hard bundle must fuse every one of them (none novel, none held back) - with
+    the earlier synthetic blobs it refused most, so the benchmark timed a node that published almost nothing."""
+    import json
+    import os
+
+    from m2vae_fusion.benchmarks.inference import CorePath, make_observations
+    from m2vae_fusion.core.agent import Drop
+    from m2vae_fusion.sim import hard
+
+    a = hard.static_views(3, np.random.default_rng(5), sizes=((320, 240),), label=4)
+    assert a["camera_320x240"].shape == (3, 240, 320, 3) and a["lidar"].shape == (3, 667)
+    assert a["reflectance"].shape == (3, 8, 2) and a["target_position"].shape == (3,) and int(a["label"]) == 4
+    assert not np.array_equal(a["camera_320x240"][0], a["camera_320x240"][1])  # new noise per observation
+    bundle = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "amiro")
+    with open(os.path.join(bundle, "manifest.json")) as f:
+        manifest = json.load(f)
+    obs = make_observations(manifest, 4, seed=1)
+    assert str(obs["source"]).startswith("simulated hard world") and obs["camera_640x480"].shape == (4, 480, 640, 3)
+    core = CorePath(bundle, manifest, 1, obs)
+    crop = core.agent.crop_position(core.target)
+    assert crop is not None and np.allclose(crop, obs["target_position"])
+    assert core.agent.novelty_threshold > 0  # the default: the bundle's calibrated threshold is in force
+    drops = []
+    for m, kind in (("camera", "camera_320x240"), ("lidar", "lidar"), ("reflectance", "reflectance")):
+        for i in range(4):
+            stamp = core._next()
+            try:
+                core.agent.observe(m, stamp, obs[kind][i], core.agent.admit(m, stamp, stamp))
+            except Drop as exc:
+                drops.append((m, exc.reason.name))
+    assert drops == []

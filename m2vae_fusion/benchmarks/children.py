@@ -92,7 +92,10 @@ def feeder(spec: dict, rclpy) -> int:
         t0_wall = float(json.load(f)["t0"])
     mono0 = time.monotonic() + (t0_wall - time.time())
     # the targets first (stamped before any observation), on the reliable topic
-    toi = {ns: conv.target_msg(spec["targets"][ns], time.time_ns() - 500_000_000, "map") for ns in spec["agents"]}
+    # with the observed object's position in the base frame where the observations come with one (the crop's centre)
+    pos = [float(v) for v in obs["target_position"]] if "target_position" in obs else None
+    toi = {ns: conv.target_msg(spec["targets"][ns], time.time_ns() - 500_000_000, "base_link" if pos else "map",
+                               position=pos) for ns in spec["agents"]}
     for ns, pub in toi_pubs.items():
         pub.publish(toi[ns])
     gap = float(spec.get("gap", 1.0))

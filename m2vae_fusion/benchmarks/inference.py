@@ -32,12 +32,32 @@ KINDS = {"camera_320x240": ("camera", (320, 240)), "camera_640x480": ("camera", 
 def make_observations(manifest: Mapping, n: int, seed: int = 0) -> dict:
     """``n`` seeded raw observations per kind (what the sensors / peers send; the benchmark's only input data).
 
-    Camera: uint8 RGB (n, H, W, 3), smooth colour blobs plus noise at 320x240 and 640x480; lidar: ranges (n, B) in
-    metres with some beams out of range (+inf, REP 117); reflectance: (n, K, 2) range, intensity; peer: latent mean
-    and log-variance (n, Dz).
+    A bundle trained on the hard world (its camera preprocessing crops around the target) gets in-distribution
+    observations: one object of the simulated hard world seen from one robot pose, each observation a new sensor
+    reading (:func:`m2vae_fusion.sim.hard.static_views`), with ``target_position`` float32 (3,) (base frame, m) for
+    the TargetOfInterest; without pybullet, or for other bundles, synthetic ones: camera smooth colour blobs plus
+    noise, lidar uniform ranges with some beams out of range (+inf, REP 117), reflectance uniform (synthetic inputs
+    are novel to a hard-world bundle: the node would refuse them before fusing). ``source`` (0-d str) says which.
+
+    Returns:
+        camera ``camera_320x240`` / ``camera_640x480`` uint8 RGB (n, H, W, 3); ``lidar`` ranges float32 (n, B) m;
+        ``reflectance`` float32 (n, K, 2) range, intensity; ``peer_mean`` / ``peer_log_variance`` float32 (n, Dz)
+        (within the bundle's latent bounds); optionally ``target_position``.
     """
     rng = np.random.default_rng(seed)
-    out = {}
+    if manifest["inputs"]["camera"]["preprocessing"].get("crop", {}).get("enabled"):
+        try:
+            from m2vae_fusion.sim.hard import static_views
+        except ImportError:  # a robot install without the simulator
+            pass
+        else:
+            out = static_views(n, rng, sizes=[KINDS[k][1] for k in KINDS if KINDS[k][0] == "camera"])
+            out.pop("label")
+            out["source"] = np.asarray("simulated hard world: one object, one robot pose, new sensor noise per "
+                                       "observation")
+            _peer_latents(out, manifest, n, rng)
+            return out
+    out = {"source": np.asarray("synthetic: colour blobs, uniform ranges")}
     for kind, (mod, size) in KINDS.items():
         if mod != "camera":
             continue
@@ -60,12 +80,17 @@ def make_observations(manifest: Mapping, n: int, seed: int = 0) -> dict:
     refl_max = float(manifest["inputs"]["reflectance"]["preprocessing"]["range_max"])
     refl = np.stack([rng.uniform(0.05, 0.9 * refl_max, (n, k)), rng.uniform(0.0, 1.0, (n, k))], axis=2)
     out["reflectance"] = refl.astype(np.float32)
+    _peer_latents(out, manifest, n, rng)
+    return out
+
+
+def _peer_latents(out: dict, manifest: Mapping, n: int, rng: np.random.Generator) -> None:
+    """Adds ``peer_mean`` (within the bundle's latent bounds, which the engine enforces) and ``peer_log_variance``."""
     dz = int(manifest["latent_dim"])
     lb = manifest.get("latent_bounds") if manifest.get("format_version") == 3 else None
     out["peer_mean"] = (rng.uniform(lb["mean_min"], lb["mean_max"], (n, dz)) if lb  # the engine refuses others
                         else rng.normal(0, 1, (n, dz))).astype(np.float32)
     out["peer_log_variance"] = np.full((n, dz), -1.0, np.float32)
-    return out
 
 
 def chain(manifest: Mapping, kind: str) -> list:
@@ -302,18 +327,19 @@ def peer_message(manifest: Mapping, mean, log_variance, stamp_ns: int, target_id
     return conv.latent_to_msg(data)
 
 
-def convert_preprocess(kind: str, msg, manifest: Mapping):
+def convert_preprocess(kind: str, msg, manifest: Mapping, target_position=None):
     """What the node does to a message before the networks: conversion + preprocessing (camera, lidar,
-    reflectance) or conversion + validation (peer latent). Returns the network input (None for a peer)."""
+    reflectance; cropped around ``target_position``, base frame m, where the bundle crops) or conversion +
+    validation (peer latent). Returns the network input (None for a peer)."""
     from m2vae_fusion.core.preprocess import preprocess
     from m2vae_fusion.core import messages as conv
 
     mod = KINDS[kind][0]
     cfg = manifest["inputs"][mod]["preprocessing"] if mod != "peer" else None
     if mod == "camera":
-        return preprocess("camera", conv.image_to_rgb(msg), cfg)
+        return preprocess("camera", conv.image_to_rgb(msg), cfg, target_position=target_position)
     if mod == "lidar":
-        return preprocess("lidar", conv.scan_to_ranges(msg, cfg), cfg)
+        return preprocess("lidar", conv.scan_to_ranges(msg, cfg), cfg, target_position=target_position)
     if mod == "reflectance":
         return preprocess("reflectance", conv.reflectance_to_array(msg, int(cfg["beams"])), cfg)
     conv.latent_from_msg(msg, manifest["modalities"], int(manifest["latent_dim"]))
@@ -327,10 +353,11 @@ class CorePath:
     or peer merge, class belief) and building the LatentEmbedding and ClassBelief messages (not publishing them).
     The difference to the node's latency is the ROS side: executor, take/deserialize, publishes."""
 
-    def __init__(self, bundle_dir: str, manifest: Mapping, threads: int = 1):
+    def __init__(self, bundle_dir: str, manifest: Mapping, threads: int = 1, obs: Mapping | None = None):
         from m2vae_fusion.core.agent import Agent, AgentConfig
         from m2vae_fusion.core.bundle import Bundle
         from m2vae_fusion.core.fusion import FusionEngine
+        from m2vae_fusion.core.preprocess import preprocess
 
         self.manifest = manifest
         self.bundle = Bundle.load(bundle_dir, threads=threads)
@@ -338,13 +365,21 @@ class CorePath:
         self.agent = Agent(FusionEngine(self.bundle), AgentConfig(
             agent_id="bench", modalities=tuple(self.mods), max_message_age=0.0, max_latent_age=-1.0,
             shared_latent_rate=0.0))
-        self.agent.on_target(0.0, "bench_target", "map")
+        pos = None if obs is None or "target_position" not in obs else [float(v) for v in obs["target_position"]]
+        self.agent.on_target(0.0, "bench_target", "base_link" if pos else "map", position=pos)
         self.target = self.agent.target_at(1.0)
         self.stamp = 1_000.0
         rng = np.random.default_rng(2)
         engine = self.agent.engine
+        sim = obs is not None and "target_position" in obs
         for m in self.mods:  # every slot held: the steady state
-            f = self.bundle.sample_features(m, rng)[0]  # a feature whose encoding lies within the latent bounds
+            if sim:  # the slots hold the same object's evidence (else accumulation holds the observations back)
+                raw = obs["camera_320x240"][0] if m == "camera" else obs[m][0]
+                x = preprocess(m, raw, self.agent.cfg[m],
+                               target_position=pos)
+                f = self.bundle.encode_feature(m, x)[0][0]
+            else:
+                f = self.bundle.sample_features(m, rng)[0]  # a feature whose encoding lies within the latent bounds
             self.agent.store.put(engine.observe(self.agent.store.get("bench_target"), "bench_target", m, f,
                                                 self._next(), "bench"))
 
@@ -397,7 +432,8 @@ def time_paths(bundle_dir: str, manifest: Mapping, obs: Mapping, repeats: int, t
 
     ort_chains = OrtChains(bundle_dir, manifest, threads)
     torch_chains = TorchChains(bundle_dir, manifest, threads)
-    core = CorePath(bundle_dir, manifest, threads)
+    core = CorePath(bundle_dir, manifest, threads, obs)
+    pos = obs.get("target_position")
     dz = int(manifest["latent_dim"])
     belief = np.random.default_rng(1).normal(size=(1, dz)).astype(np.float32)
     out = {"torch_weights": torch_chains.weights, "torch_note": torch_chains.note,
@@ -412,7 +448,7 @@ def time_paths(bundle_dir: str, manifest: Mapping, obs: Mapping, repeats: int, t
         pass
     for kind in kinds or KINDS:
         msgs = messages(obs, kind, manifest)
-        xs = [convert_preprocess(kind, m, manifest) for m in msgs]
+        xs = [convert_preprocess(kind, m, manifest, pos) for m in msgs]
         peers = [obs["peer_mean"][i][None] for i in range(len(obs["peer_mean"]))]
         t_ort, t_torch, t_pre, t_core = [], [], [], []
         zt = torch.from_numpy(belief)
@@ -421,7 +457,7 @@ def time_paths(bundle_dir: str, manifest: Mapping, obs: Mapping, repeats: int, t
         for i in range(warmup + repeats):
             j = i % len(msgs)
             a = time.perf_counter()
-            convert_preprocess(kind, msgs[j], manifest)
+            convert_preprocess(kind, msgs[j], manifest, pos)
             b = time.perf_counter()
             ort_chains.run(kind, xs[j], belief, peers[j % len(peers)])
             c = time.perf_counter()

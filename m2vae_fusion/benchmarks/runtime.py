@@ -717,7 +717,8 @@ def _reference_chain(b: "Bench", repeats: int) -> dict:
 
     obs = dict(np.load(b.obs_path))
     chains = OrtChains(b.model_dir, b.manifest, b.args.threads)
-    xs = [convert_preprocess("camera_320x240", m, b.manifest) for m in messages(obs, "camera_320x240", b.manifest)]
+    xs = [convert_preprocess("camera_320x240", m, b.manifest, obs.get("target_position"))
+          for m in messages(obs, "camera_320x240", b.manifest)]
     z = np.random.default_rng(1).normal(size=(1, int(b.manifest["latent_dim"]))).astype(np.float32)
     times = []
     for i in range(10 + repeats):

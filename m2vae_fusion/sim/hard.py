@@ -381,3 +381,56 @@ def generate_samples(n: int, rng: np.random.Generator, views: int = 1, world=Non
     return {"camera": cam, "lidar": lid, "reflectance": ref, "present": np.ones((n, 3), bool),
             "label": lab[0], "colour": lab[1], "shape": lab[2], "material": lab[3], "target_position": pos,
             "object_id": lab[4]}
+
+
+def static_views(n: int, rng: np.random.Generator, sizes=((320, 240),), label: Optional[int] = None,
+                 max_tries: int = 20, world=None) -> Dict[str, np.ndarray]:
+    """``n`` observations of one object from one robot pose, as a robot standing still in front of its target
+    receives them: the scene (object, pose, light, distractors) is drawn once (:meth:`HardScene.observe`, occlusion
+    and IR interference left out), then every observation is a new sensor reading of it (camera gain and shot noise,
+    LiDAR range noise, IR noise). The camera is rendered at the published ``sizes`` (as ``sim_world`` publishes it,
+    without the training set's optical blur). Used by ``bench runtime`` to feed the node in-distribution frames with
+    one target position.
+
+    Args:
+        n: observations per sensor (≥ 1).
+        rng: the only source of randomness.
+        sizes: camera image sizes (width, height) in pixels.
+        label: class of the object (default drawn).
+        max_tries: scenes drawn until one has no occlusion and no IR interference.
+        world: a :func:`make_world` to reuse (default: one made and closed here).
+
+    Returns:
+        ``camera_<w>x<h>`` uint8 (n, h, w, 3) RGB per size, ``lidar`` float32 (n, B) m, ``reflectance`` float32
+        (n, K, 2) (range m, intensity), ``target_position`` float32 (3,) (target centre in the base frame, m),
+        ``label`` int64 ().
+
+    Raises:
+        ValueError: ``n`` < 1.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    own = world is None
+    w = make_world() if own else world
+    try:
+        scene = HardScene(w)
+        obj = draw_object(rng, label)
+        scene.set_object(obj, rng)
+        for _ in range(max_tries):
+            view = scene.observe(rng)
+            if view["scene"]["occluded_fraction"] == 0.0 and view["scene"]["ir_interference"] == 0.0:
+                break
+        kelvin, inten = view["scene"]["kelvin"], view["scene"]["light_intensity"]
+        out = {}
+        for width, height in sizes:
+            albedo = w.render_camera(0, int(width), int(height), noise=False).astype(np.float32)
+            out[f"camera_{int(width)}x{int(height)}"] = np.stack(
+                [camera_response(albedo, kelvin, inten, 0.0, rng) for _ in range(n)])
+        out["lidar"] = np.stack([w.lidar_scan(0, rng=rng) for _ in range(n)]).astype(np.float32)
+        out["reflectance"] = np.stack([w.reflectance_scan(0, rng=rng) for _ in range(n)]).astype(np.float32)
+        out["target_position"] = np.asarray(view["target_position"], np.float32)
+        out["label"] = np.asarray(obj["label"], np.int64)
+    finally:
+        if own:
+            w.close()
+    return out
