@@ -104,8 +104,8 @@ def test_relayed_accumulated_evidence_is_never_counted_twice(calibrated, data):
     idx = np.flatnonzero(test["shape"] == test["shape"][0])[:3]
     outs = [a.observe("lidar", 1.0 + k, test["lidar"][i], a.target_at(1.0)) for k, i in enumerate(idx)]
     lat = outs[-1].latent
-    # format 3: every contribution listed with its provenance, and the accumulated slot
-    assert lat.format_version == 3 and len(lat.contribution_modalities) >= 2
+    # format 3-4: every contribution listed with its provenance, and the accumulated slot
+    assert lat.format_version == 4 and len(lat.contribution_modalities) >= 2
     assert set(lat.contribution_sources) == {"a"} and lat.slot_features.shape == (1, calibrated.feature_dim)
     merged = b.merge(peer_from_latent(lat), now_s=10.0)
     assert merged is not None and merged.latent.contribution_stamps_ns[-len(lat.contribution_stamps_ns):] \
@@ -134,12 +134,12 @@ def test_format3_latent_message_round_trip_and_format2_still_parses(calibrated, 
     out = [agent.observe("reflectance", 1.0 + k, test["reflectance"][i], agent.target_at(1.0))
            for k, i in enumerate(idx)][-1]
     msg = latent_msg(out.latent)
-    assert msg.format_version == 3 and list(msg.contribution_sources) == ["a", "a"]
+    assert msg.format_version == 4 and list(msg.contribution_sources) == ["a", "a"]
     got = conv.latent_from_msg(msg, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim)
     assert got.contribution_stamps_ns == out.latent.contribution_stamps_ns
     np.testing.assert_array_equal(got.slot_features, out.latent.slot_features)
     bel = belief_msg(out.belief, msg)
-    assert bel.format_version == 3 and bel.novelty == -1.0 and bel.novelty_threshold == -1.0
+    assert bel.format_version == 4 and bel.novelty == -1.0 and bel.novelty_threshold == -1.0
     # a format-2 message (no contribution fields): parsed, each slot counts as its one observation
     msg.format_version = 2
     msg.contribution_modalities, msg.contribution_sources, msg.contribution_stamps = [], [], []
@@ -241,7 +241,7 @@ def test_node_drops_novel_scans_counts_them_and_publishes_the_score(calibrated, 
                              poke=lambda: probe.publish("/nov/scan", conv.ranges_to_scan(raw, lc,
                                                                                         stamp_ns=probe.now_ns()),
                                                         SENSOR_QOS), poke_period=0.3)
-        assert bel is not None and bel.format_version == 3
+        assert bel is not None and bel.format_version == 4
         assert 0.0 <= bel.novelty <= 1.0 and bel.novelty_threshold == pytest.approx(calibrated.novelty.threshold)
     finally:
         if proc is not None:
@@ -365,3 +365,91 @@ def test_a_change_needs_its_run_of_outliers_to_span_change_confirm_time(tmp_path
     assert [s for _, s in held.slots["lidar"].evidence] == stamps[-4:]
     with pytest.raises(ValueError):
         Accumulation(confirm_time=-1.0)
+
+
+def test_class_evidence_adds_up_views_and_gives_the_product_of_unimodal_posteriors(calibrated, data):
+    """Class evidence (format 4): per slot the view-weighted sum with forgetting of the unimodal class
+    log-posteriors; the class belief is the softmax of their sum over slots (naive Bayes over sensors and views)."""
+    from m2vae_fusion.core.fusion import Accumulation
+    from m2vae_fusion.core.preprocess import preprocess
+
+    test = data[1]
+    eng = FusionEngine(calibrated, accumulation=Accumulation(forgetting=0.9, view_time=1.0), class_belief="evidence")
+    feat = {m: calibrated.encode_feature(m, preprocess(m, test[m][0], calibrated.input_config(m)))[0][0]
+            for m in ("lidar", "camera")}
+    ell = {m: eng.unimodal_log_posterior(m, feat[m]) for m in feat}
+    assert ell["lidar"].shape == (len(calibrated.class_names),) and np.all(ell["lidar"] <= 0)
+    b = eng.observe(None, "t", "lidar", feat["lidar"], 1.0, "a")
+    np.testing.assert_allclose(b.slots["lidar"].class_evidence, ell["lidar"], rtol=1e-6)
+    b = eng.observe(b, "t", "lidar", feat["lidar"], 1.25, "a")     # a quarter of a view later: 0.25 of a view
+    want = 0.9 ** 0.25 * ell["lidar"] + 0.25 * ell["lidar"]
+    np.testing.assert_allclose(b.slots["lidar"].class_evidence, want, rtol=1e-5)
+    b = eng.observe(b, "t", "lidar", feat["lidar"], 3.0, "a")      # a new view: weight 1
+    want = 0.9 * want + ell["lidar"]
+    np.testing.assert_allclose(b.slots["lidar"].class_evidence, want, rtol=1e-5)
+    b = eng.observe(b, "t", "camera", feat["camera"], 3.5, "a")
+    total = want + ell["camera"]
+    p = np.exp(total - total.max())
+    np.testing.assert_allclose(eng.classify(b), p / p.sum(), rtol=1e-4, atol=1e-6)
+    eng.class_belief = "latent"                                      # the paper's head on the fused latent
+    np.testing.assert_allclose(eng.classify(b), calibrated.classify(b.mean[None])[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="class_belief"):
+        FusionEngine(calibrated, class_belief="vote")
+    with pytest.raises(ValueError, match="view time"):
+        Accumulation(view_time=-1.0)
+
+
+def test_class_evidence_travels_in_format4_messages_bounded_and_format3_still_parses(calibrated, data):
+    pytest.importorskip("m2vae_fusion_msgs")
+    from m2vae_fusion.core import messages as conv
+    from m2vae_fusion.ros.fusion_node import belief_msg, latent_msg
+
+    test = data[1]
+    cfg = dict(max_message_age=0.0, max_latent_age=-1.0, shared_latent_rate=0.0, novelty_threshold=-1.0,
+               class_belief="evidence")
+    a = Agent(FusionEngine(calibrated), AgentConfig(agent_id="a", modalities=("lidar",), **cfg), clock=lambda: 0.0)
+    b = Agent(FusionEngine(calibrated), AgentConfig(agent_id="b", modalities=("camera",), **cfg), clock=lambda: 0.0)
+    for ag in (a, b):
+        ag.on_target(0.0, "t")
+    for k in range(3):
+        out = a.observe("lidar", 1.0 + k, test["lidar"][0], a.target_at(1.0))
+    assert out.belief.class_belief == "evidence"
+    msg = latent_msg(out.latent)
+    n_cls = len(calibrated.class_names)
+    assert msg.format_version == 4 and len(msg.slot_class_evidence) == n_cls
+    assert belief_msg(out.belief, msg).class_belief == "evidence"
+    got = conv.latent_from_msg(msg, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim, n_cls)
+    np.testing.assert_array_equal(got.slot_class_evidence, out.latent.slot_class_evidence)
+    merged = b.merge(got, now_s=10.0)
+    # b adopts a's lidar slot with its class evidence: the two agents hold the same class belief
+    np.testing.assert_allclose(merged.belief.probabilities, out.belief.probabilities, rtol=1e-4, atol=1e-6)
+    # a peer that shouts (1e30 nats for one class) is clipped to what a slot can accumulate
+    loud = conv.latent_from_msg(msg, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim, n_cls)
+    ev = np.full((1, n_cls), -1e30, np.float32)
+    ev[0, 1] = 1e30
+    stamp = loud.modality_stamps_ns[0] + 10**9
+    loud = conv.LatentData(**{**loud.__dict__, "agent_id": "c", "modality_sources": ("c",), "contributors": ("c",),
+                              "contribution_sources": ("c",) * len(loud.contribution_sources),
+                              "contribution_stamps_ns": loud.contribution_stamps_ns[:-1] + (stamp,),
+                              "modality_stamps_ns": (stamp,), "slot_class_evidence": ev})
+    b.merge(loud, now_s=11.0)
+    held = b.store.get("t").slots["lidar"].class_evidence
+    cap = b.engine.evidence_cap()
+    assert held.max() == 0.0 and held.min() >= -cap - 1e-3 and np.isfinite(held).all()
+    # format 3 (no class evidence): parsed, the slot counts as one view of its accumulated feature
+    msg.format_version = 3
+    msg.slot_class_evidence = []
+    old = conv.latent_from_msg(msg, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim, n_cls)
+    assert old.slot_class_evidence is None
+    fresh = Agent(FusionEngine(calibrated), AgentConfig(agent_id="d", modalities=("camera",), **cfg),
+                  clock=lambda: 0.0)
+    fresh.on_target(0.0, "t")
+    res = fresh.merge(old, now_s=10.0)
+    p = res.belief.probabilities
+    assert np.isfinite(p).all() and abs(float(p.sum()) - 1.0) < 1e-4
+    # a wrong number of values is refused with a reason
+    bad = latent_msg(out.latent)
+    bad.slot_class_evidence = list(bad.slot_class_evidence)[:-1]
+    with pytest.raises(conv.ConversionError) as e:
+        conv.latent_from_msg(bad, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim, n_cls)
+    assert e.value.reason == DropReason.MISMATCH

@@ -91,7 +91,7 @@ def test_observe_publishes_latent_belief_and_share(bundle):
     agent.on_target(0.0, "t", "map")
     out = fuse(agent, "camera", 1.0, camera())
     lat = out.latent
-    assert lat.format_version == FORMAT_VERSION == 3
+    assert lat.format_version == FORMAT_VERSION == 4
     assert (lat.agent_id, lat.target_id, lat.model_id, lat.frame_id) == ("a", "t", bundle.model_id, "map")
     assert lat.modalities == ("camera",) and lat.modality_sources == ("a",) and lat.contributors == ("a",)
     assert lat.stamp_ns == lat.modality_stamps_ns[0] == 1_000_000_000
@@ -151,7 +151,8 @@ def test_screen_peer(bundle):
     agent, _ = make_agent(bundle, trusted=frozenset({"b"}))
     agent.screen_peer("b", bundle.model_id, FORMAT_VERSION)
     agent.screen_peer("b", bundle.model_id, 2)  # format 2: read, incarnations unknown
-    cases = [(("b", bundle.model_id, 4), DropReason.FORMAT_VERSION), (("b", bundle.model_id, 1),
+    agent.screen_peer("b", bundle.model_id, 3)  # format 3: read, no class evidence
+    cases = [(("b", bundle.model_id, 5), DropReason.FORMAT_VERSION), (("b", bundle.model_id, 1),
                                                                        DropReason.FORMAT_VERSION),
              (("x", bundle.model_id, 2), DropReason.UNTRUSTED), (("b", "other", 2), DropReason.MODEL_ID)]
     for args, reason in cases:

@@ -104,7 +104,7 @@ def test_lifecycle_transitions_through_change_state(bundle_dir, probe, tmp_path)
         assert change(probe, ns, Transition.TRANSITION_CONFIGURE) and state(probe, ns) == "inactive"
         assert change(probe, ns, Transition.TRANSITION_ACTIVATE) and state(probe, ns) == "active"
         lat = camera_until_latent(probe, ns, "lc_t")
-        assert lat is not None and lat.agent_id == "lc_agent" and lat.format_version == 3
+        assert lat is not None and lat.agent_id == "lc_agent" and lat.format_version == 4
         # while configured: runtime-safe parameters apply, the others are refused with a reason
         assert set_param(probe, ns, "belief_ttl", 12.0).successful
         assert set_param(probe, ns, "trusted_agents", ["x", "y"]).successful
@@ -159,14 +159,14 @@ def test_unknown_format_version_is_refused(bundle_dir, probe, tmp_path):
     bundle = Bundle.load(bundle_dir)
     try:
         assert probe.diagnostics(f"/{ns}/fusion_node", timeout=30) is not None, proc.log()
-        assert LatentEmbedding.FORMAT_VERSION == 3 == LatentEmbedding().format_version
+        assert LatentEmbedding.FORMAT_VERSION == 4 == LatentEmbedding().format_version
         stamp = probe.now_ns()
         data = conv.LatentData(agent_id="v3", target_id="fv_t", model_id=bundle.model_id, stamp_ns=stamp,
                                modalities=("lidar",), modality_stamps_ns=(stamp,), modality_sources=("v3",),
                                contributors=("v3",), mean=np.zeros(4, np.float32),
                                log_variance=np.zeros(4, np.float32))
         msg = conv.latent_to_msg(data)
-        msg.format_version = 4
+        msg.format_version = 5
         assert probe.wait_subscribers(SHARED, LatentEmbedding, RELIABLE_QOS)
         deadline = time.monotonic() + 10
         vals = {}

@@ -56,15 +56,17 @@ import numpy as np
 
 from m2vae_fusion.core.messages import LatentData
 from m2vae_fusion.core.modalities import MODALITIES
-from m2vae_fusion.core.fusion import Accumulation, Belief, BeliefStore, FusionEngine, FusionError, Slot
+from m2vae_fusion.core.fusion import (CLASS_BELIEFS, Accumulation, Belief, BeliefStore, FusionEngine, FusionError,
+                                     Slot)
 from m2vae_fusion.core.preprocess import PreprocessError, crop_config, preprocess
 from m2vae_fusion.core.reasons import DropReason
 
 #: Version of the LatentEmbedding / ClassBelief message format this agent writes and accepts (docs/formats.md).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Versions a receiver accepts: format 2 (incarnations unknown = 0; no per-contribution provenance: each slot counts
-#: as the one observation its stamp and source name) and format 3.
-ACCEPTED_FORMAT_VERSIONS = frozenset({2, FORMAT_VERSION})
+#: as the one observation its stamp and source name), format 3 (no class evidence per slot: a slot counts as one
+#: view of its feature) and format 4.
+ACCEPTED_FORMAT_VERSIONS = frozenset({2, 3, FORMAT_VERSION})
 #: How many peer-evidence age samples :meth:`Agent.peer_evidence_stats` summarises.
 PEER_AGE_WINDOW = 1000
 #: s: a peer observes a target continuously while its evidence stamps about it are at most this far apart (its sensors
@@ -135,6 +137,11 @@ class AgentConfig:
     outlier_gate: float = 1.25
     change_confirmations: int = 4
     change_confirm_time: float = 2.0
+    #: class evidence (:class:`~m2vae_fusion.core.fusion.Accumulation`): s within which frames count as one view
+    view_time: float = 1.0
+    #: class belief published: "latent" (the class-belief head on the fused latent, FUSION 2019) or "evidence" (product
+    #: of the slots' accumulated unimodal class posteriors; worse in the 20-object hard-world demo, README)
+    class_belief: str = "latent"
     #: novelty threshold (:mod:`m2vae_fusion.core.novelty`): 0: the bundle's calibrated one; < 0: off
     novelty_threshold: float = 0.0
     #: frame of TargetOfInterest positions the crop uses (positions in another frame: the preprocessing fallback)
@@ -143,13 +150,13 @@ class AgentConfig:
     #: fields that may change while the agent runs (:meth:`Agent.reconfigure`)
     RUNTIME = ("trusted", "belief_ttl", "max_message_age", "max_latent_age", "future_tolerance",
                "shared_latent_rate", "output_frame_id", "forgetting_factor", "outlier_gate",
-               "change_confirmations", "change_confirm_time", "novelty_threshold")
+               "change_confirmations", "change_confirm_time", "novelty_threshold", "view_time", "class_belief")
 
     @property
     def accumulation(self) -> Accumulation:
         """The engine's accumulation settings (raises ValueError when out of range)."""
         return Accumulation(float(self.forgetting_factor), float(self.outlier_gate), int(self.change_confirmations),
-                            confirm_time=float(self.change_confirm_time))
+                            confirm_time=float(self.change_confirm_time), view_time=float(self.view_time))
 
     @property
     def share_period(self) -> float:
@@ -257,6 +264,12 @@ def crop_position(target: Target, base_frame: str = "base_link") -> tuple | None
     return target.position
 
 
+def _class_belief(value: str) -> str:
+    if value not in CLASS_BELIEFS:
+        raise ValueError(f"class_belief must be one of {list(CLASS_BELIEFS)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class LatentOutput:
     """What a LatentEmbedding message carries (format 3, docs/formats.md). Stamps are integer ns.
@@ -288,6 +301,8 @@ class LatentOutput:
     #: known only through a latent are NaN), or None
     slot_features: Optional[np.ndarray] = None
     slot_precisions: Optional[np.ndarray] = None
+    #: format 4: float32 (len(modalities), C) class evidence per slot (rows of slots without: NaN), or None
+    slot_class_evidence: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +317,8 @@ class BeliefOutput:
     format_version: int = FORMAT_VERSION
     novelty: float = -1.0
     novelty_threshold: float = -1.0
+    #: format 4: "evidence" or "latent" (how ``probabilities`` were computed, :data:`CLASS_BELIEFS`)
+    class_belief: str = "latent"
 
 
 @dataclass(frozen=True)
@@ -350,6 +367,7 @@ class Agent:
         self.bundle = engine.bundle
         self.config = config
         engine.accumulation = config.accumulation
+        engine.class_belief = _class_belief(config.class_belief)
         #: modality → novelty score of its newest scored observation (fused or not)
         self.novelty_last: dict = {}
         self.clock = clock
@@ -392,6 +410,7 @@ class Agent:
         with self._lock:
             new = replace(self.config, **changes)
             self.engine.accumulation = new.accumulation
+            self.engine.class_belief = _class_belief(new.class_belief)
             self.config = new
             ttl = self.config.belief_ttl
             self.store.ttl_s = ttl if ttl and ttl > 0 else math.inf
@@ -784,7 +803,13 @@ class Agent:
             nan = np.full(self.bundle.feature_dim, np.nan, np.float32)
             feats = np.stack([nan if sl.feature is None else sl.feature for sl in held]).astype(np.float32)
             precs = np.stack([nan if sl.precision is None else sl.precision for sl in held]).astype(np.float32)
+        evid = None
+        if any(sl.class_evidence is not None for sl in held):
+            nan = np.full(len(self.bundle.class_names), np.nan, np.float32)
+            evid = np.stack([nan if sl.class_evidence is None else sl.class_evidence for sl in held]
+                            ).astype(np.float32)
         return LatentOutput(
+            slot_class_evidence=evid,
             contribution_modalities=tuple(c[0] for c in contrib), contribution_sources=tuple(c[1] for c in contrib),
             contribution_stamps_ns=tuple(s_to_ns(c[2]) for c in contrib), slot_features=feats,
             slot_precisions=precs,
@@ -800,7 +825,8 @@ class Agent:
         probs = self.engine.classify(belief)
         t = self.novelty_threshold
         out_belief = (BeliefOutput(latent, tuple(self.bundle.class_names), probs, novelty=float(novelty),
-                                   novelty_threshold=float(t) if t > 0 and self.config.novelty_threshold >= 0 else -1.0)
+                                   novelty_threshold=float(t) if t > 0 and self.config.novelty_threshold >= 0 else -1.0,
+                                   class_belief=self.engine.class_belief)
                       if probs is not None else None)
         shared = self._share(latent) if share and self.config.share else None
         return Outputs(latent, out_belief, shared)
@@ -885,7 +911,8 @@ def peer_from_latent(latent: LatentOutput) -> PeerLatent:
                       contribution_modalities=tuple(latent.contribution_modalities),
                       contribution_sources=tuple(latent.contribution_sources),
                       contribution_stamps_ns=tuple(latent.contribution_stamps_ns),
-                      slot_features=latent.slot_features, slot_precisions=latent.slot_precisions)
+                      slot_features=latent.slot_features, slot_precisions=latent.slot_precisions,
+                      slot_class_evidence=latent.slot_class_evidence)
 
 
 def peer_slots(peer, stamps, incarnations=()) -> dict:
@@ -899,6 +926,7 @@ def peer_slots(peer, stamps, incarnations=()) -> dict:
         contrib.setdefault(m, []).append((a, ns_to_s(s)))
     feats = getattr(peer, "slot_features", None)
     precs = getattr(peer, "slot_precisions", None)
+    evid = getattr(peer, "slot_class_evidence", None)
     incs = tuple(incarnations) or (0,) * len(stamps)
     slots = {}
     for i, (m, s, src, inc) in enumerate(zip(peer.modalities, stamps, peer.modality_sources, incs)):
@@ -906,7 +934,11 @@ def peer_slots(peer, stamps, incarnations=()) -> dict:
         if feats is not None and precs is not None and i < len(feats) and i < len(precs):
             if np.isfinite(feats[i]).all() and np.isfinite(precs[i]).all():
                 f, p = np.asarray(feats[i], np.float32), np.asarray(precs[i], np.float32)
-        slots[m] = Slot(s, src or peer.agent_id, f, p, tuple(contrib.get(m, ())), incarnation=int(inc))
+        ev = None
+        if evid is not None and i < len(evid) and np.isfinite(evid[i]).all():
+            ev = np.asarray(evid[i], np.float32)
+        slots[m] = Slot(s, src or peer.agent_id, f, p, tuple(contrib.get(m, ())), incarnation=int(inc),
+                        class_evidence=ev)
     return slots
 
 

@@ -86,6 +86,10 @@ class Slot:
     #: start stamp (int ns) of the observing agent's process, 0 when unknown (message format 2); not part of
     #: equality: the same observation is the same evidence whoever relays it
     incarnation: int = field(default=0, compare=False)
+    #: float32 (C,) class evidence of the slot's observations (:class:`Accumulation`, class level): the
+    #: view-weighted sum with forgetting of their unimodal class log-posteriors, or None (not computed: no head, a
+    #: slot known only through a latent, a message before format 4)
+    class_evidence: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
 
     @property
     def evidence(self) -> tuple:
@@ -133,6 +137,18 @@ class Accumulation:
         confirm_time: s (≥ 0) the run of ``confirm``+ supports must span (first to newest stamp) before it replaces
             the slot; 0: the count alone.
         max_contributions: contributions listed per slot (older ones still weigh λ^k in the feature).
+        view_time: s (≥ 0) at the class level (below): an observation less than ``view_time`` after the slot's
+            previous one weighs ``Δt / view_time`` of a view; 0: every observation one view.
+
+    **Class evidence** (beyond the paper; naive Bayes over observations): every observation of modality m also gets
+    its unimodal class log-posterior ``ℓ = log p(c | x_m)`` (the subset encoder of {m} → class-belief head, clipped
+    at log 1e-6). The slot holds ``L ← λ^w · L + w · ℓ`` with ``w = min(1, Δt / view_time)`` (frames of one view
+    are nearly the same evidence, so a 30 Hz camera does not outweigh a 10 Hz LiDAR), follows the slot's feature
+    (outliers held back keep their ℓ, a confirmed change replaces L by the held-back outliers' sum), and the class
+    belief of a belief is ``softmax(Σ_m L_m)``: the product over sensors and views of the unimodal posteriors (a
+    uniform class prior, as the hard world draws its classes). Measured offline on the hard world: 27-class
+    accuracy 0.43 with one view per sensor → 0.90 with 10 (``bench belief``, ``accumulation_over_views``), where
+    the head on the fused latent of the accumulated features fell from 0.40 to 0.23.
     """
 
     forgetting: float = 0.99
@@ -140,6 +156,7 @@ class Accumulation:
     confirm: int = 4
     max_contributions: int = 16
     confirm_time: float = 2.0
+    view_time: float = 1.0
 
     def __post_init__(self):
         if not 0.0 <= float(self.forgetting) <= 1.0:
@@ -150,6 +167,14 @@ class Accumulation:
             raise ValueError("confirm and max_contributions must be ≥ 1")
         if not (float(self.confirm_time) >= 0 and math.isfinite(float(self.confirm_time))):
             raise ValueError(f"change confirmation time must be a finite number ≥ 0 (s), got {self.confirm_time}")
+        if not (float(self.view_time) >= 0 and math.isfinite(float(self.view_time))):
+            raise ValueError(f"view time must be a finite number ≥ 0 (s), got {self.view_time}")
+
+    def view_weight(self, dt: float) -> float:
+        """Weight in views of an observation ``dt`` s after the slot's previous one (class evidence)."""
+        if self.view_time <= 0 or not math.isfinite(dt):
+            return 1.0
+        return float(min(1.0, max(dt, 0.0) / self.view_time))
 
     @property
     def enabled(self) -> bool:
@@ -195,6 +220,12 @@ class Belief:
         """Modalities with evidence, in ``order``."""
         return tuple(m for m in order if m in self.slots)
 
+
+#: floor of a probability before its log is taken (class evidence): one observation moves a class by ≤ 13.8 nats
+LOG_PROBABILITY_FLOOR = 1e-6
+#: class beliefs: ``latent`` — the class-belief head on the fused latent mean (FUSION 2019); ``evidence`` — the
+#: product of the slots' accumulated unimodal class posteriors (:class:`Accumulation`, class evidence)
+CLASS_BELIEFS = ("latent", "evidence")
 
 #: tolerance of the probability check: each in [−tol, 1 + tol], |Σ − 1| ≤ tol (float32 softmax of C ≤ 100 classes)
 PROBABILITY_TOL = 1e-3
@@ -286,7 +317,11 @@ class FusionEngine:
     PROBABILITY_CACHE = 64
 
     def __init__(self, bundle: Bundle, clock: Callable[[], float] = time.monotonic, chains: bool = True,
-                 accumulation: Accumulation | None = None):
+                 accumulation: Accumulation | None = None, class_belief: str = "latent"):
+        if class_belief not in CLASS_BELIEFS:
+            raise ValueError(f"class_belief must be one of {CLASS_BELIEFS}, got {class_belief!r}")
+        #: how :meth:`classify` computes a belief's class probabilities (:data:`CLASS_BELIEFS`)
+        self.class_belief = class_belief
         self.bundle = bundle
         self.clock = clock
         self.order = bundle.modalities
@@ -460,7 +495,8 @@ class FusionEngine:
                               f"{belief.slots[modality].stamp:.3f} s)", DropReason.STALE)
         if belief is not None and belief.target_id != target_id:
             raise FusionError(f"belief is about {belief.target_id!r}, observation about {target_id!r}")
-        slot = self._accumulate(belief, modality, f, prec.astype(np.float32), float(stamp), str(agent))
+        ell = self.unimodal_log_posterior(modality, f) if self.accumulation.enabled else None
+        slot = self._accumulate(belief, modality, f, prec.astype(np.float32), float(stamp), str(agent), ell)
         slots = dict(belief.slots) if belief is not None else {}
         slots[modality] = slot
         if slot.stray:
@@ -490,12 +526,26 @@ class FusionEngine:
                 feats[m] = np.asarray(slots[m].feature, np.float32)[None]
         return {m: feats[m] for m in self.order if m in feats}
 
+    def unimodal_log_posterior(self, modality: str, feature: np.ndarray) -> np.ndarray | None:
+        """``log p(c | x_m)`` float32 (C,) of one β-VAE feature (D*,): the subset encoder of {m} → class-belief head,
+        probabilities floored at :data:`LOG_PROBABILITY_FLOOR`; None for a bundle without a head.
+
+        Raises:
+            FusionError: non-finite or invalid outputs (NON_FINITE / INVALID_OUTPUT)."""
+        if not self.bundle.has_head:
+            return None
+        what = f"the unimodal {modality} class posterior"
+        out = self._encode({modality: np.asarray(feature, np.float32).reshape(1, -1)}, with_probs=True)
+        _check_outputs(what, *out)
+        return np.log(np.maximum(out[2][0], LOG_PROBABILITY_FLOOR)).astype(np.float32)
+
     def _accumulate(self, belief: Belief | None, modality: str, f: np.ndarray, prec: np.ndarray, stamp: float,
-                    agent: str) -> Slot:
-        """The slot of ``modality`` after one observation (see :class:`Accumulation`)."""
+                    agent: str, ell: np.ndarray | None = None) -> Slot:
+        """The slot of ``modality`` after one observation (see :class:`Accumulation`); ``ell``: the observation's
+        unimodal class log-posterior (None: no class evidence)."""
         acc = self.accumulation
         held = belief.slots.get(modality) if belief is not None else None
-        fresh = Slot(stamp, agent, f, prec, ((agent, stamp),))
+        fresh = Slot(stamp, agent, f, prec, ((agent, stamp),), class_evidence=ell)
         if held is None or not acc.enabled:
             return fresh
         h_feat, h_prec = held.feature, held.precision
@@ -529,25 +579,36 @@ class FusionEngine:
             p = lam * h_prec + prec
             mean = (lam * h_prec * h_feat + prec * f) / p
             contributions = (*held.evidence, (agent, stamp))[-acc.max_contributions:]
+            ev = None
+            if ell is not None:
+                h_ev = held.class_evidence if held.class_evidence is not None else \
+                    self.unimodal_log_posterior(modality, h_feat)
+                w = acc.view_weight(stamp - held.stamp)
+                ev = (lam ** w * h_ev + w * ell).astype(np.float32)
             return Slot(stamp, agent, mean.astype(np.float32), p.astype(np.float32), contributions, history,
-                        held.pending if any(history) else ())
+                        held.pending if any(history) else (), class_evidence=ev)
         if kind == "stray":
             return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history,
-                        held.pending, stray=True)
-        pending = (*held.pending, (f, prec, agent, stamp))[-acc.confirm:]
+                        held.pending, stray=True, class_evidence=held.class_evidence)
+        pending = (*held.pending, (f, prec, agent, stamp, ell))[-acc.confirm:]
         # not yet confirm consecutive supports (window = confirm), or not yet spanning confirm_time seconds
         if sum(history) < acc.confirm or stamp - since < float(acc.confirm_time):
             return Slot(held.stamp, held.agent, held.feature, held.precision, held.contributions, history, pending,
-                        stray=True, support_since=since)
+                        stray=True, support_since=since, class_evidence=held.class_evidence)
         # the object changed: the slot becomes the product of the held-back outliers
         slot = None
-        for pf, pp, pa, ps in pending:
+        for pf, pp, pa, ps, pl in pending:
             if slot is None:
-                slot = Slot(ps, pa, pf, pp, ((pa, ps),))
+                slot = Slot(ps, pa, pf, pp, ((pa, ps),), class_evidence=pl)
             else:
                 p = acc.forgetting * slot.precision + pp
                 mean = (acc.forgetting * slot.precision * slot.feature + pp * pf) / p
-                slot = Slot(ps, pa, mean.astype(np.float32), p.astype(np.float32), (*slot.contributions, (pa, ps)))
+                ev = None
+                if pl is not None and slot.class_evidence is not None:
+                    w = acc.view_weight(ps - slot.stamp)
+                    ev = (acc.forgetting ** w * slot.class_evidence + w * pl).astype(np.float32)
+                slot = Slot(ps, pa, mean.astype(np.float32), p.astype(np.float32), (*slot.contributions, (pa, ps)),
+                            class_evidence=ev)
         return slot
 
     def merge(self, own: Belief | None, peer: Belief) -> tuple[Belief, bool]:
@@ -638,6 +699,12 @@ class FusionEngine:
                                  pending=())
                 except FusionError:
                     sl = replace(sl, feature=None, precision=None, history=(), pending=())
+            if sl.class_evidence is not None:
+                ev = np.asarray(sl.class_evidence, np.float64).reshape(-1)
+                if ev.size != len(self.bundle.class_names or ()) or not np.isfinite(ev).all():
+                    sl = replace(sl, class_evidence=None)
+                else:  # relative to its best class, at most what a slot can accumulate (a peer cannot shout)
+                    sl = replace(sl, class_evidence=np.maximum(ev - ev.max(), -self.evidence_cap()).astype(np.float32))
             slots[m] = sl
         return Belief(peer.target_id, peer.mean, peer.log_variance, slots, peer.updated)
 
@@ -674,7 +741,8 @@ class FusionEngine:
         return float(self.z_diff_batch(belief.mean[None], belief.modalities(self.order), steps)[0])
 
     def classify(self, belief: Belief) -> np.ndarray | None:
-        """Class probabilities float32 (C,) of ``belief``'s latent mean, or None for a bundle without a head.
+        """Class probabilities float32 (C,) of ``belief``'s latent mean, or None for a bundle without a head; with
+        ``class_belief`` ``evidence``: :meth:`class_probabilities`.
 
         After :meth:`observe` or :meth:`merge` the probabilities their chain run computed for that mean are
         returned (a copy; no session run); otherwise the head runs.
@@ -686,6 +754,8 @@ class FusionEngine:
         """
         if not self.bundle.has_head:
             return None
+        if self.class_belief == "evidence" and belief.slots:
+            return self.class_probabilities(belief)
         key = np.ascontiguousarray(belief.mean, np.float32).tobytes()
         p = self._probs.get(key)
         if p is not None:
@@ -695,6 +765,44 @@ class FusionEngine:
         p = self.bundle.classify(mean[None])
         check_probabilities("class-belief head", p)
         return p[0]
+
+
+    def class_probabilities(self, belief: Belief) -> np.ndarray | None:
+        """Class belief from the slots' class evidence (:class:`Accumulation`): ``softmax(Σ_m L_m)`` float32 (C,),
+        the product over sensors and views of the unimodal class posteriors with a uniform class prior. A slot
+        without class evidence counts as one view of its held feature (or, known only through the latent, of its
+        M2VAE decoder mean, FUSION 2019 Eq. 18). None for a bundle without a head.
+
+        Raises:
+            FusionError: non-finite or invalid outputs (NON_FINITE / INVALID_OUTPUT)."""
+        if not self.bundle.has_head or not belief.slots:
+            return None
+        total = np.zeros(len(self.bundle.class_names), np.float64)
+        missing = [m for m in self.order if m in belief.slots and belief.slots[m].class_evidence is None
+                   and belief.slots[m].feature is None]
+        decoded = self._decode(np.asarray(belief.mean, np.float32)[None], missing) if missing else {}
+        _check_features("decoding slots for their class evidence", decoded)
+        for m in self.order:
+            sl = belief.slots.get(m)
+            if sl is None:
+                continue
+            ev = sl.class_evidence
+            if ev is None:
+                ev = self.unimodal_log_posterior(m, sl.feature if sl.feature is not None else decoded[m][0])
+            total += ev
+        total -= total.max()
+        p = np.exp(total)
+        p = (p / p.sum()).astype(np.float32)
+        check_probabilities("class evidence", p[None])
+        return p
+
+    def evidence_cap(self) -> float:
+        """The most a slot's class evidence may separate two classes (nats): one observation's
+        ``−log LOG_PROBABILITY_FLOOR`` times the views a constant stream settles at, ``1 / (1 − λ)`` (at most
+        1000); a peer's class evidence is clipped to it."""
+        lam = self.accumulation.forgetting
+        views = 1000.0 if lam >= 0.999 else 1.0 / (1.0 - lam)
+        return float(-math.log(LOG_PROBABILITY_FLOOR) * views)
 
 
 class BeliefStore:

@@ -561,6 +561,24 @@ class LatentData:
     #: ``modalities`` (a NaN row: that slot holds none), or None when not sent
     slot_features: np.ndarray | None = None
     slot_precisions: np.ndarray | None = None
+    #: format 4: float32 (len(modalities), C) class evidence per slot (summed unimodal class log-posteriors, a NaN
+    #: row: none), in the order of ``modalities``, or None when not sent
+    slot_class_evidence: np.ndarray | None = None
+
+
+def _class_evidence(msg, mods: tuple, num_classes: int | None):
+    """The format-4 ``slot_class_evidence`` of a LatentEmbedding, validated: None when empty / absent."""
+    ev = np.asarray(getattr(msg, "slot_class_evidence", ()) or (), np.float32).reshape(-1)
+    if not ev.size:
+        return None
+    per = num_classes if num_classes is not None else ev.size // len(mods)
+    if per < 1 or ev.size != len(mods) * per:
+        raise ConversionError(DropReason.MISMATCH, f"latent has {ev.size} slot class-evidence values for "
+                                                   f"{len(mods)} slots of {num_classes} classes")
+    ev = ev.reshape(len(mods), per)
+    if np.isinf(ev).any():
+        raise ConversionError(DropReason.NON_FINITE, "latent slot class evidence is infinite")
+    return ev
 
 
 def _contributions(msg, mods: tuple, stamps: tuple, sources: tuple, feature_dim: int | None):
@@ -597,8 +615,11 @@ def _contributions(msg, mods: tuple, stamps: tuple, sources: tuple, feature_dim:
 
 
 def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int,
-                    feature_dim: int | None = None) -> LatentData:
-    """m2vae_fusion_msgs/LatentEmbedding (format 2 or 3) → :class:`LatentData`, validated against the bundle.
+                    feature_dim: int | None = None, num_classes: int | None = None) -> LatentData:
+    """m2vae_fusion_msgs/LatentEmbedding (format 2, 3 or 4) → :class:`LatentData`, validated against the bundle.
+
+    Format 4 adds ``slot_class_evidence``: empty or ``len(modalities) · num_classes`` values (a NaN row: none for that
+    slot; ``num_classes`` None: any whole number per slot).
 
     Format 3 fields (docs/formats.md): the contribution lists must have one length, name only modalities the
     latent holds, and per slot end at the slot's stamp without repeats; ``slot_features`` / ``slot_precisions`` are
@@ -641,11 +662,13 @@ def latent_from_msg(msg, modality_order: Sequence[str], latent_dim: int,
     stamps = tuple(stamp_to_ns(s) for s in msg.modality_stamps)
     cm, cs, ct, feats, precs = _contributions(msg, mods, stamps, sources or tuple(msg.agent_id for _ in mods),
                                               feature_dim)
+    evid = _class_evidence(msg, mods, num_classes)
     # canonical slot order
     order = sorted(range(len(mods)), key=lambda i: list(modality_order).index(mods[i]))
     return LatentData(
         contribution_modalities=cm, contribution_sources=cs, contribution_stamps_ns=ct,
         slot_features=None if feats is None else feats[order], slot_precisions=None if precs is None else precs[order],
+        slot_class_evidence=None if evid is None else evid[order],
         agent_id=msg.agent_id, target_id=msg.target_id, model_id=msg.model_id,
         stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
         modalities=tuple(mods[i] for i in order), modality_stamps_ns=tuple(stamps[i] for i in order),
@@ -674,6 +697,8 @@ def latent_to_msg(data: LatentData):
         if data.slot_features is not None and data.slot_precisions is not None:
             msg.slot_features = np.asarray(data.slot_features, dtype=np.float32).ravel()
             msg.slot_precisions = np.asarray(data.slot_precisions, dtype=np.float32).ravel()
+    if hasattr(msg, "slot_class_evidence") and data.slot_class_evidence is not None:  # format 4 interfaces
+        msg.slot_class_evidence = np.asarray(data.slot_class_evidence, dtype=np.float32).ravel()
     return msg
 
 

@@ -72,7 +72,7 @@ from m2vae_fusion.core.agent import (FORMAT_VERSION, Agent, AgentConfig, Drop, L
                                      s_to_ns)
 from m2vae_fusion.core.bundle import Bundle
 from m2vae_fusion.core.modalities import MODALITIES
-from m2vae_fusion.core.fusion import FusionEngine
+from m2vae_fusion.core.fusion import CLASS_BELIEFS, FusionEngine
 from m2vae_fusion.core.reasons import DropReason
 from m2vae_fusion.errors import UserError
 from m2vae_fusion.paths import default_bundle_path
@@ -90,7 +90,8 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
                   "output_frame_id": "output_frame_id", "warn_throttle": None,
                   "forgetting_factor": "forgetting_factor", "outlier_gate": "outlier_gate",
                   "change_confirmations": "change_confirmations", "change_confirm_time": "change_confirm_time",
-                  "novelty_threshold": "novelty_threshold"}
+                  "novelty_threshold": "novelty_threshold", "view_time": "view_time",
+                  "class_belief": "class_belief"}
 
 
 #: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
@@ -162,7 +163,7 @@ def latent_msg(out: LatentOutput) -> LatentEmbedding:
         incarnation=out.incarnation, modality_source_incarnations=out.modality_source_incarnations,
         contribution_modalities=out.contribution_modalities, contribution_sources=out.contribution_sources,
         contribution_stamps_ns=out.contribution_stamps_ns, slot_features=out.slot_features,
-        slot_precisions=out.slot_precisions))
+        slot_precisions=out.slot_precisions, slot_class_evidence=out.slot_class_evidence))
     msg.format_version = out.format_version
     return msg
 
@@ -209,6 +210,8 @@ class _LatentWriter:
             msg.slot_precisions = np.asarray(out.slot_precisions, dtype=np.float32).ravel()
         else:
             msg.slot_features, msg.slot_precisions = [], []
+        msg.slot_class_evidence = ([] if out.slot_class_evidence is None else
+                                   np.asarray(out.slot_class_evidence, dtype=np.float32).ravel())
         msg.format_version = out.format_version
         return msg
 
@@ -220,7 +223,8 @@ def belief_msg(out, latent: LatentEmbedding | None = None) -> ClassBelief:
                       agent_id=lat.agent_id, target_id=lat.target_id, model_id=lat.model_id,
                       modalities=list(lat.modalities), contributors=list(lat.contributors),
                       class_names=list(out.class_names), format_version=out.format_version,
-                      novelty=float(out.novelty), novelty_threshold=float(out.novelty_threshold))
+                      novelty=float(out.novelty), novelty_threshold=float(out.novelty_threshold),
+                      class_belief=out.class_belief)
     msg.probabilities = np.asarray(out.probabilities, dtype=np.float32).ravel()
     return msg
 
@@ -320,6 +324,12 @@ class FusionNode(LifecycleNode):
         ("change_confirm_time", 2.0, "Seconds (stamps) the run of agreeing outliers must span before it replaces a "
                                      "slot, so that the few frames of one new view of a 10-30 Hz sensor do not "
                                      "(0: the count alone)"),
+        ("view_time", 1.0, "Class evidence: observations of one sensor less than this many seconds apart count as "
+                           "a fraction (dt / view_time) of one view, so a 30 Hz camera does not outweigh a 10 Hz "
+                           "LiDAR (0: every observation one view)"),
+        ("class_belief", "latent", "Class belief published on ~/belief: 'evidence' (product over sensors and "
+                                     "views of the unimodal class posteriors each slot accumulated) or 'latent' (the "
+                                     "class-belief head on the fused latent, as in the FUSION 2019 paper)"),
         ("novelty_threshold", 0.0, "Observations whose novelty score (two-sided test of the β-VAE ELBO terms, "
                                    "calibrated on in-distribution data in the bundle manifest) exceeds this are not "
                                    "fused (dropped.<sensor>.novel); 0: the bundle's calibrated threshold; < 0: off"),
@@ -435,12 +445,14 @@ class FusionNode(LifecycleNode):
             share=bool(p["shared_latent_topic"]), output_frame_id=p["output_frame_id"], base_frame=p["base_frame"],
             forgetting_factor=p["forgetting_factor"], outlier_gate=p["outlier_gate"],
             change_confirmations=p["change_confirmations"], change_confirm_time=p["change_confirm_time"],
-            novelty_threshold=p["novelty_threshold"])
+            novelty_threshold=p["novelty_threshold"], view_time=p["view_time"], class_belief=p["class_belief"])
         try:
             config.accumulation
         except ValueError as exc:
             raise ConfigError(f"parameters forgetting_factor / outlier_gate / change_confirmations / "
-                              f"change_confirm_time: {exc}") from None
+                              f"change_confirm_time / view_time: {exc}") from None
+        if p["class_belief"] not in CLASS_BELIEFS:
+            raise ConfigError(f"parameter class_belief: {p['class_belief']!r} is not one of {list(CLASS_BELIEFS)}")
         # this process's incarnation: its start stamp on the ROS clock (the stamps' time base); the wall clock while a
         # simulated clock has not started
         incarnation = self.get_clock().now().nanoseconds or time.time_ns()
@@ -678,7 +690,8 @@ class FusionNode(LifecycleNode):
     def _process_latent(self, msg: LatentEmbedding, recv: int) -> None:
         self.agent.screen_peer(msg.agent_id, msg.model_id, msg.format_version)
         try:
-            data = conv.latent_from_msg(msg, self.bundle.modalities, self.bundle.latent_dim, self.bundle.feature_dim)
+            data = conv.latent_from_msg(msg, self.bundle.modalities, self.bundle.latent_dim, self.bundle.feature_dim,
+                                        len(self.bundle.class_names) if self.bundle.class_names else None)
         except conv.ConversionError as exc:
             raise drop_from(exc, DropReason.MISMATCH, f"latent from {msg.agent_id!r}: ") from None
         if self.agent.note_peer(data.agent_id, data.incarnation):  # a peer started or restarted: share what we hold
