@@ -495,7 +495,9 @@ class FusionEngine:
                               f"{belief.slots[modality].stamp:.3f} s)", DropReason.STALE)
         if belief is not None and belief.target_id != target_id:
             raise FusionError(f"belief is about {belief.target_id!r}, observation about {target_id!r}")
-        ell = self.unimodal_log_posterior(modality, f) if self.accumulation.enabled else None
+        # class evidence only where it is used (one more session run per observation)
+        ell = (self.unimodal_log_posterior(modality, f)
+               if self.accumulation.enabled and self.class_belief == "evidence" else None)
         slot = self._accumulate(belief, modality, f, prec.astype(np.float32), float(stamp), str(agent), ell)
         slots = dict(belief.slots) if belief is not None else {}
         slots[modality] = slot
