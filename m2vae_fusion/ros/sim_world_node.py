@@ -2,7 +2,9 @@
 
 Each agent inspects every object in turn: a transit (target of interest empty, the robot moves along a straight line)
 then an inspection (target of interest = the object, the robot stands ``inspect_distance`` m from it, looking outward
-from the arena centre and slowly panning). Per agent ``<ns>`` = ``<agent_prefix><k>`` it publishes, at realistic
+from the arena centre and slowly panning; in the hard world each visit approaches from a side drawn within
+``approach_spread`` of that direction, so a revisit sees the object from another side, at another distance and
+under another light). Per agent ``<ns>`` = ``<agent_prefix><k>`` it publishes, at realistic
 rates and only for the sensors of its rig:
 
 - ``/<ns>/camera/image_raw`` sensor_msgs/Image (``camera_encoding``, default rgb8, ``camera_width`` x
@@ -136,12 +138,19 @@ class SimWorldNode(Node):
                                  "hard world, left at this (easy) default, num_objects classes drawn by the seed"),
         ("num_objects", 10, "Hard world: number of objects when objects is left at its default"),
         ("seed", 0, "Seed of object sizes, inspection distances and sensor noise"),
-        ("object_circle_radius", 0.9, "Objects stand on a circle of this radius (m) around the arena centre"),
-        ("arena_size", 3.0, "Side of the square arena (m)"),
+        ("object_circle_radius", 0.9, "Objects stand on a circle of this radius (m) around the arena centre, or a "
+                                      "larger one that keeps them object_spacing apart"),
+        ("object_spacing", 0.6, "Least distance (m) between neighbouring objects along the circle: the circle (and "
+                                "the arena with it) grows with the number of objects, so that the 0.8 m IR ring "
+                                "and the LiDAR window do not see the neighbours at every inspection (0: off)"),
+        ("arena_size", 3.0, "Side of the square arena (m); grown to hold the circle with 0.6 m to spare"),
         ("inspect_duration", 4.0, "Seconds an agent inspects each object"),
         ("transit_duration", 1.0, "Seconds an agent travels between objects (no target of interest)"),
         ("inspect_distance", [0.15, 0.35], "Range (m) of the distance from the robot's rim to the object centre"),
         ("heading_jitter", 0.15, "Amplitude (rad) of the slow pan while inspecting"),
+        ("approach_spread", 0.785, "Hard world: each visit approaches the object from a side drawn within this "
+                                   "angle (rad) of the arena centre's side, so revisits see it from another side; "
+                                   "0: always from the centre (the easy world always is)"),
         ("camera_rate", 15.0, "Camera frames per second"),
         ("lidar_rate", 10.0, "LiDAR scans per second"),
         ("reflectance_rate", 10.0, "Reflectance scans per second"),
@@ -209,21 +218,27 @@ class SimWorldNode(Node):
         from m2vae_fusion.sim.sensors import AMIRO_RADIUS
         from m2vae_fusion.sim.world import ObjectSpec, World
 
+        spacing = float(p["object_spacing"])
+        if not (math.isfinite(spacing) and 0.0 <= spacing <= 5.0):
+            raise UserError(f"parameter object_spacing must be in [0, 5] m, got {p['object_spacing']!r}")
+        #: radius (m) of the objects' circle and side (m) of the arena in use
+        self.circle_radius = max(float(p["object_circle_radius"]), len(objects) * spacing / (2 * math.pi))
+        self.arena_size = max(float(p["arena_size"]), 2 * (self.circle_radius + 0.6))
         if self.hard:
             from m2vae_fusion.sim import hard as hard_world
             from m2vae_fusion.sim.sensors import CameraConfig, LidarConfig, ReflectanceConfig
 
             self.world = World(num_agents=k, camera=CameraConfig(), lidar=LidarConfig(**hard_world.HARD_LIDAR),
                                reflectance=ReflectanceConfig(**hard_world.HARD_REFLECTANCE), seed=int(p["seed"]),
-                               arena_size=float(p["arena_size"]), walls=True, clutter=0)
+                               arena_size=self.arena_size, walls=True, clutter=0)
         else:
-            self.world = World(num_agents=k, seed=int(p["seed"]), arena_size=float(p["arena_size"]), walls=True,
+            self.world = World(num_agents=k, seed=int(p["seed"]), arena_size=self.arena_size, walls=True,
                                clutter=0)
         n = len(objects)
         self.objects = []  # (object id string, pybullet id, spec, (x, y), bearing from centre)
         for j, cname in enumerate(objects):
             a = 2 * math.pi * j / n
-            x, y = p["object_circle_radius"] * math.cos(a), p["object_circle_radius"] * math.sin(a)
+            x, y = self.circle_radius * math.cos(a), self.circle_radius * math.sin(a)
             if self.hard:
                 obj = hard_world.draw_object(rng, self.class_names.index(cname))
                 spec = ObjectSpec(*obj["names"], obj["height"], obj["width"], obj["rgb"], obj["ir"], world="hard",
@@ -246,9 +261,15 @@ class SimWorldNode(Node):
                                    rng.uniform(*hard_world.SCENE["colour_temperature_k"], size=warm.shape))
             lo_i, hi_i = hard_world.SCENE["light_intensity"]
             self.intensity = np.exp(rng.uniform(math.log(lo_i), math.log(hi_i), size=warm.shape))
+            spread = float(p["approach_spread"])
+            if not (math.isfinite(spread) and 0.0 <= spread <= math.pi / 2):
+                raise UserError(f"parameter approach_spread must be in [0, pi/2] rad, got {p['approach_spread']!r}")
+            # the side each agent's visit approaches from (drawn after everything else: other draws unchanged)
+            self.approach = rng.uniform(-spread, spread, size=warm.shape)
         else:
             lo, hi = (list(p["inspect_distance"]) + [0.35])[:2]
             self.distances = rng.uniform(lo, hi, size=(k, 4 * n + 1))  # per agent and visit (cycled)
+            self.approach = np.zeros_like(self.distances)
         self.tours = [Tour((i * n) // k, n, p["inspect_duration"], p["transit_duration"]) for i in range(k)]
         for i in range(k):  # park each agent at the arena centre, facing its first object
             self.world.set_agent_pose(i, 0.2 * math.cos(2 * math.pi * i / k), 0.2 * math.sin(2 * math.pi * i / k),
@@ -307,6 +328,7 @@ class SimWorldNode(Node):
     def _inspect_pose(self, agent: int, visit: int, obj: int):
         _, _, _, (ox, oy), bearing = self.objects[obj]
         d = self.rim + float(self.distances[agent, visit % self.distances.shape[1]])
+        bearing += float(self.approach[agent, visit % self.approach.shape[1]])
         return ox - d * math.cos(bearing), oy - d * math.sin(bearing), bearing
 
     def _pose(self, agent: int, t: float):

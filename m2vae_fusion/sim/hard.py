@@ -420,17 +420,34 @@ def static_views(n: int, rng: np.random.Generator, sizes=((320, 240),), label: O
             view = scene.observe(rng)
             if view["scene"]["occluded_fraction"] == 0.0 and view["scene"]["ir_interference"] == 0.0:
                 break
-        kelvin, inten = view["scene"]["kelvin"], view["scene"]["light_intensity"]
-        out = {}
-        for width, height in sizes:
-            albedo = w.render_camera(0, int(width), int(height), noise=False).astype(np.float32)
-            out[f"camera_{int(width)}x{int(height)}"] = np.stack(
-                [camera_response(albedo, kelvin, inten, 0.0, rng) for _ in range(n)])
-        out["lidar"] = np.stack([w.lidar_scan(0, rng=rng) for _ in range(n)]).astype(np.float32)
-        out["reflectance"] = np.stack([w.reflectance_scan(0, rng=rng) for _ in range(n)]).astype(np.float32)
-        out["target_position"] = np.asarray(view["target_position"], np.float32)
+        out = view_frames(w, view, n, rng, sizes)
         out["label"] = np.asarray(obj["label"], np.int64)
     finally:
         if own:
             w.close()
+    return out
+
+
+def view_frames(world, view: dict, n: int, rng: np.random.Generator, sizes=((320, 240),)) -> Dict[str, np.ndarray]:
+    """``n`` new sensor readings of the scene as :meth:`HardScene.observe` left it (same object, pose, light,
+    distractors): camera gain and shot noise at the published ``sizes`` (no optical blur), LiDAR range noise, IR
+    noise (IR interference is not repeated).
+
+    Args:
+        world: the scene's world; view: the dict :meth:`HardScene.observe` returned for it; n: readings (≥ 1);
+        rng: the only source of randomness; sizes: camera image sizes (width, height) in pixels.
+
+    Returns:
+        ``camera_<w>x<h>`` uint8 (n, h, w, 3) RGB per size, ``lidar`` float32 (n, B) m, ``reflectance`` float32
+        (n, K, 2) (range m, intensity), ``target_position`` float32 (3,) (target centre in the base frame, m).
+    """
+    kelvin, inten = view["scene"]["kelvin"], view["scene"]["light_intensity"]
+    out = {}
+    for width, height in sizes:
+        albedo = world.render_camera(0, int(width), int(height), noise=False).astype(np.float32)
+        out[f"camera_{int(width)}x{int(height)}"] = np.stack(
+            [camera_response(albedo, kelvin, inten, 0.0, rng) for _ in range(n)])
+    out["lidar"] = np.stack([world.lidar_scan(0, rng=rng) for _ in range(n)]).astype(np.float32)
+    out["reflectance"] = np.stack([world.reflectance_scan(0, rng=rng) for _ in range(n)]).astype(np.float32)
+    out["target_position"] = np.asarray(view["target_position"], np.float32)
     return out
