@@ -40,8 +40,27 @@ def calibrated(tmp_path_factory, data):
 
 @pytest.mark.parametrize("modality", ["camera", "lidar", "reflectance"])
 def test_misreads_do_not_flip_and_a_swapped_object_wins_within_5(calibrated, data, modality):
+    """The default class belief (class evidence, one view per observation): misreads add their evidence but never
+    flip the belief, and a swapped object wins within 5 observations (class-level change rule)."""
     test = data[1]
     acc = bb.run_misreads(calibrated, test, modality, seed=0, novelty_threshold=-1.0)
+    top, a, b = acc["top"], acc["a"], acc["b"]
+    assert top[bb.GOOD - 1] == a, f"20 good observations did not give {ATTR(modality)} {a}: {top}"
+    assert (top[bb.GOOD:bb.GOOD + 14] == a).all(), top
+    assert acc["held_back"] == 0  # nothing is held back: the evidence adds up
+    assert acc["switch_after"] is not None and acc["switch_after"] <= 5, top
+    # frames of one view (a tenth of view_time apart) weigh a tenth each: 5 of them cannot swap the belief
+    frames = bb.run_misreads(calibrated, test, modality, seed=0, spacing=AgentConfig("a").view_time / 10,
+                             novelty_threshold=-1.0)
+    assert frames["top"][bb.GOOD + 14 + 4] == a, frames["top"]
+
+
+@pytest.mark.parametrize("modality", ["camera", "lidar", "reflectance"])
+def test_misreads_held_back_by_the_feature_gate_with_the_latent_class_belief(calibrated, data, modality):
+    """``class_belief: latent`` (the head on the fused latent): the feature-level outlier gate holds misreads back."""
+    test = data[1]
+    acc = bb.run_misreads(calibrated, test, modality, seed=0, spacing=1.0, novelty_threshold=-1.0,
+                          class_belief="latent")
     top, a, b = acc["top"], acc["a"], acc["b"]
     assert top[bb.GOOD - 1] == a, f"20 good observations did not give {ATTR(modality)} {a}: {top}"
     # a misread, 5 good, a burst of 3 misreads, 5 good: the belief's attribute never changes
@@ -49,7 +68,8 @@ def test_misreads_do_not_flip_and_a_swapped_object_wins_within_5(calibrated, dat
     assert acc["held_back"] >= 4  # the misreads were held back
     assert acc["switch_after"] is not None and acc["switch_after"] <= 5, top
     # the same sequence without accumulation (the paper's replace-the-slot fusion): the first misread flips it
-    plain = bb.run_misreads(calibrated, test, modality, seed=0, forgetting_factor=0.0, novelty_threshold=-1.0)
+    plain = bb.run_misreads(calibrated, test, modality, seed=0, spacing=1.0, forgetting_factor=0.0,
+                            novelty_threshold=-1.0, class_belief="latent")
     assert plain["top"][bb.GOOD] == b and plain["held_back"] == 0
 
 
@@ -453,3 +473,43 @@ def test_class_evidence_travels_in_format4_messages_bounded_and_format3_still_pa
     with pytest.raises(conv.ConversionError) as e:
         conv.latent_from_msg(bad, calibrated.modalities, calibrated.latent_dim, calibrated.feature_dim, n_cls)
     assert e.value.reason == DropReason.MISMATCH
+
+
+def test_unimodal_heads_are_trained_added_verified_and_used_for_class_evidence(tmp_path, calibrated, data):
+    """Unimodal class heads (manifest block ``unimodal_heads``): one small MLP per modality on its β-VAE feature,
+    added to a bundle without changing its files or model_id, checked by sha256 on load, kept by a rebuild, and
+    used by the engine for the class evidence."""
+    from m2vae_fusion.core.bundle import read_manifest
+    from m2vae_fusion.core.preprocess import preprocess
+    from m2vae_fusion.errors import BundleError
+    from m2vae_fusion.training.export import rebuild_bundle
+    from m2vae_fusion.training.unimodal import add_unimodal_heads
+
+    out = str(tmp_path / "b")
+    shutil.copytree(calibrated.path, out)
+    before = read_manifest(out)
+    man = add_unimodal_heads(out, {"train": data[0], "val": data[1]}, epochs=3, hidden=16, progress=False, log=None)
+    assert man["model_id"] == before["model_id"] and man["files"] == before["files"]
+    assert set(man["unimodal_heads"]["modalities"]) == set(before["modalities"])
+    b = Bundle.load(out)
+    test = data[1]
+    for m in b.modalities:
+        assert b.has_unimodal_head(m)
+        feat = b.encode_feature(m, preprocess(m, test[m][0], b.input_config(m)))[0]
+        p = b.classify_unimodal(m, np.repeat(feat, 2, axis=0))
+        assert p.shape == (2, len(b.class_names)) and np.allclose(p.sum(1), 1.0, atol=1e-5)
+        eng = FusionEngine(b, class_belief="evidence")
+        np.testing.assert_allclose(eng.unimodal_log_posterior(m, feat[0]), np.log(np.maximum(p[0], 1e-6)),
+                                   rtol=1e-5, atol=1e-6)
+        assert not calibrated.has_unimodal_head(m)  # the bundle without the block: subset encoder → head
+    # a rebuild keeps the block and its files; the model_id stays
+    re = str(tmp_path / "re")
+    rebuild_bundle(out, re)
+    assert read_manifest(re)["unimodal_heads"] == man["unimodal_heads"]
+    assert Bundle.load(re).has_unimodal_head("lidar")
+    # a changed head file stops the load, naming it
+    path = os.path.join(out, man["unimodal_heads"]["modalities"]["lidar"]["file"])
+    with open(path, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="unimodal_head_lidar.onnx"):
+        Bundle.load(out)

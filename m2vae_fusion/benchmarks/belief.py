@@ -92,8 +92,11 @@ def misread_sequence(data: Mapping, modality: str, rng: np.random.Generator) -> 
             [position_of(data, i) for i in order])
 
 
-def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, **config) -> dict:
+def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, spacing: float | None = None,
+                 **config) -> dict:
     """Run the misread scenario for one sensor; ``config``: AgentConfig overrides (e.g. ``forgetting_factor=0``).
+    Each observation is another real observation (another view), stamped ``spacing`` s after the previous one
+    (None: the agent's ``view_time``, at least 1 s: one view each, not frames of one view).
 
     Returns:
         ``{"top": int (steps,) attribute value with the highest probability after each observation (−1 before
@@ -108,6 +111,7 @@ def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, **config) 
 
     raws, truth, misread, a, b, positions = misread_sequence(data, modality, np.random.default_rng(seed))
     cfg = AgentConfig(agent_id="a", modalities=(modality,), max_message_age=0.0, belief_ttl=0.0, **config)
+    step = max(float(cfg.view_time), 1.0) if spacing is None else float(spacing)
     agent = Agent(FusionEngine(bundle), cfg, clock=lambda: 0.0)
     agent.on_target(0.0, "object")
     target = agent.target_at(1.0)
@@ -116,7 +120,7 @@ def run_misreads(bundle, data: Mapping, modality: str, seed: int = 0, **config) 
     held = novel = 0
     for i, raw in enumerate(raws):
         try:  # each observation with its own target position (one object seen from another place)
-            out = agent.observe(modality, 1.0 + i, raw, replace(target, position=positions[i]))
+            out = agent.observe(modality, 1.0 + i * step, raw, replace(target, position=positions[i]))
             last = attribute_probabilities(bundle, out.belief.probabilities, modality)
         except Drop as exc:
             held += exc.reason == "outlier"

@@ -10,6 +10,9 @@ probes and manifest are rewritten (``--out`` may be the same directory: that upg
 ``--bounds-data DATASET_DIR`` (with any source) records the latent ranges of the data set's train split in the
 manifest (``latent_bounds``, format v3), computed through the bundle's ONNX networks (no torch); without it a
 ``--from-bundle`` rebuild keeps the source's bounds (if any) and the other sources write format v2 (no bounds).
+``--unimodal-heads DATASET_DIR`` trains a class head per modality on the β-VAE features of the data set's train
+split (val: temperature) and adds them to the bundle (manifest ``unimodal_heads``; torch needed;
+:mod:`m2vae_fusion.training.unimodal`).
 """
 HELP = "export an ONNX model bundle (trained run, checkpoint, --untrained, or rebuilt --from-bundle) with parity check"
 
@@ -38,6 +41,9 @@ def configure(parser):
                         help="comma-separated novelty statistics to calibrate: kl, feature_distance, "
                              "reconstruction_error (the last costs a β-VAE decoder run per observation; "
                              "default kl,feature_distance)"),
+    parser.add_argument("--unimodal-heads", metavar="DATASET_DIR",
+                        help="labelled data set directory: train a unimodal class head per modality on its train "
+                             "split's β-VAE features (class evidence of the node; manifest \"unimodal_heads\")")
     parser.add_argument("--feature-dim", type=int, default=10, help="β-VAE latent size D_* (--untrained)")
     parser.add_argument("--latent-dim", type=int, default=10, help="M2VAE latent size D_z (--untrained)")
 
@@ -84,6 +90,16 @@ def run(args) -> int:
         if not names or not set(names) <= set(STATISTICS):
             raise UserError(f"--novelty-statistics {args.novelty_statistics!r}: name one or more of {list(STATISTICS)}")
         add_novelty_calibration(out, nov, split=args.novelty_split, statistics=names)
+    uni = args.unimodal_heads
+    if uni is not None:
+        if not os.path.isfile(os.path.join(uni, "metadata.json")):
+            raise UserError(f"{os.path.join(uni, 'metadata.json')}: missing; --unimodal-heads must be a data set "
+                            "directory (m2vae-fusion dataset --out)")
+        import torch
+
+        from m2vae_fusion.training.unimodal import add_unimodal_heads
+        torch.set_num_threads(2)
+        add_unimodal_heads(out, uni, seed=args.seed if args.seed is not None else 0)
     manifest = read_manifest(out)
     n_chains = sum(len(b) for b in manifest["chains"].values())
     print(f"wrote {out}: format_version {manifest['format_version']}, objective {manifest['objective']}, "

@@ -138,10 +138,12 @@ class AgentConfig:
     change_confirmations: int = 4
     change_confirm_time: float = 2.0
     #: class evidence (:class:`~m2vae_fusion.core.fusion.Accumulation`): s within which frames count as one view
-    view_time: float = 1.0
-    #: class belief published: "latent" (the class-belief head on the fused latent, FUSION 2019) or "evidence" (product
-    #: of the slots' accumulated unimodal class posteriors; worse in the 20-object hard-world demo, README)
-    class_belief: str = "latent"
+    view_time: float = 2.0
+    #: class evidence: nats by which an observation must rate the slot's top class below its own to support a change
+    class_change_margin: float = 0.5
+    #: class belief published: "evidence" (product of the slots' accumulated unimodal class posteriors, the default)
+    #: or "latent" (the class-belief head on the fused latent, FUSION 2019; README "Beliefs that accumulate evidence")
+    class_belief: str = "evidence"
     #: novelty threshold (:mod:`m2vae_fusion.core.novelty`): 0: the bundle's calibrated one; < 0: off
     novelty_threshold: float = 0.0
     #: frame of TargetOfInterest positions the crop uses (positions in another frame: the preprocessing fallback)
@@ -150,13 +152,15 @@ class AgentConfig:
     #: fields that may change while the agent runs (:meth:`Agent.reconfigure`)
     RUNTIME = ("trusted", "belief_ttl", "max_message_age", "max_latent_age", "future_tolerance",
                "shared_latent_rate", "output_frame_id", "forgetting_factor", "outlier_gate",
-               "change_confirmations", "change_confirm_time", "novelty_threshold", "view_time", "class_belief")
+               "change_confirmations", "change_confirm_time", "novelty_threshold", "view_time", "class_belief",
+               "class_change_margin")
 
     @property
     def accumulation(self) -> Accumulation:
         """The engine's accumulation settings (raises ValueError when out of range)."""
         return Accumulation(float(self.forgetting_factor), float(self.outlier_gate), int(self.change_confirmations),
-                            confirm_time=float(self.change_confirm_time), view_time=float(self.view_time))
+                            confirm_time=float(self.change_confirm_time), view_time=float(self.view_time),
+                            class_margin=float(self.class_change_margin))
 
     @property
     def share_period(self) -> float:

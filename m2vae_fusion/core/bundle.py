@@ -244,6 +244,37 @@ def verify_sums(path: str, manifest: Mapping) -> None:
     if mid != manifest["model_id"]:
         raise BundleError(f"{os.path.join(path, MANIFEST)}: model_id {manifest['model_id']} does not match the "
                           f"file sums and latent bounds ({mid})")
+    for name, expected in sorted(unimodal_head_files(manifest, path).items()):
+        fpath = os.path.join(path, name)
+        if not os.path.isfile(fpath):
+            raise BundleError(f"{fpath} is missing (listed in {MANIFEST} under unimodal_heads)")
+        got = sha256_file(fpath)
+        if got != expected:
+            raise BundleError(f"{fpath}: sha256 {got[:12]}… does not match the manifest's {expected[:12]}… "
+                              "(file corrupt or changed after export)")
+
+
+def unimodal_head_files(manifest: Mapping, path: str = "") -> dict:
+    """``{file: sha256}`` of the optional ``unimodal_heads`` block (docs/formats.md; empty without it).
+
+    Raises:
+        BundleError: a malformed block (names the manifest)."""
+    block = manifest.get("unimodal_heads")
+    if block is None:
+        return {}
+    mpath = os.path.join(path, MANIFEST)
+    mods = block.get("modalities") if isinstance(block, Mapping) else None
+    if not isinstance(mods, Mapping):
+        raise BundleError(f"{mpath}: unimodal_heads must be an object with \"modalities\"")
+    out = {}
+    for m, entry in mods.items():
+        if m not in manifest.get("modalities", ()) or not isinstance(entry, Mapping) or \
+                not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str) or \
+                os.path.basename(entry["file"]) != entry["file"]:
+            raise BundleError(f"{mpath}: unimodal_heads.modalities.{m} must name a bundle modality with a \"file\" "
+                              "(in the bundle directory) and its \"sha256\"")
+        out[entry["file"]] = entry["sha256"]
+    return out
 
 
 class _BoundRun:
@@ -335,6 +366,10 @@ class Bundle:
         }
         if nets.get("head") and self.class_names:
             self._files[("head", "")] = nets["head"]
+        if self.class_names:
+            unimodal_head_files(manifest, path)  # a malformed block stops here
+            for m, entry in (manifest.get("unimodal_heads") or {}).get("modalities", {}).items():
+                self._files[("unimodal_head", m)] = entry["file"]
         chains = manifest["chains"]
         for kind in ("decode", "encode"):
             for s in self.subsets:
@@ -438,6 +473,17 @@ class Bundle:
     def has_head(self) -> bool:
         """True when the bundle has a class-belief head (trained with labels)."""
         return ("head", "") in self._files
+
+    def has_unimodal_head(self, modality: str) -> bool:
+        """True when the bundle has a unimodal class head for ``modality`` (manifest ``unimodal_heads``)."""
+        return ("unimodal_head", modality) in self._files
+
+    def classify_unimodal(self, modality: str, feature: np.ndarray) -> np.ndarray | None:
+        """Unimodal class head of ``modality`` (:mod:`m2vae_fusion.training.unimodal`): β-VAE feature float32
+        (N, D*) → class probabilities p(c | x_m) float32 (N, C); None when the bundle has none for it."""
+        if not self.has_unimodal_head(modality):
+            return None
+        return self._run(("unimodal_head", modality), {"feature": feature})[0]
 
     def classify(self, z: np.ndarray) -> np.ndarray | None:
         """Class-belief head: latent mean float32 (N, Dz) → class probabilities (N, C); None without a head."""

@@ -90,6 +90,9 @@ class Slot:
     #: view-weighted sum with forgetting of their unimodal class log-posteriors, or None (not computed: no head, a
     #: slot known only through a latent, a message before format 4)
     class_evidence: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    #: views (sum of view weights) of the current unbroken run of change supports at the class level
+    #: (:meth:`FusionEngine._accumulate_evidence`); ``pending`` then holds the run as one aggregate
+    support_views: float = field(default=0.0, compare=False, repr=False)
 
     @property
     def evidence(self) -> tuple:
@@ -156,7 +159,8 @@ class Accumulation:
     confirm: int = 4
     max_contributions: int = 16
     confirm_time: float = 2.0
-    view_time: float = 1.0
+    view_time: float = 2.0
+    class_margin: float = 0.5
 
     def __post_init__(self):
         if not 0.0 <= float(self.forgetting) <= 1.0:
@@ -169,6 +173,8 @@ class Accumulation:
             raise ValueError(f"change confirmation time must be a finite number ≥ 0 (s), got {self.confirm_time}")
         if not (float(self.view_time) >= 0 and math.isfinite(float(self.view_time))):
             raise ValueError(f"view time must be a finite number ≥ 0 (s), got {self.view_time}")
+        if not (float(self.class_margin) > 0 and math.isfinite(float(self.class_margin))):
+            raise ValueError(f"class change margin must be a finite number > 0 (nats), got {self.class_margin}")
 
     def view_weight(self, dt: float) -> float:
         """Weight in views of an observation ``dt`` s after the slot's previous one (class evidence)."""
@@ -278,6 +284,18 @@ def _check_features(what: str, feats: Mapping[str, np.ndarray]) -> None:
     for m, f in feats.items():
         if not np.isfinite(f).all():
             raise FusionError(f"{what}: the {m} decoder gave non-finite features", DropReason.NON_FINITE)
+
+
+def _predictive(evidence, ell: np.ndarray) -> float:
+    """``log Σ_c softmax(evidence)_c · exp(ℓ_c)``: the log predictive likelihood (up to a constant shared by all
+    hypotheses, uniform class prior) of an observation with class log-posterior ``ℓ`` float64 (C,) under the class
+    belief held as ``evidence`` (C,) (accumulated class log-posteriors)."""
+    e = np.asarray(evidence, np.float64)
+    e = e - e.max()
+    logp = e - math.log(float(np.exp(e).sum()))
+    t = logp + ell
+    mx = float(t.max())
+    return mx + math.log(float(np.exp(t - mx).sum()))
 
 
 def _peer_wins(peer: Slot, own: Slot) -> bool:
@@ -529,15 +547,22 @@ class FusionEngine:
         return {m: feats[m] for m in self.order if m in feats}
 
     def unimodal_log_posterior(self, modality: str, feature: np.ndarray) -> np.ndarray | None:
-        """``log p(c | x_m)`` float32 (C,) of one β-VAE feature (D*,): the subset encoder of {m} → class-belief head,
-        probabilities floored at :data:`LOG_PROBABILITY_FLOOR`; None for a bundle without a head.
+        """``log p(c | x_m)`` float32 (C,) of one β-VAE feature (D*,): the bundle's unimodal class head of m when it
+        has one (manifest ``unimodal_heads``, :mod:`m2vae_fusion.training.unimodal`), else the subset encoder of {m}
+        → class-belief head; probabilities floored at :data:`LOG_PROBABILITY_FLOOR`; None for a bundle without a
+        head.
 
         Raises:
             FusionError: non-finite or invalid outputs (NON_FINITE / INVALID_OUTPUT)."""
         if not self.bundle.has_head:
             return None
         what = f"the unimodal {modality} class posterior"
-        out = self._encode({modality: np.asarray(feature, np.float32).reshape(1, -1)}, with_probs=True)
+        f = np.asarray(feature, np.float32).reshape(1, -1)
+        if self.bundle.has_unimodal_head(modality):
+            p = self.bundle.classify_unimodal(modality, f)
+            check_probabilities(what, p)
+            return np.log(np.maximum(p[0], LOG_PROBABILITY_FLOOR)).astype(np.float32)
+        out = self._encode({modality: f}, with_probs=True)
         _check_outputs(what, *out)
         return np.log(np.maximum(out[2][0], LOG_PROBABILITY_FLOOR)).astype(np.float32)
 
@@ -550,6 +575,10 @@ class FusionEngine:
         fresh = Slot(stamp, agent, f, prec, ((agent, stamp),), class_evidence=ell)
         if held is None or not acc.enabled:
             return fresh
+        if ell is not None:
+            return self._accumulate_evidence(belief, held, modality, f, prec, stamp, agent, ell)
+        if held.support_views > 0:  # a class-level run (class_belief was evidence): the feature rule starts afresh
+            held = replace(held, pending=(), history=(), support_since=None, support_views=0.0)
         h_feat, h_prec = held.feature, held.precision
         if h_feat is None:  # known only through a latent: its decoder mean, weighing one observation
             h_feat = self._decode(np.asarray(belief.mean, np.float32)[None], [modality])[modality][0]
@@ -612,6 +641,65 @@ class FusionEngine:
                 slot = Slot(ps, pa, mean.astype(np.float32), p.astype(np.float32), (*slot.contributions, (pa, ps)),
                             class_evidence=ev)
         return slot
+
+    def _accumulate_evidence(self, belief: Belief, held: Slot, modality: str, f: np.ndarray, prec: np.ndarray,
+                             stamp: float, agent: str, ell: np.ndarray) -> Slot:
+        """The slot after one observation when the class belief is the class evidence (``class_belief``
+        ``evidence``): every observation is fused, and the change rule works on class posteriors, not features.
+
+        The observation's view weight ``w = min(1, Δt / view_time)`` (:meth:`Accumulation.view_weight`) scales its
+        unimodal class log-posterior ℓ: ``L ← λ^w·L + w·ℓ``; the feature is fused as in :class:`Accumulation`
+        (product of Gaussian experts with forgetting). The observation *supports a change* when it rates the slot's
+        top class ``c* = argmax L`` more than ``class_margin`` nats below its own top class
+        (``max ℓ − ℓ[c*] > margin``). Consecutive supports that agree with each other (each within the margin of
+        the run's top class) form a run, kept as one aggregate (its ℓ sum, feature product, views); a run of at
+        least ``confirm`` views whose stamps span at least ``confirm_time`` means the object changed: L becomes
+        the run's sum and the feature the run's product. So a misread, a burst of a few, or one view under
+        misleading light adds its evidence but cannot replace what many views built, while a swapped object wins
+        after ``confirm`` views of it. (The feature-distance gate is not used here: on unsupervised β-VAE features
+        it does not tell another attribute value from the same one, README "Beliefs that accumulate evidence".)
+        """
+        acc = self.accumulation
+        h_feat, h_prec = held.feature, held.precision
+        if h_feat is None:  # known only through a latent: its decoder mean, weighing one observation
+            h_feat = self._decode(np.asarray(belief.mean, np.float32)[None], [modality])[modality][0]
+            _check_features(f"decoding the {modality} slot", {modality: h_feat})
+            h_prec = prec
+        h_ev = held.class_evidence if held.class_evidence is not None else \
+            self.unimodal_log_posterior(modality, h_feat)
+        lam = acc.forgetting
+        w = acc.view_weight(stamp - held.stamp)
+        ell64 = np.asarray(ell, np.float64)
+        s_held = _predictive(h_ev, ell64)
+        s_new = float(np.log(np.mean(np.exp(ell64 - ell64.max())))) + float(ell64.max())
+        supports = s_new - s_held > acc.class_margin
+        run = held.pending[0] if held.pending and held.support_views > 0 else None
+        views = held.support_views if run is not None else 0.0
+        if run is not None:
+            s_run = _predictive(run[4], ell64)
+            if supports and s_new - s_run > acc.class_margin:
+                run, views = None, 0.0  # a support of another change: a new run starts below
+            elif not supports and s_held >= s_run:
+                run, views = None, 0.0  # sides with the held evidence: the run ends
+        if supports or run is not None:  # a support, or an undecided observation inside a run
+            if run is None:
+                run, views = (f, prec, agent, stamp, w * ell64, stamp, ((agent, stamp),)), max(w, 1e-9)
+            else:
+                rp = lam * run[1] + prec
+                run = ((lam * run[1] * run[0] + prec * f) / rp, rp, agent, stamp, lam ** w * run[4] + w * ell64,
+                       run[5], (*run[6], (agent, stamp))[-acc.max_contributions:])
+                views += w if supports else 0.0
+            if views >= acc.confirm and stamp - run[5] >= float(acc.confirm_time):  # the object changed
+                return Slot(stamp, agent, np.asarray(run[0], np.float32), np.asarray(run[1], np.float32), run[6],
+                            class_evidence=np.asarray(run[4], np.float32))
+        p = lam * h_prec + prec
+        mean = (lam * h_prec * h_feat + prec * f) / p
+        contributions = (*held.evidence, (agent, stamp))[-acc.max_contributions:]
+        ev = (lam ** w * np.asarray(h_ev, np.float64) + w * ell64).astype(np.float32)
+        return Slot(stamp, agent, mean.astype(np.float32), p.astype(np.float32), contributions,
+                    pending=(run,) if run is not None else (), class_evidence=ev,
+                    support_views=float(views) if run is not None else 0.0,
+                    support_since=run[5] if run is not None else None)
 
     def merge(self, own: Belief | None, peer: Belief) -> tuple[Belief, bool]:
         """Merge a peer's belief about the same target: union of slots, one value per slot.

@@ -91,7 +91,7 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
                   "forgetting_factor": "forgetting_factor", "outlier_gate": "outlier_gate",
                   "change_confirmations": "change_confirmations", "change_confirm_time": "change_confirm_time",
                   "novelty_threshold": "novelty_threshold", "view_time": "view_time",
-                  "class_belief": "class_belief"}
+                  "class_belief": "class_belief", "class_change_margin": "class_change_margin"}
 
 
 #: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
@@ -324,12 +324,16 @@ class FusionNode(LifecycleNode):
         ("change_confirm_time", 2.0, "Seconds (stamps) the run of agreeing outliers must span before it replaces a "
                                      "slot, so that the few frames of one new view of a 10-30 Hz sensor do not "
                                      "(0: the count alone)"),
-        ("view_time", 1.0, "Class evidence: observations of one sensor less than this many seconds apart count as "
+        ("view_time", 2.0, "Class evidence: observations of one sensor less than this many seconds apart count as "
                            "a fraction (dt / view_time) of one view, so a 30 Hz camera does not outweigh a 10 Hz "
                            "LiDAR (0: every observation one view)"),
-        ("class_belief", "latent", "Class belief published on ~/belief: 'evidence' (product over sensors and "
+        ("class_belief", "evidence", "Class belief published on ~/belief: 'evidence' (product over sensors and "
                                      "views of the unimodal class posteriors each slot accumulated) or 'latent' (the "
                                      "class-belief head on the fused latent, as in the FUSION 2019 paper)"),
+        ("class_change_margin", 0.5, "Class evidence: an observation supports 'the object changed' when its log "
+                                     "predictive likelihood under a new object of unknown class exceeds the one "
+                                     "under the held class belief by more than this (nats); change_confirmations "
+                                     "views of agreeing supports over change_confirm_time replace the slot"),
         ("novelty_threshold", 0.0, "Observations whose novelty score (two-sided test of the β-VAE ELBO terms, "
                                    "calibrated on in-distribution data in the bundle manifest) exceeds this are not "
                                    "fused (dropped.<sensor>.novel); 0: the bundle's calibrated threshold; < 0: off"),
@@ -445,12 +449,13 @@ class FusionNode(LifecycleNode):
             share=bool(p["shared_latent_topic"]), output_frame_id=p["output_frame_id"], base_frame=p["base_frame"],
             forgetting_factor=p["forgetting_factor"], outlier_gate=p["outlier_gate"],
             change_confirmations=p["change_confirmations"], change_confirm_time=p["change_confirm_time"],
-            novelty_threshold=p["novelty_threshold"], view_time=p["view_time"], class_belief=p["class_belief"])
+            novelty_threshold=p["novelty_threshold"], view_time=p["view_time"], class_belief=p["class_belief"],
+            class_change_margin=p["class_change_margin"])
         try:
             config.accumulation
         except ValueError as exc:
             raise ConfigError(f"parameters forgetting_factor / outlier_gate / change_confirmations / "
-                              f"change_confirm_time / view_time: {exc}") from None
+                              f"change_confirm_time / view_time / class_change_margin: {exc}") from None
         if p["class_belief"] not in CLASS_BELIEFS:
             raise ConfigError(f"parameter class_belief: {p['class_belief']!r} is not one of {list(CLASS_BELIEFS)}")
         # this process's incarnation: its start stamp on the ROS clock (the stamps' time base); the wall clock while a

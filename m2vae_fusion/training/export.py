@@ -28,7 +28,7 @@ from m2vae_fusion.core import chains as chainmod
 from m2vae_fusion.core.bundle import (FORMAT, FORMAT_VERSION, FORMAT_VERSION_NO_BOUNDS,  # one definition,
                                       MARGIN_ABSOLUTE, MARGIN_FRACTION, READ_VERSIONS,  # shared with the runtime
                                       LatentBounds, compute_model_id, read_manifest_any, sha256_file,
-                                      upgrade_command)
+                                      unimodal_head_files, upgrade_command)
 from m2vae_fusion.core.bundle import OBJECTIVES
 from m2vae_fusion.errors import BundleError
 from m2vae_fusion.files import write_json
@@ -621,6 +621,11 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, boun
     try:
         for name in network_names:
             shutil.copyfile(os.path.join(src_dir, name), os.path.join(tmp, name))
+        for name, expected in unimodal_head_files(src, src_dir).items():  # optional block: kept as it is
+            p = os.path.join(src_dir, name)
+            if not os.path.isfile(p) or sha256_file(p) != expected:
+                raise ChecksumError(f"{p}: missing or not matching its sha256 in {mpath} (unimodal_heads)")
+            shutil.copyfile(p, os.path.join(tmp, name))
         old = dict(np.load(os.path.join(src_dir, probes_name)))
         # keep the networks' probes (the torch outputs of the original export); chain probes are rebuilt
         probes = {k: v for k, v in old.items() if k.split(":", 1)[0] in network_names}
@@ -644,8 +649,9 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, boun
             _set_bounds(manifest, compute_latent_bounds(tmp, manifest, bounds_data, split=bounds_split))
         elif version == FORMAT_VERSION:
             _set_bounds(manifest, src["latent_bounds"])
+        extra = unimodal_head_files(src, src_dir)
         manifest = _order_manifest(_finish_manifest(manifest, {n: sha256_file(os.path.join(tmp, n))
-                                                               for n in sorted(os.listdir(tmp))}))
+                                                               for n in sorted(os.listdir(tmp)) if n not in extra}))
         check_probe_parity(tmp, manifest, dict(np.load(os.path.join(tmp, "probes.npz"))), tol=tol)
         worst = chain_parity(tmp, manifest)
         bad = {k: v for k, v in worst.items() if v > tol}
