@@ -232,22 +232,20 @@ def verify_sums(path: str, manifest: Mapping) -> None:
     Raises:
         BundleError: a missing file or a mismatching sum (the message names the file), or a wrong ``model_id``.
     """
-    for name, expected in sorted(manifest["files"].items()):
-        fpath = os.path.join(path, name)
-        if not os.path.isfile(fpath):
-            raise BundleError(f"{fpath} is missing (listed in {MANIFEST})")
-        got = sha256_file(fpath)
-        if got != expected:
-            raise BundleError(f"{fpath}: sha256 {got[:12]}… does not match the manifest's {expected[:12]}… "
-                              "(file corrupt or changed after export)")
+    _check_sums(path, manifest["files"], MANIFEST)
     mid = manifest_model_id(manifest)
     if mid != manifest["model_id"]:
         raise BundleError(f"{os.path.join(path, MANIFEST)}: model_id {manifest['model_id']} does not match the "
                           f"file sums and latent bounds ({mid})")
-    for name, expected in sorted(unimodal_head_files(manifest, path).items()):
+    _check_sums(path, unimodal_head_files(manifest, path), f"{MANIFEST} under unimodal_heads")
+
+
+def _check_sums(path: str, sums: Mapping[str, str], where: str) -> None:
+    """Every ``{file: sha256}`` of ``sums`` exists in ``path`` with that sum (BundleError naming the file)."""
+    for name, expected in sorted(sums.items()):
         fpath = os.path.join(path, name)
         if not os.path.isfile(fpath):
-            raise BundleError(f"{fpath} is missing (listed in {MANIFEST} under unimodal_heads)")
+            raise BundleError(f"{fpath} is missing (listed in {where})")
         got = sha256_file(fpath)
         if got != expected:
             raise BundleError(f"{fpath}: sha256 {got[:12]}… does not match the manifest's {expected[:12]}… "
