@@ -228,8 +228,8 @@ def accumulation_over_views(bundle, n_objects: int = 60, views: int = 10, seed: 
     For each object and k views per sensor: (a) ``feature_poe``: the slot's accumulation without forgetting, the
     product of the k Gaussian β-VAE posteriors per modality (precision-weighted mean, :class:`Accumulation` with
     λ = 1), then the subset encoder of all modalities and the class-belief head (what the engine computes);
-    (b) ``posterior_product``: the product over modalities and views of the unimodal class posteriors
-    ``head(subset encoder of {m}(feature))`` (naive Bayes with a uniform class prior: the views' and sensors'
+    (b) ``posterior_product``: the product over modalities and views of the unimodal class posteriors (the
+    bundle's unimodal head of m, else ``head(subset encoder of {m}(feature))``; naive Bayes with a uniform class prior: the views' and sensors'
     evidence multiplied at the class level); (c) ``last_view``: the head on the last view of each sensor only.
 
     Returns:
@@ -251,7 +251,9 @@ def accumulation_over_views(bundle, n_objects: int = 60, views: int = 10, seed: 
                             for i in range(len(d[m]))])
         mu, lv = bundle.encode_feature(m, x)
         feats[m], precs[m] = mu.astype(np.float64), np.exp(-lv.astype(np.float64))
-        logq[m] = np.log(np.maximum(bundle.classify(bundle.encode_subset({m: mu})[0]), 1e-6))
+        probs = (bundle.classify_unimodal(m, mu) if bundle.has_unimodal_head(m)
+                 else bundle.classify(bundle.encode_subset({m: mu})[0]))
+        logq[m] = np.log(np.maximum(probs, 1e-6))
     lab, oid = np.asarray(d["label"]), np.asarray(d["object_id"])
     out = {"objects": int(len(np.unique(oid))), "views": int(views), "k": {}}
     for k in ks:
