@@ -142,6 +142,9 @@ class Accumulation:
         max_contributions: contributions listed per slot (older ones still weigh λ^k in the feature).
         view_time: s (≥ 0) at the class level (below): an observation less than ``view_time`` after the slot's
             previous one weighs ``Δt / view_time`` of a view; 0: every observation one view.
+        class_margin: nats (> 0) by which a new object must explain an observation better than the held class
+            belief for the observation to support a change at the class level
+            (:meth:`FusionEngine._accumulate_evidence`).
 
     **Class evidence** (beyond the paper; naive Bayes over observations): every observation of modality m also gets
     its unimodal class log-posterior ``ℓ = log p(c | x_m)`` (the subset encoder of {m} → class-belief head, clipped
@@ -649,14 +652,18 @@ class FusionEngine:
 
         The observation's view weight ``w = min(1, Δt / view_time)`` (:meth:`Accumulation.view_weight`) scales its
         unimodal class log-posterior ℓ: ``L ← λ^w·L + w·ℓ``; the feature is fused as in :class:`Accumulation`
-        (product of Gaussian experts with forgetting). The observation *supports a change* when it rates the slot's
-        top class ``c* = argmax L`` more than ``class_margin`` nats below its own top class
-        (``max ℓ − ℓ[c*] > margin``). Consecutive supports that agree with each other (each within the margin of
-        the run's top class) form a run, kept as one aggregate (its ℓ sum, feature product, views); a run of at
-        least ``confirm`` views whose stamps span at least ``confirm_time`` means the object changed: L becomes
-        the run's sum and the feature the run's product. So a misread, a burst of a few, or one view under
-        misleading light adds its evidence but cannot replace what many views built, while a swapped object wins
-        after ``confirm`` views of it. (The feature-distance gate is not used here: on unsupervised β-VAE features
+        (product of Gaussian experts with forgetting). The observation *supports a change* when a new object of
+        unknown class explains it better than the held belief by more than ``class_margin`` nats, in log predictive
+        likelihoods (:func:`_predictive`; uniform class prior, ``p(x | c) ∝ p(c | x)``):
+        ``log mean_c exp(ℓ_c) − log Σ_c softmax(L)_c exp(ℓ_c) > margin``. Consecutive supports that agree with each
+        other form a run (a support that a new object explains better than the run by more than the margin starts
+        a new one), kept as one aggregate (its
+        ℓ sum, feature product, views); an undecided observation (no support, but explained better by the run than
+        by the held belief) continues the run without adding views, one explained at least as well by the held
+        belief ends it. A run of at least ``confirm`` views whose stamps span at least ``confirm_time`` means the
+        object changed: L becomes the run's sum and the feature the run's product. So a misread, a burst of a few,
+        or one view under misleading light adds its evidence but cannot replace what many views built, while a
+        swapped object wins after ``confirm`` views of it. (The feature-distance gate is not used here: on unsupervised β-VAE features
         it does not tell another attribute value from the same one, README "Beliefs that accumulate evidence".)
         """
         acc = self.accumulation

@@ -23,7 +23,7 @@ import numpy as np
 from m2vae_fusion.errors import BundleError
 
 #: defaults of :func:`add_unimodal_heads`
-HIDDEN, EPOCHS, BATCH, LR, WEIGHT_DECAY = 128, 40, 256, 1e-3, 1e-4
+HIDDEN, EPOCHS, BATCH, LR, WEIGHT_DECAY = 512, 120, 256, 1e-3, 1e-4
 
 
 def _features(bundle_dir: str, manifest: Mapping, data, split: str):
