@@ -139,7 +139,8 @@ class AgentConfig:
     change_confirm_time: float = 2.0
     #: class evidence (:class:`~m2vae_fusion.core.fusion.Accumulation`): s within which frames count as one view
     view_time: float = 2.0
-    #: class evidence: nats by which an observation must rate the slot's top class below its own to support a change
+    #: class evidence: nats by which a new object must explain an observation better than the held class belief for
+    #: it to support a change (:class:`~m2vae_fusion.core.fusion.Accumulation`)
     class_change_margin: float = 0.5
     #: class belief published: "evidence" (product of the slots' accumulated unimodal class posteriors, the default)
     #: or "latent" (the class-belief head on the fused latent, FUSION 2019; README "Beliefs that accumulate evidence")

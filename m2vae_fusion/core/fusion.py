@@ -582,11 +582,7 @@ class FusionEngine:
             return self._accumulate_evidence(belief, held, modality, f, prec, stamp, agent, ell)
         if held.support_views > 0:  # a class-level run (class_belief was evidence): the feature rule starts afresh
             held = replace(held, pending=(), history=(), support_since=None, support_views=0.0)
-        h_feat, h_prec = held.feature, held.precision
-        if h_feat is None:  # known only through a latent: its decoder mean, weighing one observation
-            h_feat = self._decode(np.asarray(belief.mean, np.float32)[None], [modality])[modality][0]
-            _check_features(f"decoding the {modality} slot", {modality: h_feat})
-            h_prec = prec
+        h_feat, h_prec = self._held_feature(belief, held, modality, prec)
         scale = self.feature_scale[modality]
         f64 = np.asarray(f, np.float64)  # distances in float64: finite extremes (±3e38) must not overflow to inf
         d_held = float(np.sqrt(np.mean(((f64 - h_feat) / scale) ** 2)))
@@ -645,6 +641,15 @@ class FusionEngine:
                             class_evidence=ev)
         return slot
 
+    def _held_feature(self, belief: Belief, held: Slot, modality: str, prec: np.ndarray) -> tuple:
+        """(feature, precision) a slot holds; a slot known only through a latent gives its decoder mean (FUSION 2019
+        Eq. 18), weighing one observation (``prec``)."""
+        if held.feature is not None:
+            return held.feature, held.precision
+        h_feat = self._decode(np.asarray(belief.mean, np.float32)[None], [modality])[modality][0]
+        _check_features(f"decoding the {modality} slot", {modality: h_feat})
+        return h_feat, prec
+
     def _accumulate_evidence(self, belief: Belief, held: Slot, modality: str, f: np.ndarray, prec: np.ndarray,
                              stamp: float, agent: str, ell: np.ndarray) -> Slot:
         """The slot after one observation when the class belief is the class evidence (``class_belief``
@@ -667,11 +672,7 @@ class FusionEngine:
         it does not tell another attribute value from the same one, README "Beliefs that accumulate evidence".)
         """
         acc = self.accumulation
-        h_feat, h_prec = held.feature, held.precision
-        if h_feat is None:  # known only through a latent: its decoder mean, weighing one observation
-            h_feat = self._decode(np.asarray(belief.mean, np.float32)[None], [modality])[modality][0]
-            _check_features(f"decoding the {modality} slot", {modality: h_feat})
-            h_prec = prec
+        h_feat, h_prec = self._held_feature(belief, held, modality, prec)
         h_ev = held.class_evidence if held.class_evidence is not None else \
             self.unimodal_log_posterior(modality, h_feat)
         lam = acc.forgetting

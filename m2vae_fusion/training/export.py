@@ -621,7 +621,8 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, boun
     try:
         for name in network_names:
             shutil.copyfile(os.path.join(src_dir, name), os.path.join(tmp, name))
-        for name, expected in unimodal_head_files(src, src_dir).items():  # optional block: kept as it is
+        extra = unimodal_head_files(src, src_dir)
+        for name, expected in extra.items():  # optional block: kept as it is
             p = os.path.join(src_dir, name)
             if not os.path.isfile(p) or sha256_file(p) != expected:
                 raise ChecksumError(f"{p}: missing or not matching its sha256 in {mpath} (unimodal_heads)")
@@ -649,7 +650,6 @@ def rebuild_bundle(src_dir: str, out_dir: str, tol: Optional[float] = None, boun
             _set_bounds(manifest, compute_latent_bounds(tmp, manifest, bounds_data, split=bounds_split))
         elif version == FORMAT_VERSION:
             _set_bounds(manifest, src["latent_bounds"])
-        extra = unimodal_head_files(src, src_dir)
         manifest = _order_manifest(_finish_manifest(manifest, {n: sha256_file(os.path.join(tmp, n))
                                                                for n in sorted(os.listdir(tmp)) if n not in extra}))
         check_probe_parity(tmp, manifest, dict(np.load(os.path.join(tmp, "probes.npz"))), tol=tol)
