@@ -425,7 +425,8 @@ def test_reflectance_scans():
                            (r, -i - 1, "non_finite"), (r[:0], i[:0], "empty"),
                            (np.full(8, -1.0), i, "too_many_invalid"),  # negative ranges: were fused into beliefs
                            (np.full(8, 5.0), i, "too_many_invalid"),   # beyond range_max
-                           (np.where(np.arange(8) < 5, -0.2, r), i, "too_many_invalid")]:
+                           (np.where(np.arange(8) < 5, -0.2, r), i, "too_many_invalid"),
+                           (np.full(8, np.inf), i, "no_return")]:      # the ring sees nothing: no object observed
         with pytest.raises(conv.ConversionError) as e:
             conv.reflectance_to_array(conv.ranges_to_scan(rr, {"range_max": 0.8}, intensities=ii), 8)
         assert _reason(e) == reason
@@ -434,6 +435,8 @@ def test_reflectance_scans():
     out = conv.reflectance_to_array(conv.ranges_to_scan(rr, {"range_max": 0.8}, intensities=i), 8)
     assert np.all(np.isnan(out[::2, 0])) and np.all(out[::2, 1] == 0)
     np.testing.assert_array_equal(out[1::2], np.stack([r, i], axis=1)[1::2])
+    touching = conv.reflectance_to_array(conv.ranges_to_scan(np.full(8, -np.inf), {"range_max": 0.8}, intensities=i), 8)
+    assert np.all(touching[:, 0] == -np.inf)  # closer than range_min is a return (REP 117), not "nothing observed"
     for kw, reason in [(dict(range_min=-1.0), DropReason.BAD_RANGE_LIMITS), (dict(range_max=0.0),
                        DropReason.BAD_RANGE_LIMITS), (dict(range_max=math.nan), DropReason.NON_FINITE)]:
         msg = conv.ranges_to_scan(r, {"range_max": 0.8}, intensities=i)

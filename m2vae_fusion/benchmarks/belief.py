@@ -182,6 +182,85 @@ def novelty_scores(bundle, novelty, modality: str, raws, positions=None) -> np.n
     return novelty.score_observation(modality, x, mu, lv, lambda f: bundle.decode_feature(modality, f))
 
 
+def not_fused(bundle, modality: str, raws, positions=None) -> tuple:
+    """Which observations an agent would not fuse, on the node's own path: LiDAR and reflectance scans go through the
+    LaserScan conversion and its sanity checks (e.g. ``no_return``), then the agent's preprocessing, β-VAE and novelty
+    test (the bundle's calibrated threshold). Each observation is about a new target, so evidence accumulation holds
+    nothing back.
+
+    Args:
+        raws: raw observations of ``modality`` (camera uint8 (H, W, 3), LiDAR float32 (B,) in the bundle's beam
+            layout, reflectance float32 (K, 2)); positions: target position (3,) per observation (base frame, m) or
+            None (the crop's fallback, as for a TargetOfInterest without position).
+
+    Returns:
+        (not fused bool (N,), drop reasons ``{reason: count}``, novelty scores float64 (N,), NaN where no score was
+        computed because a sanity check refused the input first).
+    """
+    from m2vae_fusion.core import messages as conv
+    from m2vae_fusion.core.agent import Agent, AgentConfig, Drop
+    from m2vae_fusion.core.fusion import FusionEngine
+
+    ag = Agent(FusionEngine(bundle), AgentConfig(agent_id="a", modalities=(modality,), max_message_age=0.0,
+                                                belief_ttl=0.0), clock=lambda: 0.0)
+    cfg = bundle.input_config(modality)
+    out, scores, reasons = np.zeros(len(raws), bool), np.full(len(raws), np.nan), {}
+    for i, raw in enumerate(raws):
+        stamp = 1.0 + i
+        pos = None if positions is None or positions[i] is None else tuple(float(v) for v in positions[i])
+        ag.on_target(stamp, f"t{i}", position=pos)
+        if modality == "lidar":
+            reader = (lambda msg: lambda: conv.scan_to_ranges(msg, cfg))(conv.ranges_to_scan(raw, cfg))
+        elif modality == "reflectance":
+            msg = conv.ranges_to_scan(raw[:, 0], {"range_max": cfg["range_max"]}, intensities=raw[:, 1])
+            reader = (lambda msg: lambda: conv.reflectance_to_array(msg, int(cfg["beams"])))(msg)
+        else:
+            reader = raw
+        ag.novelty_last.pop(modality, None)
+        try:
+            ag.observe(modality, stamp, reader, ag.target_at(stamp))
+        except Drop as exc:
+            out[i] = True
+            reasons[exc.reason.value] = reasons.get(exc.reason.value, 0) + 1
+        scores[i] = ag.novelty_last.get(modality, np.nan)
+    return out, reasons, scores
+
+
+def empty_scene_novelty(bundle, held: Mapping, n: int = 60, seed: int = 101) -> dict | None:
+    """Novelty on the simulated world without objects (issue 14's test inputs): :func:`m2vae_fusion.sim.hard.
+    empty_views` of each kind (empty floor, facing a wall, anywhere in an empty room), each with the expected target
+    position and without one (the crop's fallback), against the held-out in-distribution observations ``held``; all
+    through :func:`not_fused`.
+
+    Returns:
+        ``{modality: {"in distribution": {"not_fused", "n", "reasons"}, "<kind>" / "<kind> (no position)":
+        {..., "scores"}}}`` (``not_fused``: share not fused; ``scores``: :func:`not_fused`'s novelty scores), or None
+        for a bundle of the easy world.
+    """
+    if world_of(bundle).num_classes == 8:
+        return None
+    from m2vae_fusion.sim import hard
+
+    rng = np.random.default_rng(seed)
+    world = hard.make_world()
+    try:
+        scenes = {k: hard.empty_views(n, rng, k, world=world) for k in hard.EMPTY_KINDS}
+    finally:
+        world.close()
+    out = {}
+    for m in bundle.modalities:
+        rows = {}
+        flag, reasons, _ = not_fused(bundle, m, held[m], [position_of(held, i) for i in range(len(held[m]))])
+        rows["in distribution"] = {"not_fused": float(flag.mean()), "n": int(flag.size), "reasons": reasons}
+        for k, sc in scenes.items():
+            for label, pos in ((k, list(sc["target_position"])), (f"{k} (no position)", None)):
+                flag, reasons, scores = not_fused(bundle, m, list(sc[m]), pos)
+                rows[label] = {"not_fused": float(flag.mean()), "n": int(flag.size), "reasons": reasons,
+                               "scores": scores}
+        out[m] = rows
+    return out
+
+
 def observe_latency(bundle, data: Mapping, rounds: int = 200) -> dict:
     """p50 wall time (ms) of one :meth:`Agent.observe` (preprocess, β-VAE, novelty, fusion) per modality, for an agent
     with accumulation and novelty (the defaults) and one without (forgetting 0, novelty off), interleaved so both
@@ -321,7 +400,15 @@ def gate_separability(bundle, data: Mapping, pairs: int = 4000, seed: int = 0) -
 def configure(parser):
     parser.add_argument("--model-dir", help="bundle directory (default: the shipped models/amiro)")
     parser.add_argument("--samples", type=int, default=600,
-                        help="simulated observations: half calibrate novelty, half are held out (default 600)")
+                        help="simulated observations: the second half is held out for the misreads and the "
+                             "in-distribution novelty figures; the first half calibrates novelty with --recalibrate "
+                             "(default 600)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="calibrate novelty on this run's first half instead of using the bundle's own "
+                             "calibration (always done for a bundle without one)")
+    parser.add_argument("--empty-views", type=int, default=60,
+                        help="views of each kind of empty scene (floor, wall, room) for the novelty figures "
+                             "(hard world; default 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=10, help="misread scenarios per sensor (default 10)")
     parser.add_argument("--latency-rounds", type=int, default=200,
@@ -348,11 +435,16 @@ def run(args) -> int:
     half = args.samples // 2
     cal = {k: v[:half] for k, v in data.items()}
     held = {k: v[half:] for k, v in data.items()}
+    if source.novelty.entries and not args.recalibrate:
+        print(f"novelty: the bundle's own calibration ({source.novelty.block.get('data', {}).get('samples')} samples, "
+              f"statistics {list(source.novelty.statistics)}); --recalibrate calibrates a copy on this run's data")
+        return _run(args, source, source, held)
     tmp = tempfile.mkdtemp(prefix="bench-belief-")
     try:
         # a copy calibrated on the first half: novelty intervals and the feature spreads of the outlier gate
         shutil.copytree(source.path, os.path.join(tmp, "bundle"))
         add_novelty_calibration(os.path.join(tmp, "bundle"), cal)
+        print(f"novelty: a copy of the bundle calibrated on this run's first {half} observations")
         bundle = Bundle.load(os.path.join(tmp, "bundle"))
         return _run(args, source, bundle, held)
     finally:
@@ -397,6 +489,13 @@ def _run(args, source, bundle, held) -> int:
               f"{s_in.size}; out-of-distribution flagged {100 * (s_out > thr).mean():.0f} % of {s_out.size} "
               f"(missed: {[k for k, v in zip(ood[m], s_out) if not v > thr]})")
         traces[(m, "novelty")] = (s_in, s_out, list(ood[m]))
+    res["empty_scenes"] = empty_scene_novelty(bundle, held, n=args.empty_views, seed=args.seed + 101)
+    for m, rows in (res["empty_scenes"] or {}).items():
+        traces[(m, "empty")] = {label: row.pop("scores") for label, row in rows.items() if "scores" in row}
+        print(f"{m:12s} not fused (novel or refused by a sanity check), simulated world without objects, "
+              f"{args.empty_views} views each:")
+        for label, row in rows.items():
+            print(f"    {label:24s} {100 * row['not_fused']:5.1f} % of {row['n']}  {row['reasons']}")
     res["gate"] = gate_separability(bundle, held, seed=args.seed)
     for m, row in res["gate"].items():
         print(f"{m:12s} outlier gate vs another attribute value ({row['pairs']} pairs): ROC AUC of the feature-space "
@@ -431,6 +530,8 @@ def _plot(bundle, traces, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from m2vae_fusion.core.fusion import Accumulation
+
     mods = list(bundle.modalities)
     fig, axes = plt.subplots(2, len(mods), figsize=(5 * len(mods), 7))
     for j, m in enumerate(mods):
@@ -438,7 +539,7 @@ def _plot(bundle, traces, path: str) -> None:
         for label, style in (("replace", "r--"), ("accumulation", "b-")):
             out = traces[(m, label)]
             ax.plot(np.arange(1, len(out["p_true"]) + 1), out["p_true"], style,
-                    label=f"{label} (forgetting {0 if label == 'replace' else 0.8})")
+                    label=f"{label} (forgetting {0 if label == 'replace' else Accumulation().forgetting:g})")
         out = traces[(m, "accumulation")]
         for k in out["misread"]:
             ax.axvline(k + 1, color="grey", alpha=0.4)
@@ -450,9 +551,16 @@ def _plot(bundle, traces, path: str) -> None:
         s_in, s_out, names = traces[(m, "novelty")]
         ax = axes[1, j]
         ax.hist(np.log10(np.maximum(s_in, 1e-3)), bins=30, color="b", alpha=0.6, label="in distribution (held out)")
-        ax.plot(np.log10(np.maximum(s_out, 1e-3)), np.zeros_like(s_out), "rx", ms=9, label="flat / empty inputs")
+        ax.plot(np.log10(np.maximum(s_out, 1e-3)), np.zeros_like(s_out), "kx", ms=9, label="hand-made flat inputs")
+        empty = traces.get((m, "empty"), {})
+        for (label, sc), colour in zip(((k, v) for k, v in empty.items() if "no position" not in k),
+                                       ("tab:red", "tab:orange", "tab:purple")):
+            scored = sc[np.isfinite(sc)]
+            ax.hist(np.log10(np.maximum(scored, 1e-3)), bins=30, color=colour, alpha=0.5,
+                    label=f"{label}, no objects ({sc.size - scored.size} of {sc.size} refused before scoring)")
         ax.axvline(0.0, color="k", ls=":", label="threshold 1")
-        ax.set_title(f"{m}: novelty score (log10)", fontsize=9)
+        ax.set_yscale("log")
+        ax.set_title(f"{m}: novelty score (log10; counts, log scale)", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -33,14 +33,15 @@ def configure(parser):
                              "use the networks' training set")
     parser.add_argument("--novelty-data", metavar="DATASET_DIR",
                         help="data set directory whose --novelty-split calibrates the novelty score (manifest "
-                             "\"novelty\" block: in-distribution intervals of the β-VAE ELBO terms); use held-out "
-                             "in-distribution data of the networks' training distribution")
+                             "\"novelty\" block: in-distribution intervals of the β-VAE ELBO terms and feature "
+                             "densities; its train split fits the feature mixture); use held-out in-distribution data "
+                             "of the networks' training distribution")
     parser.add_argument("--novelty-split", default="val", choices=("train", "val", "test"),
                         help="split of --novelty-data to calibrate on (default: val)")
-    parser.add_argument("--novelty-statistics", default="kl,feature_distance",
+    parser.add_argument("--novelty-statistics", default="kl,feature_mixture",
                         help="comma-separated novelty statistics to calibrate: kl, feature_distance, "
-                             "reconstruction_error (the last costs a β-VAE decoder run per observation; "
-                             "default kl,feature_distance)"),
+                             "feature_mixture, reconstruction_error (the last costs a β-VAE decoder run per "
+                             "observation; default kl,feature_mixture)")
     parser.add_argument("--unimodal-heads", metavar="DATASET_DIR",
                         help="labelled data set directory: train a unimodal class head per modality on its train "
                              "split's β-VAE features (class evidence of the node; manifest \"unimodal_heads\")")

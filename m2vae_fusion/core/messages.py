@@ -398,7 +398,8 @@ def reflectance_to_array(msg, beams: int, max_invalid: float = MAX_INVALID_FRACT
     Raises:
         ConversionError: ``empty`` (no beams), ``mismatch`` (K differs from ``beams`` or intensities missing / of
             another length), ``non_finite`` (non-finite range limits, non-finite or negative intensities),
-            ``bad_range_limits``, ``too_many_invalid``.
+            ``bad_range_limits``, ``too_many_invalid``, ``no_return`` when no beam has a return (every range +inf or
+            erroneous: a ring that sees nothing has observed no object).
     """
     n = len(msg.ranges)
     if n == 0:
@@ -413,6 +414,8 @@ def reflectance_to_array(msg, beams: int, max_invalid: float = MAX_INVALID_FRACT
     if not np.all(np.isfinite(i)) or np.any(i < 0):
         raise ConversionError(DropReason.NON_FINITE, "reflectance intensities must be finite and non-negative")
     r, bad = _invalid_to_nan(r, rmin, rmax, max_invalid, "reflectance scan")
+    if not np.any(np.isfinite(r) | (r == -np.inf)):  # -inf: something closer than range_min (REP 117)
+        raise ConversionError(DropReason.NO_RETURN, "reflectance scan has no return (nothing observed)")
     i[bad] = 0.0
     return np.stack([r, i], axis=1)
 

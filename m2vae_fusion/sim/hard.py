@@ -199,6 +199,28 @@ def _distractor_spec(rng):
                       world="hard", corner=_u(rng, (0.15, 0.35)))
 
 
+def _dress_arena(w, rng: np.random.Generator, arena: float, centre, walls: bool) -> None:
+    """Walls (square of side ``arena`` m around ``centre``; shown when ``walls``) and floor of a view: surface colours
+    and the walls' IR materials drawn from ``rng``."""
+    import pybullet as pb
+
+    wall_rgb = [_surface_rgb(rng) for _ in range(4)]
+    w.set_arena(arena, centre, wall_rgb=wall_rgb,
+                wall_ir=[IRMaterial(float(rng.uniform(0.2, 0.6)), 0.0, 1.0) for _ in range(4)], visible=walls)
+    fl = np.asarray(_surface_rgb(rng)) * rng.uniform(0.5, 0.8)
+    pb.changeVisualShape(w.floor, -1, rgbaColor=(*fl, 1.0), physicsClientId=w.client)
+
+
+def _draw_light(w, rng: np.random.Generator):
+    """Flat (ambient) rendering light for the albedo and a drawn illuminant: (colour temperature K, intensity)."""
+    w.set_lighting(direction=(0.0, 0.0, 1.0), colour=(1.0, 1.0, 1.0), ambient=1.0, diffuse=0.0, specular=0.0)
+    warm = rng.uniform() < SCENE["warm_light_probability"]
+    kelvin = _u(rng, SCENE["warm_colour_temperature_k" if warm else "colour_temperature_k"])
+    inten = float(math.exp(rng.uniform(math.log(SCENE["light_intensity"][0]),
+                                       math.log(SCENE["light_intensity"][1]))))
+    return kelvin, inten
+
+
 class HardScene:
     """The hard world's scene around one object instance at a time, observed by agent 0 from many views.
 
@@ -257,11 +279,7 @@ class HardScene:
         need = 2 * (max(abs(ax - cx), abs(ay - cy)) + 0.35)
         arena = max(_u(rng, SCENE["arena_size"]), need)
         walls = bool(rng.uniform() < SCENE["walls_probability"])
-        wall_rgb = [_surface_rgb(rng) for _ in range(4)]
-        w.set_arena(arena, (cx, cy), wall_rgb=wall_rgb,
-                    wall_ir=[IRMaterial(float(rng.uniform(0.2, 0.6)), 0.0, 1.0) for _ in range(4)], visible=walls)
-        fl = np.asarray(_surface_rgb(rng)) * rng.uniform(0.5, 0.8)
-        pb.changeVisualShape(w.floor, -1, rgbaColor=(*fl, 1.0), physicsClientId=w.client)
+        _dress_arena(w, rng, arena, (cx, cy), walls)
 
         # distractors: maybe one occluding the target, the others around it (never between robot and target)
         placed = []
@@ -306,11 +324,7 @@ class HardScene:
             pb.changeVisualShape(oid, -1, rgbaColor=(*_distractor_rgb(rng), 1.0), physicsClientId=w.client)
 
         # light: flat (ambient) rendering of the albedo, then the illuminant applied per pixel
-        w.set_lighting(direction=(0.0, 0.0, 1.0), colour=(1.0, 1.0, 1.0), ambient=1.0, diffuse=0.0, specular=0.0)
-        warm = rng.uniform() < SCENE["warm_light_probability"]
-        kelvin = _u(rng, SCENE["warm_colour_temperature_k" if warm else "colour_temperature_k"])
-        inten = float(math.exp(rng.uniform(math.log(SCENE["light_intensity"][0]),
-                                           math.log(SCENE["light_intensity"][1]))))
+        kelvin, inten = _draw_light(w, rng)
         albedo = w.render_camera(0, *TRAIN_SIZE, rng=rng, noise=False).astype(np.float32)
         cam = camera_response(albedo, kelvin, inten, _u(rng, SCENE["camera_blur_sigma_px"]), rng)
         lidar = w.lidar_scan(0, rng=rng)
@@ -451,3 +465,66 @@ def view_frames(world, view: dict, n: int, rng: np.random.Generator, sizes=((320
     out["reflectance"] = np.stack([world.reflectance_scan(0, rng=rng) for _ in range(n)]).astype(np.float32)
     out["target_position"] = np.asarray(view["target_position"], np.float32)
     return out
+
+
+#: kinds of :func:`empty_views`
+EMPTY_KINDS = ("floor", "wall", "room")
+
+
+def empty_views(n: int, rng: np.random.Generator, kind: str, world=None) -> Dict[str, np.ndarray]:
+    """``n`` views of the hard world **without objects** (out-of-distribution inputs for novelty, issue 14), each
+    with its own arena, surface colours, light and robot pose drawn like :meth:`HardScene.observe` draws them:
+
+    - ``"floor"``: an empty floor, no walls (the LiDAR and IR ring see nothing);
+    - ``"wall"``: facing a wall 0.08-0.6 m away (from the robot's centre), heading within ±0.6 rad of it;
+    - ``"room"``: anywhere in a walled room (≥ 0.25 m from the walls), any heading.
+
+    The target position returned is where a robot would expect a target (straight ahead within the heading offsets
+    and at the distances of :meth:`HardScene.observe`'s near views), as a stale or wrong TargetOfInterest would give it.
+
+    Args:
+        n: views (≥ 1); rng: the only source of randomness; kind: one of :data:`EMPTY_KINDS`;
+        world: a :func:`make_world` to reuse (its objects are removed); default: one made and closed here.
+
+    Returns:
+        ``camera`` uint8 (n, 64, 64, 3), ``lidar`` float32 (n, B) m, ``reflectance`` float32 (n, K, 2),
+        ``target_position`` float32 (n, 3) (base frame, m).
+
+    Raises:
+        ValueError: ``n`` < 1 or an unknown ``kind``.
+    """
+    if n < 1 or kind not in EMPTY_KINDS:
+        raise ValueError(f"n must be >= 1 and kind one of {EMPTY_KINDS}, got {n}, {kind!r}")
+    own = world is None
+    w = make_world() if own else world
+    out = {"camera": [], "lidar": [], "reflectance": [], "target_position": []}
+    try:
+        w.clear_objects()
+        for _ in range(n):
+            arena = _u(rng, SCENE["arena_size"])
+            _dress_arena(w, rng, arena, (0.0, 0.0), walls=kind != "floor")
+            h = arena / 2
+            if kind == "wall":
+                d = float(rng.uniform(0.08, 0.6))
+                normal = (0.0, math.pi, math.pi / 2, -math.pi / 2)[int(rng.integers(4))]
+                along = float(rng.uniform(-h + 0.3, h - 0.3))
+                x = (h - d) * math.cos(normal) - along * math.sin(normal)
+                y = (h - d) * math.sin(normal) + along * math.cos(normal)
+                yaw = normal + float(rng.uniform(-0.6, 0.6))
+            else:
+                x, y = (float(v) for v in rng.uniform(-h + 0.25, h - 0.25, size=2))
+                yaw = float(rng.uniform(-math.pi, math.pi))
+            w.set_agent_pose(0, x, y, yaw)
+            kelvin, inten = _draw_light(w, rng)
+            albedo = w.render_camera(0, *TRAIN_SIZE, rng=rng, noise=False).astype(np.float32)
+            out["camera"].append(camera_response(albedo, kelvin, inten, _u(rng, SCENE["camera_blur_sigma_px"]), rng))
+            out["lidar"].append(w.lidar_scan(0, rng=rng))
+            out["reflectance"].append(w.reflectance_scan(0, rng=rng))
+            dist = AMIRO_RADIUS + _u(rng, SCENE["distance_from_rim"]) + 0.04
+            bearing = -_u(rng, SCENE["heading_offset"])
+            out["target_position"].append([dist * math.cos(bearing), dist * math.sin(bearing),
+                                           float(np.mean(SCENE["object_height"])) / 2])
+    finally:
+        if own:
+            w.close()
+    return {k: np.asarray(v, np.uint8 if k == "camera" else np.float32) for k, v in out.items()}

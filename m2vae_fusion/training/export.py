@@ -476,8 +476,29 @@ def add_latent_bounds(bundle_dir: str, data, split: str = "train") -> Dict:
 
 # ---------------------------------------------------------------------------------------------------- novelty
 
+#: components of the ``feature_mixture`` novelty statistic (one per class of the hard world), capped at one per
+#: :data:`MIXTURE_SAMPLES_PER_COMPONENT` fitting samples
+MIXTURE_COMPONENTS = 27
+MIXTURE_SAMPLES_PER_COMPONENT = 140
+#: fitting samples drawn (seeded) from a data set's train split for the mixture
+MIXTURE_FIT_SAMPLES = 4000
+
+
+def _fit_mixture(features: np.ndarray, components: int, seed: int):
+    """Gaussian mixture (scikit-learn, full covariances, k-means initialisation, ``seed``) of encoder means float
+    (N, D*) → :class:`m2vae_fusion.core.novelty.Mixture`; K = min(``components``, N // 140), at least 1."""
+    from sklearn.mixture import GaussianMixture
+
+    from m2vae_fusion.core.novelty import Mixture
+
+    k = max(1, min(int(components), len(features) // MIXTURE_SAMPLES_PER_COMPONENT))
+    g = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(features)
+    return Mixture(g.weights_ / g.weights_.sum(), g.means_, g.precisions_)
+
+
 def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: str = "val", batch: int = 256,
-                          tail: Optional[float] = None, statistics: Optional[Sequence[str]] = None) -> Dict:
+                          tail: Optional[float] = None, statistics: Optional[Sequence[str]] = None,
+                          fit_data=None, mixture_components: int = MIXTURE_COMPONENTS, seed: int = 0) -> Dict:
     """The manifest's ``novelty`` block (docs/formats.md, :mod:`m2vae_fusion.core.novelty`) from in-distribution
     data, without torch.
 
@@ -487,10 +508,15 @@ def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: st
     calibration interval (quantiles ``tail`` and ``1 − tail`` of its logarithm). Also recorded per
     modality: ``feature_std`` (per-dimension spread of the encoder means, the unit of the accumulation's outlier
     gate) and ``precision_max`` (highest posterior precision per dimension, the cap of accumulated precision).
+    ``feature_mixture`` (a default statistic) is a Gaussian mixture of encoder means fitted on ``fit_data`` (default:
+    up to 4,000 samples of the data set's train split drawn with ``seed``; for a dict ``data``, ``data`` itself) and
+    calibrated, like the others, on ``split``.
 
     Args:
         data: a data set directory or a dict of raw shard arrays (as :func:`compute_latent_bounds`).
         split: which split (``"val"``: held-out in-distribution data, not the networks' training split).
+        fit_data: data (directory: its train split; or a dict) the mixture is fitted on (default above).
+        mixture_components: mixture components (capped at one per 140 fitting samples).
 
     Raises:
         BundleError: no β-VAE decoder for a modality, unreadable data, fewer than 20 samples of a modality, or
@@ -503,6 +529,15 @@ def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: st
     if not names or not set(names) <= set(novelty.STATISTICS):
         raise BundleError(f"novelty statistics {list(names)} must be a non-empty subset of {list(novelty.STATISTICS)}")
     split_data, info = _bounds_arrays(bundle_dir, manifest, data, split)
+    fit_split = fit_info = None
+    if "feature_mixture" in names:
+        if fit_data is None:
+            fit_data, fit_name = (data, "train") if isinstance(data, (str, os.PathLike)) else (data, split)
+        else:
+            fit_name = "train"
+        fit_split, fit_info = (split_data, info) if fit_data is data and fit_name == split else \
+            _bounds_arrays(bundle_dir, manifest, fit_data, fit_name)
+        fit_info = {"split": fit_name if isinstance(fit_data, (str, os.PathLike)) else None, **fit_info}
     mods = list(manifest["modalities"])
     nets = manifest["networks"]
     entries = {}
@@ -534,21 +569,38 @@ def compute_novelty_block(bundle_dir: str, manifest: Mapping, data, *, split: st
         stats = {k: np.concatenate(v) for k, v in stats.items() if v}
         c = mu.astype(np.float64) - f_mean
         stats["feature_distance"] = np.einsum("nd,de,ne->n", c, f_prec, c)
+        mixture = None
+        if "feature_mixture" in names:
+            fx = fit_split.inputs[m][fit_split.present[:, i]]
+            if len(fx) > MIXTURE_FIT_SAMPLES:
+                fx = fx[np.sort(np.random.default_rng(seed).choice(len(fx), MIXTURE_FIT_SAMPLES, replace=False))]
+            fmu = np.concatenate([enc_s.run(["mean"], {"x": np.ascontiguousarray(fx[a:a + batch])})[0]
+                                  for a in range(0, len(fx), batch)] or [np.zeros((0, mu.shape[1]), np.float32)])
+            if len(fmu) < 20:
+                raise BundleError(f"novelty mixture data: {len(fmu)} samples hold {m} (at least 20 needed)")
+            mixture = _fit_mixture(fmu.astype(np.float64), mixture_components, seed)
+            stats["feature_mixture"] = mixture.statistic(mu)
         try:
             entry = novelty.calibrate(stats, tail, names)
         except ValueError as exc:
             raise BundleError(f"novelty data ({split}), {m}: {exc}") from None
+        if mixture is not None:
+            entry["mixture"] = mixture.to_json()
+            entry["mixture_fit"] = {"samples": int(len(fmu)), "components": int(len(mixture.weights)),
+                                    "seed": int(seed)}
         entry["feature_mean"] = [float(v) for v in f_mean]
         entry["feature_precision"] = [[float(v) for v in row] for row in f_prec]
         entry["feature_std"] = [float(v) for v in np.maximum(mu.std(axis=0), 1e-6)]
         entry["precision_max"] = [float(v) for v in np.exp(-lv.min(axis=0))]
         entries[m] = entry
-    return novelty.make_block(entries, tail=tail, names=names,
-                              data={"split": split, "samples": len(split_data), "dataset": info})
+    described = {"split": split, "samples": len(split_data), "dataset": info}
+    if fit_info is not None:
+        described["mixture_fit"] = fit_info
+    return novelty.make_block(entries, tail=tail, names=names, data=described)
 
 
 def add_novelty_calibration(bundle_dir: str, data, split: str = "val", tail: Optional[float] = None,
-                            statistics: Optional[Sequence[str]] = None) -> Dict:
+                            statistics: Optional[Sequence[str]] = None, fit_data=None) -> Dict:
     """Compute the ``novelty`` block (:func:`compute_novelty_block`) for the bundle in ``bundle_dir`` and rewrite its
     manifest with it (every file kept byte for byte; the format version and ``model_id`` do not change: the block is
     optional and does not change the latent space). No torch.
@@ -564,7 +616,7 @@ def add_novelty_calibration(bundle_dir: str, data, split: str = "val", tail: Opt
     manifest = _read(bundle_dir)
     verify_sums(bundle_dir, manifest)
     manifest["novelty"] = compute_novelty_block(bundle_dir, manifest, data, split=split, tail=tail,
-                                                statistics=statistics)
+                                                statistics=statistics, fit_data=fit_data)
     manifest = _order_manifest(manifest)
     _write_manifest(bundle_dir, manifest)
     return manifest
