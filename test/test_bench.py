@@ -76,13 +76,14 @@ def test_runtime_quick(tmp_path, bundle):
     hl = res["headline"]
     assert _positive(hl["reference_chain_ms"]["p50"])
     idle = hl["conditions"]["idle"]
-    for name in ("echo", "node"):
+    for name in ("echo", "node", "node_plain"):  # node_plain: accumulation, class evidence and novelty off
         r = idle[name]
         assert r["camera_sent"] > 0 and 1 <= r["camera_answered"] <= r["camera_sent"], (name, r)
         assert _positive(r["e2e_ms"]["p50"]) and r["e2e_ms"]["p99"] >= r["e2e_ms"]["p50"]
         assert _positive(r["cpu_percent_per_agent"]) and len(r["cpu_percent_agents"]) == 3
     assert idle["floor_p50_ms"] == pytest.approx(idle["echo"]["e2e_ms"]["p50"] + hl["reference_chain_ms"]["p50"])
     assert idle["node_p50_to_floor"] == pytest.approx(idle["node"]["e2e_ms"]["p50"] / idle["floor_p50_ms"])
+    assert idle["belief_overhead_p50"] == pytest.approx(idle["node"]["e2e_ms"]["p50"] / idle["node_plain"]["e2e_ms"]["p50"])
     assert "node_8_agents" not in idle  # quick: the 8-agent run is left out (n/a below)
     stops = hl["stops"]
     assert stops["n"] == 3 and stops["clean"] == 3, stops  # SIGINT, SIGTERM, SIGINT to the process group

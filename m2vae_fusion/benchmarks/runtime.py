@@ -791,12 +791,19 @@ def _stops(b: "Bench", n: int) -> dict:
     return {"n": len(runs), "clean": len(ok), "exit_codes": by, "runs": runs}
 
 
+#: node parameters that turn evidence accumulation, the class evidence and novelty off: the reference of issue 14's
+#: latency target (accumulation and novelty add ≤ 10 % to the node's per-observation latency)
+PLAIN_PARAMS = {"forgetting_factor": 0.0, "novelty_threshold": -1.0, "class_belief": "latent"}
+
+
 def section_headline(b: "Bench") -> dict:
     """Issue 12's figures in one run: camera end-to-end p50/p99 and CPU per agent of the fusion node vs an rclpy echo
     node on the same topics, plus the fixed reference chain; 8 agents; idle and with 2 CPU-bound background
     processes; stops over node × signal. With ``--baseline-tree`` the node runs are repeated with the fusion node
     of that checkout (PYTHONPATH) in the same run; outside ``--quick`` the fusion node also runs once on rclpy's
-    SingleThreadedExecutor (``node_single``) for the executor comparison."""
+    SingleThreadedExecutor (``node_single``) for the executor comparison. Right after the fusion node, the same node
+    runs without evidence accumulation, class evidence and novelty (``node_plain``, :data:`PLAIN_PARAMS`): issue 14's
+    latency reference (``belief_overhead_p50`` = node p50 ÷ node_plain p50)."""
     args = b.args
     T = float(args.headline_seconds)
     out = {"scenario": {"agents": list(HEADLINE_AGENTS), "camera": "320x240 rgb8", "rates_hz": {
@@ -814,6 +821,8 @@ def section_headline(b: "Bench") -> dict:
             c["echo"] = _scenario(b, "echo", f"{cond}_echo", T)
             for name, env in variants.items():
                 c[name] = _scenario(b, "node", f"{cond}_{name}", T, env)
+                if name == "node":  # the same node without accumulation, class evidence and novelty (issue 14)
+                    c["node_plain"] = _scenario(b, "node", f"{cond}_node_plain", T, **PLAIN_PARAMS)
                 if not args.quick:  # quick: the scaling section's 1-2 agents cover the multi-node path
                     c[f"{name}_8_agents"] = _eight(b, float(args.eight_seconds), env)
             if not args.quick:  # the same node on rclpy's SingleThreadedExecutor: what the EventsExecutor buys
@@ -824,9 +833,11 @@ def section_headline(b: "Bench") -> dict:
         ref = out["reference_chain_ms"]["p50"]
         echo = (c["echo"]["e2e_ms"] or {}).get("p50")
         c["floor_p50_ms"] = echo + ref if echo is not None else None
-        for name in [*variants, *(["node_single"] if "node_single" in c else [])]:
+        for name in [*variants, "node_plain", *(["node_single"] if "node_single" in c else [])]:
             p50 = (c[name]["e2e_ms"] or {}).get("p50")
             c[f"{name}_p50_to_floor"] = ratio(p50, c["floor_p50_ms"])
+        c["belief_overhead_p50"] = ratio((c["node"]["e2e_ms"] or {}).get("p50"),
+                                         (c["node_plain"]["e2e_ms"] or {}).get("p50"))
         out["conditions"][cond] = c
     out["stops"] = _stops(b, int(args.stops))
     return out
@@ -845,6 +856,9 @@ def headline_targets(h: dict) -> list:
             target(f"{e8['agents']} agents: camera p99, median over nodes (ms)",
                    e8.get("camera_p99_ms_median_over_nodes"), "<=", 33.0, " ms"),
             target(f"{e8['agents']} agents: total CPU (% of a core)", e8.get("cpu_percent_total"), "<=", 150.0, " %"),
+            target("accumulation + class evidence + novelty: e2e p50 ÷ the node without them, idle",
+                   idle.get("belief_overhead_p50"), "<=", 1.10,
+                   detail=f"2 busy processes: {fmt(load.get('belief_overhead_p50'))}" if load else ""),
             target("stops exiting 0 without traceback", h["stops"]["clean"], ">=", float(h["stops"]["n"]),
                    detail=f"of {h['stops']['n']}")]
     return rows
@@ -857,7 +871,7 @@ def format_headline(h: dict) -> str:
              f"reference chain (per-network onnxruntime sessions, camera) p50 {fmt(h['reference_chain_ms']['p50'])} ms"]
     rows = []
     for cond, c in h["conditions"].items():
-        for name in [k for k in ("echo", "node", "node_single", "baseline") if k in c]:
+        for name in [k for k in ("echo", "node", "node_plain", "node_single", "baseline") if k in c]:
             r = c[name]
             e = r["e2e_ms"] or {}
             e8 = c.get(f"{name}_8_agents") or {}
