@@ -55,7 +55,7 @@ def summarise(rec: RunRecord) -> dict:
 
     Returns:
         ``{"targets": {target: {"true_class", "agents": {agent: {"top_class", "probability", "modalities",
-        "contributors", "correct"}}}}, "agents": {agent: {"accuracy", "time_to_correct_s", "time_to_correct_per_target",
+        "contributors", "correct", "top_class_changes"}}}}, "agents": {agent: {"accuracy", "time_to_correct_s", "time_to_correct_per_target",
         "targets_with_belief", "flips_after_correct", "flips_after_complete_correct", "flipped_targets"}},
         "exchange": bool, ...meta}``. ``accuracy`` counts a target without any belief as wrong;
         ``time_to_correct_s`` is the median over targets that became correct of (first time the top class is the
@@ -64,7 +64,9 @@ def summarise(rec: RunRecord) -> dict:
         (all targets); ``flips_after_complete_correct``: the same, counted only once the belief held every modality
         any belief of the run held (a belief that was right with all the evidence and then turned wrong: what a
         user calls a flipped belief; a one-sensor belief that is right by chance and changes when the other sensors'
-        evidence arrives is not one); ``flipped_targets``: the targets with such a complete-evidence flip.
+        evidence arrives is not one); ``flipped_targets``: the targets with such a complete-evidence flip;
+        ``top_class_changes``: ``[t, top class, modalities]`` for the first published belief and each change of its top
+        class (how a belief developed, e.g. which evidence turned it).
     """
     names = list(rec.class_names)
     last: dict = {}
@@ -85,9 +87,15 @@ def summarise(rec: RunRecord) -> dict:
                                         "correct": False}
                 continue
             k = int(np.argmax(ev.probabilities))
+            changes, top = [], None
+            for e in series[(agent, target)]:
+                c = names[int(np.argmax(e.probabilities))]
+                if c != top:
+                    changes.append([round(float(e.t), 3), c, "+".join(e.modalities)])
+                    top = c
             row["agents"][agent] = {"top_class": names[k], "probability": round(float(ev.probabilities[k]), 4),
                                     "modalities": list(ev.modalities), "contributors": list(ev.contributors),
-                                    "correct": names[k] == rec.truth[target]}
+                                    "correct": names[k] == rec.truth[target], "top_class_changes": changes}
         targets[target] = row
     agents = {}
     for agent in rec.agents:

@@ -44,6 +44,10 @@ def test_summary_figures():
     assert s["agents"]["cam"]["flips_after_correct"] == 1
     assert s["agents"]["cam"]["flips_after_complete_correct"] == 1 and s["agents"]["cam"]["flipped_targets"] == ["t0"]
     assert s["agents"]["lid"]["flips_after_correct"] == 0
+    # how the belief developed: the first belief and each change of its top class
+    assert s["targets"]["t0"]["agents"]["cam"]["top_class_changes"] == [
+        [1.0, "b", "camera"], [2.0, "a", "camera+lidar"], [3.0, "b", ""], [4.0, "a", ""]]
+    assert s["targets"]["t0"]["agents"]["lid"]["top_class_changes"] == [[1.5, "c", ""]]
 
 
 def test_a_one_sensor_belief_right_by_chance_is_not_a_flip():
