@@ -583,3 +583,11 @@ def test_hard_bundle_does_not_fuse_empty_scenes_of_the_lidar(tmp_path):
     d = bb.generate(shipped, 40, seed=5)
     flag, reasons, scores = bb.not_fused(shipped, "lidar", list(d["lidar"]), [bb.position_of(d, i) for i in range(40)])
     assert flag.mean() <= 0.1 and set(reasons) <= {"novel"} and np.isfinite(scores).all()
+    # bench belief's position sensitivity: the crop's modalities, accuracies of 40 observations each
+    rows = bb.position_sensitivity(shipped, d, errors=((0.0, 0.0), (0.01, 0.0)))
+    assert set(rows) == {"camera", "lidar"}
+    for m, r in rows.items():
+        assert [(x["lateral_m"], x["n"]) for x in r] == [(0.0, 40), (0.01, 40)]
+        assert all(0.0 <= x["accuracy"] <= 1.0 and abs(x["accuracy"] * 40 - round(x["accuracy"] * 40)) < 1e-9
+                   for x in r)
+    assert rows["lidar"][0]["accuracy"] >= 0.6  # exact positions: the shape reads as in training

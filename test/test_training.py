@@ -398,3 +398,32 @@ def test_betavae_features_are_standardised_and_exported(trained, tmp_path):
     assert not np.allclose(g["train/lidar"].std(0), 1, atol=1e-2)
     assert main(["train", "--out", str(tmp_path / "raw2"), "--config", trained["cfg"], "--runs",
                  str(tmp_path / "runs2"), "--init-betavae", runs]) == 2  # standardize differs, no --data: refused
+
+
+def test_position_jitter_moves_the_train_crops_only_within_bounds():
+    """``position_jitter``: the train split's target positions move by at most the jitter across and along the line
+    of sight (z kept, seeded); the crops of a jittered split differ from exact ones; 0 changes nothing."""
+    from m2vae_fusion.core.bundle import Bundle
+    from m2vae_fusion.sim import hard
+    from m2vae_fusion.training.data import jitter_positions, preprocess_split
+
+    rng = np.random.default_rng(0)
+    pos = np.column_stack([rng.uniform(0.1, 0.3, 50), rng.uniform(-0.1, 0.1, 50), np.full(50, 0.03)])
+    moved = jitter_positions(pos, 0.01, np.random.default_rng(1))
+    step = moved - pos
+    r = np.hypot(pos[:, 0], pos[:, 1])
+    along = (step[:, 0] * pos[:, 0] + step[:, 1] * pos[:, 1]) / r
+    across = (-step[:, 0] * pos[:, 1] + step[:, 1] * pos[:, 0]) / r
+    assert np.abs(along).max() <= 0.01 + 1e-12 and np.abs(across).max() <= 0.01 + 1e-12
+    assert np.abs(across).max() > 0.005 and np.all(step[:, 2] == 0)
+    np.testing.assert_array_equal(moved, jitter_positions(pos, 0.01, np.random.default_rng(1)))
+    np.testing.assert_array_equal(jitter_positions(pos, 0.0, np.random.default_rng(1)), pos)
+    b = Bundle.load(os.path.join(REPO, "models", "amiro"))
+    d = hard.generate_samples(4, np.random.default_rng(3))
+    sensors = {m: b.input_config(m) for m in b.modalities}
+    exact = preprocess_split(d, sensors, b.modalities, b.modalities)
+    jit = preprocess_split(d, sensors, b.modalities, b.modalities, position_jitter=0.01,
+                           rng=np.random.default_rng(2))
+    assert not np.allclose(exact.inputs["lidar"], jit.inputs["lidar"])
+    np.testing.assert_array_equal(exact.inputs["reflectance"], jit.inputs["reflectance"])  # no crop
+    assert cfgmod.load_config(None)["position_jitter"] == 0.0

@@ -261,6 +261,49 @@ def empty_scene_novelty(bundle, held: Mapping, n: int = 60, seed: int = 101) -> 
     return out
 
 
+#: lateral / radial errors (m) of the target position for :func:`position_sensitivity`
+POSITION_ERRORS = ((0.0, 0.0), (0.003, 0.0), (-0.003, 0.0), (0.01, 0.0), (0.0, 0.01), (0.0, -0.01), (0.02, 0.0))
+
+
+def position_sensitivity(bundle, data: Mapping, errors=POSITION_ERRORS) -> dict:
+    """How the target-centred crop's result depends on the accuracy of the target position: for each modality whose
+    preprocessing crops around the target (hard world: camera, LiDAR), the own-attribute accuracy of one observation
+    (unimodal class posterior :meth:`~m2vae_fusion.core.fusion.FusionEngine.unimodal_log_posterior`, summed per
+    attribute value) when the position handed to the crop is off by ``(lateral, radial)`` metres (across / along
+    the line of sight, in the floor plane). A perception pipeline or a TargetOfInterest refreshed every few mm gives
+    errors of this size.
+
+    Returns:
+        ``{modality: [{"lateral_m", "radial_m", "accuracy", "n"}, ...]}`` (empty without a head or crops).
+    """
+    from m2vae_fusion.core.fusion import FusionEngine
+    from m2vae_fusion.core.preprocess import crop_config, preprocess
+
+    if not bundle.has_head or "target_position" not in data:
+        return {}
+    eng = FusionEngine(bundle)
+    out = {}
+    for m in bundle.modalities:
+        cfg = bundle.input_config(m)
+        if not crop_config(cfg):
+            continue
+        truth = np.asarray(data[ATTRIBUTE[m]])
+        rows = []
+        for lat, rad in errors:
+            hits = 0
+            for i in range(len(data[m])):
+                p = np.asarray(data["target_position"][i], np.float64)
+                r = max(float(np.hypot(p[0], p[1])), 1e-6)
+                ux, uy = p[0] / r, p[1] / r
+                q = p + np.array([rad * ux - lat * uy, rad * uy + lat * ux, 0.0])
+                f, _ = bundle.encode_feature(m, preprocess(m, data[m][i], cfg, target_position=q))
+                ell = eng.unimodal_log_posterior(m, f[0])
+                hits += int(np.argmax(attribute_probabilities(bundle, np.exp(ell), m)) == truth[i])
+            rows.append({"lateral_m": lat, "radial_m": rad, "accuracy": hits / len(data[m]), "n": len(data[m])})
+        out[m] = rows
+    return out
+
+
 def observe_latency(bundle, data: Mapping, rounds: int = 200) -> dict:
     """p50 wall time (ms) of one :meth:`Agent.observe` (preprocess, β-VAE, novelty, fusion) per modality, for an agent
     with accumulation and novelty (the defaults) and one without (forgetting 0, novelty off), interleaved so both
@@ -496,6 +539,11 @@ def _run(args, source, bundle, held) -> int:
               f"{args.empty_views} views each:")
         for label, row in rows.items():
             print(f"    {label:24s} {100 * row['not_fused']:5.1f} % of {row['n']}  {row['reasons']}")
+    res["position_sensitivity"] = position_sensitivity(bundle, held)
+    for m, rows in res["position_sensitivity"].items():
+        print(f"{m:12s} own {ATTRIBUTE[m]} from one observation, target position off by (lateral, radial) mm: " +
+              ", ".join(f"({1e3 * r['lateral_m']:+.0f}, {1e3 * r['radial_m']:+.0f}) {r['accuracy']:.3f}"
+                        for r in rows))
     res["gate"] = gate_separability(bundle, held, seed=args.seed)
     for m, row in res["gate"].items():
         print(f"{m:12s} outlier gate vs another attribute value ({row['pairs']} pairs): ROC AUC of the feature-space "

@@ -167,8 +167,9 @@ class SimWorldNode(Node):
         ("target_frame", "base_link", "Frame of the TargetOfInterest position: the agents' base frame (the fusion "
                                       "node's base_frame; position relative to the robot, refreshed as it moves), "
                                       "or frame_id for world positions"),
-        ("target_refresh_distance", 0.005, "Base frame: a new TargetOfInterest goes out when the target's position "
-                                           "moved more than this (m) since the last one (0: at every sensor tick)"),
+        ("target_refresh_distance", 0.0, "Base frame: a new TargetOfInterest goes out when the target's position "
+                                         "moved more than this (m) since the last one (0: at every sensor tick "
+                                         "while it moves; the shipped LiDAR β-VAE needs positions within a few mm)"),
         ("camera_info_topic", "camera/camera_info", "CameraInfo topic, relative to each agent's namespace; empty: "
                                                     "none"),
         ("noise", True, "Sensor noise on"),

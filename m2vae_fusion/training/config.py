@@ -22,6 +22,9 @@ DEFAULTS: Dict[str, Any] = {
     "feature_dim": 10,
     "latent_dim": 32,
     "objective": "m2vae",
+    # m: the train split's target positions (target-centred crops) are moved by up to this much across and along the
+    # line of sight (uniform, one seeded draw per sample), so crops do not need a perfect tracker (0: exact positions)
+    "position_jitter": 0.0,
     "betavae": {
         "beta_norm": 0.01,
         "aux_weight": 0.0,
@@ -60,7 +63,7 @@ DEFAULTS: Dict[str, Any] = {
 # {modality: non-negative float}, "modalities" list of names
 SCHEMA: Dict[str, Any] = {
     "seed": "int", "threads": "int+", "modalities": "modalities", "feature_dim": "int+", "latent_dim": "int+",
-    "objective": "objective",
+    "objective": "objective", "position_jitter": "float0",
     "betavae": {"beta_norm": "betas", "aux_weight": "float0", "standardize": "bool", "warmup_epochs": "int0", "epochs": "epochs", "min_steps": "int0", "batch_size": "int+", "lr": "float+",
                 "camera_channels": "ints+", "lidar_channels": "ints+", "trunk_hidden": "int+",
                 "reflectance_hidden": "ints+"},

@@ -57,9 +57,24 @@ def check_modalities(meta: Mapping, modalities: Sequence[str], data_dir: str) ->
     return {m: dict(sensors[m]) for m in modalities}
 
 
+def jitter_positions(positions: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """Target positions float (N, 3) (base frame, m) moved by uniform offsets in [−jitter, jitter] m across and along
+    the line of sight from the base origin (floor plane; z kept): the errors of a real tracker, for training crops
+    that do not rely on an exact centre (README "How exact the target position must be"). Non-finite rows stay."""
+    p = np.array(positions, np.float64, copy=True)
+    r = np.maximum(np.hypot(p[:, 0], p[:, 1]), 1e-6)
+    ux, uy = p[:, 0] / r, p[:, 1] / r
+    lat, rad = rng.uniform(-jitter, jitter, size=(2, len(p)))
+    p[:, 0] += rad * ux - lat * uy
+    p[:, 1] += rad * uy + lat * ux
+    return p
+
+
 def preprocess_split(arrays: Mapping[str, np.ndarray], sensors: Mapping[str, Mapping], modalities: Sequence[str],
-                     all_modalities: Sequence[str], where: str = "", chunk: int = 2048) -> Split:
-    """Raw shard arrays → :class:`Split` (preprocessing of :mod:`m2vae_fusion.core.preprocess`)."""
+                     all_modalities: Sequence[str], where: str = "", chunk: int = 2048, position_jitter: float = 0.0,
+                     rng: Optional[np.random.Generator] = None) -> Split:
+    """Raw shard arrays → :class:`Split` (preprocessing of :mod:`m2vae_fusion.core.preprocess`); with
+    ``position_jitter`` > 0 (m) the target positions of the crops are moved first (:func:`jitter_positions`, ``rng``)."""
     from m2vae_fusion.core.preprocess import PreprocessError, preprocess
 
     n = int(np.asarray(arrays["label"]).shape[0])
@@ -70,6 +85,8 @@ def preprocess_split(arrays: Mapping[str, np.ndarray], sensors: Mapping[str, Map
     # the target's position in the base frame (hard world): target-centred crops where the config enables them
     target = arrays.get("target_position") if hasattr(arrays, "get") else None
     target = np.asarray(target, np.float64) if target is not None else None
+    if target is not None and position_jitter > 0:
+        target = jitter_positions(target, float(position_jitter), rng if rng is not None else np.random.default_rng(0))
     for j, m in enumerate(modalities):
         raw = np.asarray(arrays[m])
         parts = []
@@ -91,11 +108,12 @@ def preprocess_split(arrays: Mapping[str, np.ndarray], sensors: Mapping[str, Map
 
 
 def load_dataset(data_dir: str, modalities: Sequence[str], splits: Sequence[str] = SPLITS,
-                 sensors: Optional[Mapping[str, Mapping]] = None):
+                 sensors: Optional[Mapping[str, Mapping]] = None, position_jitter: float = 0.0, seed: int = 0):
     """Read and preprocess the splits of a data set.
 
     ``sensors`` (e.g. a bundle's preprocessing configs) replaces the data set's own configs; the input shapes they
-    give must agree with the data set's (UserError otherwise).
+    give must agree with the data set's (UserError otherwise). ``position_jitter`` (m) moves the **train** split's
+    target positions before cropping (:func:`jitter_positions`, seeded by ``seed``); the other splits keep them.
 
     Returns:
         ``(metadata, sensors, {split: Split})``.
@@ -125,7 +143,9 @@ def load_dataset(data_dir: str, modalities: Sequence[str], splits: Sequence[str]
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"{data_dir}: cannot load split {s!r} ({exc})") from None
-        out[s] = preprocess_split(arrays, sensors, modalities, all_mods, where=f"{data_dir} ({s})")
+        out[s] = preprocess_split(arrays, sensors, modalities, all_mods, where=f"{data_dir} ({s})",
+                                  position_jitter=position_jitter if s == "train" else 0.0,
+                                  rng=np.random.default_rng(seed))
     return meta, sensors, out
 
 

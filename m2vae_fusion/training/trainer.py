@@ -108,7 +108,9 @@ class Run:
             if not self.data_dir:
                 raise UserError("--data is required for this stage")
             t = time.time()
-            self._data = load_dataset(self.data_dir, self.mods)
+            self._data = load_dataset(self.data_dir, self.mods,
+                                      position_jitter=float(self.cfg.get("position_jitter", 0.0)),
+                                      seed=int(self.cfg["seed"]))
             meta, _, splits = self._data
             self.log(f"data {self.data_dir}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
                      + f" samples ({meta.get('source', '?')}), loaded in {time.time() - t:.1f} s")
