@@ -155,7 +155,12 @@ def test_runtime_ctrl_c_stops_children(tmp_path, bundle):
         assert _procs_with(str(logs)), "no fusion node was started"
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        proc.wait(60)
+        try:  # read the pipe while waiting: a full pipe would block the exit
+            proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=10)
+            pytest.fail(f"bench runtime still running 90 s after SIGINT; its output:\n{out[-3000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,8 +17,8 @@ test on the ELBO misses them; instead each statistic is tested two-sided (a typi
 The score of one statistic is the distance from the calibration median in units of that half-interval:
 ``(u − median) / (high − median)`` above the median, ``(median − u) / (median − low)`` below it; the observation's
 novelty score is the largest over the statistics the bundle calibrated (manifest ``novelty.statistics``; by default
-the KL, the feature distance and the mixture statistic, :data:`DEFAULT_STATISTICS`). A score ≤ 1 lies within the calibrated central interval of every
-statistic; the default threshold (:data:`DEFAULT_THRESHOLD`) flags an observation beyond it. The interval is the
+the KL and the mixture statistic, :data:`DEFAULT_STATISTICS`). A score ≤ 1 lies within the calibrated central
+interval of every statistic; the default threshold (:data:`DEFAULT_THRESHOLD`) flags an observation beyond it. The interval is the
 quantiles ``tail`` and ``1 − tail`` of the calibration split (manifest ``novelty`` block, docs/formats.md), computed by
 :func:`calibrate` on in-distribution data only.
 
