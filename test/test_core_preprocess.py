@@ -177,3 +177,29 @@ def test_lidar_window_on_the_target_and_the_nearest_return_fallback():
     # crop disabled: the whole scan as before
     off = dict(CROP_LID, crop={"enabled": False})
     assert _pre("lidar", scan, off).shape == (1, 1, 667) and _shape("lidar", off) == (1, 667)
+
+
+def test_registered_lidar_window_does_not_move_with_a_position_a_few_cm_off():
+    """Crop option ``register``: the window centres on the target's own silhouette (middle of the surface run around
+    the nearest return), so positions 3-20 mm off give the same window, and a round target's range is its front
+    plus half its width; without the option the window moves with the position."""
+    from m2vae_fusion.core.preprocess import register_on_surface
+
+    th = CROP_LID["angle_min"] + CROP_LID["angle_increment"] * np.arange(667)
+    # a cylinder of radius 0.07 m centred 0.3 m ahead, 0.02 m to the left; background at 2 m
+    cx, cy, rad = 0.3, 0.02, 0.07
+    b = cx * np.cos(th) + cy * np.sin(th)
+    disc = b ** 2 - (cx ** 2 + cy ** 2 - rad ** 2)
+    scan = np.where(disc > 0, b - np.sqrt(np.maximum(disc, 0.0)), 2.0).astype(np.float32)
+    reg = dict(CROP_LID, crop=dict(CROP_LID["crop"], register=True))
+    exact = np.array([cx, cy, 0.03])
+    w = lidar_window(scan, reg, exact)
+    for dy in (0.003, -0.01, 0.02):
+        assert np.allclose(lidar_window(scan, reg, exact + [0.0, dy, 0.0]), w), dy
+        assert not np.allclose(lidar_window(scan, CROP_LID, exact + [0.0, dy, 0.0]), lidar_window(scan, CROP_LID, exact))
+    bearing, xt = register_on_surface(scan[None].astype(np.float64), th, np.array([0.1]), np.array([0.31]))
+    assert abs(bearing[0] - np.arctan2(cy, cx)) < 2 * CROP_LID["angle_increment"]
+    assert abs(xt[0] - np.hypot(cx, cy)) < 0.01  # front (0.231 m) + half the silhouette width
+    # nothing near the position: unchanged
+    empty = np.full(667, np.nan)[None]
+    assert register_on_surface(empty, th, np.array([0.1]), np.array([0.31])) == (np.array([0.1]), np.array([0.31]))
