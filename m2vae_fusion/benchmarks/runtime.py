@@ -1134,8 +1134,12 @@ def run(args) -> int:
             res["inference"] = time_paths(model_dir, manifest, obs, args.repeats, threads=args.threads)
             res["section_seconds"]["inference"] = time.monotonic() - t
         import rclpy
+        from rclpy.signals import SignalHandlerOptions
 
-        rclpy.init()
+        # no rclpy signal handlers: Ctrl-C is a KeyboardInterrupt here, and the finally below stops the children and
+        # shuts rclpy down (rclpy's own SIGINT handler shut the context down under the probe's spinning thread, and
+        # a Ctrl-C test once waited 90 s for an exit)
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         bench = Bench(args, tmp, logs, model_dir, manifest, obs_path)
         latent = belief = None
         if "headline" not in args.skip:

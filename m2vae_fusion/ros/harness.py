@@ -219,4 +219,4 @@ class Probe:
         self._thread.join(timeout=2.0)
         self.executor.remove_node(self.node)
         self.node.destroy_node()
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=5.0)  # never wait forever for a spin that a shut-down context left behind
