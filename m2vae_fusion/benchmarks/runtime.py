@@ -1103,6 +1103,9 @@ def run(args) -> int:
     logs = args.log_dir or os.path.join(tmp, "logs")
     os.makedirs(logs, exist_ok=True)
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C interrupts the benchmark even when it was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     bench = None
     ok = False
     try:
@@ -1187,6 +1190,7 @@ def run(args) -> int:
         except Exception:
             pass
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
         if ok and not args.log_dir:
             import shutil
 
