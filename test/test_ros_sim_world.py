@@ -24,6 +24,8 @@ from m2vae_fusion.ros.harness import RELIABLE_QOS, SENSOR_QOS, NodeProcess, Prob
 pytestmark = pytest.mark.ros
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# every TargetOfInterest is kept (refreshes at each sensor tick): the tour timing below needs each change
+TARGETS_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 OBJECTS = ["red_cube_shiny", "green_cylinder_matte"]
 INSPECT, TRANSIT = 2.0, 0.5
 
@@ -47,7 +49,7 @@ def world(bundle_dir, tmp_path_factory):
     probe = Probe("sim_tester")
     for ns in ("agent0", "agent1"):
         probe.subscribe(f"/{ns}/latent", LatentEmbedding)
-        probe.subscribe(f"/{ns}/target_of_interest", TargetOfInterest, RELIABLE_QOS)
+        probe.subscribe(f"/{ns}/target_of_interest", TargetOfInterest, TARGETS_QOS)
         probe.subscribe(f"/{ns}/camera/image_raw", Image, SENSOR_QOS)
         probe.subscribe(f"/{ns}/scan", LaserScan, SENSOR_QOS)
         probe.subscribe(f"/{ns}/reflectance", LaserScan, SENSOR_QOS)

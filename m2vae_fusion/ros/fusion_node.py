@@ -51,9 +51,9 @@ of outputs are the stamp of the newest evidence. No torch here: numpy, onnxrunti
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
+from typing import NoReturn
 
 import numpy as np
 import rclpy
@@ -78,7 +78,7 @@ from m2vae_fusion.errors import UserError
 from m2vae_fusion.paths import default_bundle_path
 from m2vae_fusion.core import messages as conv
 from m2vae_fusion.ros.params import ConfigError, coerce, declare_parameters, read_parameters
-from m2vae_fusion.ros.spin import run_node
+from m2vae_fusion.ros.spin import process_exit, run_node
 from m2vae_fusion.ros.stats import NodeStats, diagnostic_array
 
 __all__ = ["FusionNode", "main", "ns_to_s", "s_to_ns"]
@@ -297,7 +297,8 @@ class FusionNode(LifecycleNode):
         ("max_latent_age", 0.0, "Peer latents whose newest evidence is older than this (s) are dropped as stale; "
                                 "0: belief_ttl; < 0: off"),
         ("future_tolerance", 0.5, "Messages stamped more than this (s) in the future are dropped"),
-        ("target_history", 64, "How many TargetOfInterest messages are kept to find the target at a stamp"),
+        ("target_history", 64, "How many TargetOfInterest messages are kept to find the target at a stamp (also "
+                              "the target subscription's queue depth)"),
         ("peer_queue", 64, "History depth of the shared-latent subscription (keep-last): at most this many "
                            "peer latents wait while the node is busy"),
         ("peer_qos_reliability", "best_effort", "Shared-latent subscription's reliability: best_effort (default: a "
@@ -501,7 +502,8 @@ class FusionNode(LifecycleNode):
         # (the EventsExecutor runs callbacks in arrival order across topics, so an announcement stamped before an
         # observation may otherwise be handled after it)
         self._target_sub = self.create_subscription(TargetOfInterest, p["target_topic"], self._on_target,
-                                                    QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+                                                    QoSProfile(depth=p["target_history"],
+                                                               reliability=ReliabilityPolicy.RELIABLE))
         self._active.append(self._target_sub)
         if "camera" in self.modalities and p["camera_info_topic"]:
             self._active.append(self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_camera_info,
@@ -797,10 +799,11 @@ class FusionNode(LifecycleNode):
         self.pub_diag.publish(msg)
 
 
-def main(args=None) -> int:
-    """Entry point ``fusion_node``: exit 0 on SIGINT/SIGTERM, 2 on a bad bundle or parameter."""
-    return run_node(FusionNode, "fusion_node", "close", args)
+def main(args=None) -> NoReturn:
+    """Entry point ``fusion_node``: runs the node, then ends the process (:func:`m2vae_fusion.ros.spin.process_exit`)
+    with exit status 0 after SIGINT/SIGTERM, 2 on a bad bundle or parameter."""
+    process_exit(run_node(FusionNode, "fusion_node", "close", args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from rclpy.node import Node
@@ -51,7 +51,7 @@ from std_msgs.msg import String
 
 from m2vae_fusion.errors import UserError
 from m2vae_fusion.core import messages as conv
-from m2vae_fusion.ros.spin import run_node
+from m2vae_fusion.ros.spin import process_exit, run_node
 from m2vae_fusion.ros.params import declare_parameters
 from m2vae_fusion_msgs.msg import TargetOfInterest
 
@@ -281,10 +281,14 @@ class SimWorldNode(Node):
                          durability=DurabilityPolicy.VOLATILE)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # targets: a refresh goes out at every sensor tick (~35 Hz for a full rig); with a history of 1 a reader that
+        # fell behind under load lost the change announcements in between (seen in CI: 1.2 s of a tour missing)
+        target_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
         lidar_msg = PointCloud2 if p["lidar_type"] == "PointCloud2" else LaserScan
         self.pubs = []
         for i, ns in enumerate(self.names):
-            pubs = {"target": self.create_publisher(TargetOfInterest, f"/{ns}/{p['target_topic']}", latched)}
+            pubs = {"target": self.create_publisher(TargetOfInterest, f"/{ns}/{p['target_topic']}", target_qos)}
             if "camera" in self.rigs[i]:
                 pubs["camera"] = self.create_publisher(Image, f"/{ns}/{p['camera_topic']}", rel)
                 if p["camera_info_topic"]:
@@ -500,10 +504,11 @@ class SimWorldNode(Node):
         self.world.close()
 
 
-def main(args=None) -> int:
-    """Entry point ``sim_world``: exit 0 on SIGINT/SIGTERM, 2 on a bad parameter."""
-    return run_node(SimWorldNode, "sim_world", "close", args)
+def main(args=None) -> NoReturn:
+    """Entry point ``sim_world``: runs the node, then ends the process (:func:`m2vae_fusion.ros.spin.process_exit`)
+    with exit status 0 after SIGINT/SIGTERM, 2 on a bad parameter."""
+    process_exit(run_node(SimWorldNode, "sim_world", "close", args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
