@@ -11,6 +11,7 @@ from m2vae_fusion.cli import main
 from m2vae_fusion.core.preprocess import DEFAULT_CONFIGS
 from m2vae_fusion.data import shards
 from m2vae_fusion.training import config as cfgmod
+from m2vae_fusion.errors import UserError
 from m2vae_fusion.training.synthetic import make_arrays
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,6 +212,15 @@ def test_per_modality_beta_norm(tmp_path):
     assert [cfgmod.beta_norm_for(c, m) for m in ("camera", "lidar", "reflectance")] == [0.002, 0.01, 0.02]
     p.write_text("betavae:\n  beta_norm: 0.005\n")
     assert cfgmod.beta_norm_for(cfgmod.load_config(str(p)), "lidar") == 0.005
+
+
+def test_set_one_modalitys_epochs_keeps_the_others():
+    """``--set betavae.epochs.camera=4`` (the README's recipe for the easy-world bundles) changes the camera's epochs
+    only; a per-modality mapping that replaces a single number must still name every modality."""
+    c = cfgmod.load_config(None, ["betavae.epochs.camera=4"])
+    assert c["betavae"]["epochs"] == dict(cfgmod.DEFAULTS["betavae"]["epochs"], camera=4)
+    with pytest.raises(UserError, match="betavae.beta_norm"):
+        cfgmod.load_config(None, ["betavae.beta_norm.camera=0.1"])
 
 
 def test_bad_set_override_and_missing_config(tmp_path, capsys):

@@ -77,7 +77,7 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_leaf(key: str, kind: str, v, modalities: Iterable[str]) -> Any:
+def _check_leaf(key: str, kind: str, v, modalities: Iterable[str], partial: bool = False) -> Any:
     def bad(what):
         raise UserError(f"config key {key!r}: {what}, got {v!r}")
 
@@ -113,7 +113,7 @@ def _check_leaf(key: str, kind: str, v, modalities: Iterable[str]) -> Any:
                 if not _is_int(e) or e <= 0:
                     raise UserError(f"config key {key + '.' + str(m)!r}: must be a positive integer, got {e!r}")
             missing = [m for m in modalities if m not in v]
-            if missing:
+            if missing and not partial:
                 raise UserError(f"config key {key!r}: no epochs for modality {missing[0]!r}")
         elif not _is_int(v) or v <= 0:
             bad("must be a positive integer or a mapping modality → positive integer")
@@ -130,7 +130,7 @@ def _check_leaf(key: str, kind: str, v, modalities: Iterable[str]) -> Any:
                 if isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0 or b != b or b == float("inf"):
                     raise UserError(f"config key {key + '.' + str(m)!r}: must be a non-negative number, got {b!r}")
             missing = [m for m in modalities if m not in v]
-            if missing:
+            if missing and not partial:
                 raise UserError(f"config key {key!r}: no value for modality {missing[0]!r}")
             v = {m: float(b) for m, b in v.items()}
         elif isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
@@ -149,8 +149,10 @@ def _check_leaf(key: str, kind: str, v, modalities: Iterable[str]) -> Any:
     return v
 
 
-def validate(cfg: Mapping) -> Dict[str, Any]:
-    """Check keys, types and ranges against :data:`SCHEMA`; returns a normalised copy.
+def validate(cfg: Mapping, partial: bool = False) -> Dict[str, Any]:
+    """Check keys, types and ranges against :data:`SCHEMA`; returns a normalised copy. ``partial``: a user file or
+    ``--set`` overrides before they are merged over the defaults (a per-modality mapping may name some modalities
+    only, e.g. ``betavae.epochs.camera=4``; the merged config must be complete).
 
     Raises:
         UserError: unknown key, unknown modality, wrong type, non-positive size (message names the key).
@@ -172,7 +174,7 @@ def validate(cfg: Mapping) -> Dict[str, Any]:
                 if k2 not in kind:
                     raise UserError(f"config key {key + '.' + str(k2)!r}: unknown (known keys of {key!r}: "
                                     f"{', '.join(kind)})")
-                sub[k2] = _check_leaf(f"{key}.{k2}", kind[k2], v2, mods)
+                sub[k2] = _check_leaf(f"{key}.{k2}", kind[k2], v2, mods, partial)
             out[key] = sub
         else:
             out[key] = _check_leaf(key, kind, val, MODALITIES)
@@ -228,10 +230,10 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
             raise UserError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(user, Mapping):
             raise UserError(f"{path}: config must be a mapping of keys to values")
-        validate(user)
+        validate(user, partial=True)
     for text in overrides:
         user = _merge(user, parse_override(text))
-    validate(user)
+    validate(user, partial=True)
     cfg = _merge(DEFAULTS, user)
     return validate(cfg)
 
