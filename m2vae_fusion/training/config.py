@@ -30,7 +30,7 @@ DEFAULTS: Dict[str, Any] = {
         "aux_weight": 0.0,
         "standardize": True,
         "warmup_epochs": 2,
-        "epochs": {"camera": 30, "lidar": 10, "reflectance": 20},
+        "epochs": {"camera": 30, "lidar": 120, "reflectance": 20},
         "min_steps": 500,
         "batch_size": 128,
         "lr": 1.0e-3,
