@@ -98,7 +98,7 @@ def test_runtime_quick(tmp_path, bundle):
             assert _positive(p[part]["p50"]) and p[part]["p99"] >= p[part]["p50"], (kind, part)
         assert p["onnxruntime_to_torch"] == pytest.approx(p["onnxruntime_ms"]["p50"] / p["torch_ms"]["p50"])
         r = res["latency"][kind]
-        assert 1 <= r["fused"] <= r["sent"]
+        assert 1 <= r["fused"] <= r["sent"], (kind, r)
         assert _positive(r["node_ms"]["p50"]) and r["node_ms"]["p99"] >= r["node_ms"]["p50"]
         assert r["node_to_onnxruntime"]["p50"] == pytest.approx(r["node_ms"]["p50"] / p["onnxruntime_ms"]["p50"])
         assert r["onnxruntime_to_torch"]["p99"] == pytest.approx(p["onnxruntime_ms"]["p99"] / p["torch_ms"]["p99"])

@@ -1,4 +1,5 @@
 """Training pipeline end to end on a tiny synthetic data set (seconds), config validation, bad input."""
+import copy
 import json
 import math
 import os
@@ -412,7 +413,8 @@ def test_betavae_features_are_standardised_and_exported(trained, tmp_path):
 
 def test_position_jitter_moves_the_train_crops_only_within_bounds():
     """``position_jitter``: the train split's target positions move by at most the jitter across and along the line
-    of sight (z kept, seeded); the crops of a jittered split differ from exact ones; 0 changes nothing."""
+    of sight (z kept, seeded); the camera crops of a jittered split differ from exact ones, the shipped (registered)
+    LiDAR windows change less often than unregistered ones; 0 changes nothing."""
     from m2vae_fusion.core.bundle import Bundle
     from m2vae_fusion.sim import hard
     from m2vae_fusion.training.data import jitter_positions, preprocess_split
@@ -434,6 +436,17 @@ def test_position_jitter_moves_the_train_crops_only_within_bounds():
     exact = preprocess_split(d, sensors, b.modalities, b.modalities)
     jit = preprocess_split(d, sensors, b.modalities, b.modalities, position_jitter=0.01,
                            rng=np.random.default_rng(2))
-    assert not np.allclose(exact.inputs["lidar"], jit.inputs["lidar"])
+    assert not np.allclose(exact.inputs["camera"], jit.inputs["camera"])
     np.testing.assert_array_equal(exact.inputs["reflectance"], jit.inputs["reflectance"])  # no crop
+    # the shipped LiDAR window is registered on the target's silhouette: a position 1 cm off mostly gives the same
+    # window; without registration every window moves
+    assert b.input_config("lidar")["crop"]["register"] is True
+    axes = tuple(range(1, exact.inputs["lidar"].ndim))
+    same = np.all(np.isclose(exact.inputs["lidar"], jit.inputs["lidar"]), axis=axes)
+    unreg = dict(sensors, lidar=copy.deepcopy(sensors["lidar"]))
+    unreg["lidar"]["crop"]["register"] = False
+    exact_u = preprocess_split(d, unreg, b.modalities, b.modalities)
+    jit_u = preprocess_split(d, unreg, b.modalities, b.modalities, position_jitter=0.01, rng=np.random.default_rng(2))
+    same_u = np.all(np.isclose(exact_u.inputs["lidar"], jit_u.inputs["lidar"]), axis=axes)
+    assert same.sum() > same_u.sum() and same_u.sum() < len(same_u), (same, same_u)
     assert cfgmod.load_config(None)["position_jitter"] == 0.0

@@ -246,7 +246,12 @@ class Bench:
         return t0
 
     def diag(self, ns: str, after_wall: float, timeout: float = 5.0) -> dict:
-        return self.probe.diagnostics(f"/{ns}/fusion_node", after=_mono(after_wall), timeout=timeout) or {}
+        """The node's first /diagnostics values published after ``after_wall`` (wall s); a node busy under load may
+        publish late, so one more wait of 3× ``timeout`` before giving up ({}: the counts of this phase read 0)."""
+        d = self.probe.diagnostics(f"/{ns}/fusion_node", after=_mono(after_wall), timeout=timeout)
+        if d is None:
+            d = self.probe.diagnostics(f"/{ns}/fusion_node", after=_mono(after_wall), timeout=3 * timeout)
+        return d or {}
 
     def close(self) -> None:
         for p in list(self.procs):
