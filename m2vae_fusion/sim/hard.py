@@ -89,9 +89,9 @@ TRAIN_SIZE = (64, 64)
 
 #: Target-centred preprocessing of the hard world (``m2vae_fusion.core.preprocess``): a 0.06 m window on the
 #: target's centre resampled to 16x16 (the object's own surface: with 0.25 m / 32x32 the unsupervised camera β-VAE
-#: spent its latents on background and read colour at 0.56, with 0.06 m / 16x16 at 0.96; README "Training"); a LiDAR window 0.3 m across the line of sight, 64 points, depths within ±0.15 m,
-#: registered on the target's own silhouette (a position a few mm or cm off gives the same window: README "How exact
-#: the target position must be").
+#: spent its latents on background and read colour at 0.56, with 0.06 m / 16x16 at 0.96; README "Training"); a LiDAR
+#: window 0.3 m across the line of sight, 64 points, depths within ±0.15 m, registered on the target's own silhouette
+#: (a position a few mm or cm off gives the same window: README "How exact the target position must be").
 CAMERA_CROP = {"enabled": True, "size": 16, "window_m": 0.06}
 LIDAR_CROP = {"enabled": True, "window_m": 0.3, "points": 64, "depth_m": 0.15, "register": True}
 
