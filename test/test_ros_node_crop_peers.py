@@ -165,3 +165,31 @@ def test_waiting_peer_latents_are_coalesced_newest_per_peer_and_target(crop_bund
     finally:
         node.close()
         node.destroy_node()
+
+
+def test_configure_limits_opencv_and_blas_threads_to_ort_threads(crop_bundle):
+    """The preprocessing's libraries run on ``ort_threads`` threads: their one-per-core defaults made a camera crop's
+    matrix product spin numpy's BLAS threads (57 % of a core per agent instead of 25 % in ``bench runtime``)."""
+    import cv2
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from m2vae_fusion.ros.fusion_node import FusionNode
+
+    def blas_threads():
+        return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+    saved_cv2, saved_blas = cv2.getNumThreads(), threadpool_info()
+    cv2.setNumThreads(2)
+    threadpool_limits(limits=2, user_api="blas")
+    node = FusionNode("fusion_node", namespace="/thr", parameter_overrides=[
+        Parameter("model_dir", value=crop_bundle), Parameter("agent_id", value="thr"), Parameter("ort_threads", value=1),
+        Parameter("shared_latent_topic", value="")])
+    try:
+        node.start()
+        assert cv2.getNumThreads() == 1
+        assert blas_threads() == [1]
+    finally:
+        node.close()
+        node.destroy_node()
+        cv2.setNumThreads(saved_cv2)
+        threadpool_limits(limits={p["prefix"]: p["num_threads"] for p in saved_blas})
