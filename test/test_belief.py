@@ -2,6 +2,7 @@
 world: misreads do not flip a belief, a swapped object wins within 5 observations (camera, LiDAR, reflectance);
 flat walls / empty scans / flat images are flagged as novel and not fused; format-3 provenance keeps relayed evidence
 from counting twice."""
+import json
 import math
 import os
 import shutil
@@ -499,9 +500,62 @@ def test_unimodal_heads_are_trained_added_verified_and_used_for_class_evidence(t
         p = b.classify_unimodal(m, np.repeat(feat, 2, axis=0))
         assert p.shape == (2, len(b.class_names)) and np.allclose(p.sum(1), 1.0, atol=1e-5)
         eng = FusionEngine(b, class_belief="evidence")
-        np.testing.assert_allclose(eng.unimodal_log_posterior(m, feat[0]), np.log(np.maximum(p[0], 1e-6)),
-                                   rtol=1e-5, atol=1e-6)
+        got = eng.unimodal_log_posterior(m, feat[0])
+        if not b.unimodal_attributes(m):  # tiny heads read no attribute on held-out data: no evidence at all
+            np.testing.assert_allclose(got, np.full(len(b.class_names), -np.log(len(b.class_names))), atol=1e-6)
         assert not calibrated.has_unimodal_head(m)  # the bundle without the block: subset encoder → head
+    # without the attribute mapping (bundles from before it) the whole posterior is the evidence
+    whole = json.loads(json.dumps(man))
+    del whole["unimodal_heads"]["class_attributes"]
+    with open(os.path.join(out, "manifest.json"), "w") as fh:
+        json.dump(whole, fh)
+    b1 = Bundle.load(out)
+    for m in b1.modalities:
+        assert b1.unimodal_attributes(m) is None
+        feat = b1.encode_feature(m, preprocess(m, test[m][0], b1.input_config(m)))[0]
+        p = b1.classify_unimodal(m, feat)
+        np.testing.assert_allclose(FusionEngine(b1, class_belief="evidence").unimodal_log_posterior(m, feat[0]),
+                                   np.log(np.maximum(p[0], 1e-6)), rtol=1e-5, atol=1e-6)
+    # the class → attribute mapping of the data set, and which attributes each head reads on the val split
+    attrs = man["unimodal_heads"]["class_attributes"]
+    assert set(attrs) == {"colour", "shape", "material"}
+    for c, name in enumerate(b.class_names):  # e.g. green_cube_shiny
+        for key in attrs:
+            assert int(np.unique(data[1][key][data[1]["label"] == c])[0]) == attrs[key][c], (name, key)
+    for m in b.modalities:
+        rel = man["unimodal_heads"]["modalities"][m]["attributes"]
+        assert set(rel) == set(attrs) and all(r["uniform_nll"] == pytest.approx(np.log(2), abs=1e-4)
+                                              for r in rel.values())
+        assert all(r["used"] == (r["val_nll"] < 0.9 * r["uniform_nll"]) for r in rel.values())
+    # the engine keeps only the marginals of the attributes marked used (here: forced to the own attribute)
+    own = {"camera": "colour", "lidar": "shape", "reflectance": "material"}
+    for m, a in own.items():
+        for key in attrs:
+            man["unimodal_heads"]["modalities"][m]["attributes"][key]["used"] = key == a
+    with open(os.path.join(out, "manifest.json"), "w") as fh:
+        json.dump(man, fh)
+    b2 = Bundle.load(out)
+    eng = FusionEngine(b2, class_belief="evidence")
+    for m, a in own.items():
+        feat = b2.encode_feature(m, preprocess(m, test[m][0], b2.input_config(m)))[0]
+        p = b2.classify_unimodal(m, feat)[0].astype(np.float64)
+        codes = np.asarray(attrs[a])
+        marginal = np.bincount(codes, weights=p)
+        want = np.log(marginal[codes]) - np.log(marginal[codes].sum())
+        got = eng.unimodal_log_posterior(m, feat[0])
+        np.testing.assert_allclose(got, np.maximum(want, np.log(1e-6)), rtol=1e-5, atol=1e-5)
+        # classes that differ only in another attribute get the same evidence
+        other = next(k for k in attrs if k != a)
+        same = [c for c in range(len(codes)) if codes[c] == codes[0]]
+        assert len({round(float(got[c]), 5) for c in same}) == 1 and len({attrs[other][c] for c in same}) > 1
+    bad = json.loads(json.dumps(man))
+    bad["unimodal_heads"]["class_attributes"]["shape"] = [0, 1]
+    with open(os.path.join(out, "manifest.json"), "w") as fh:
+        json.dump(bad, fh)
+    with pytest.raises(BundleError, match="class_attributes"):
+        Bundle.load(out)
+    with open(os.path.join(out, "manifest.json"), "w") as fh:
+        json.dump(man, fh)
     # a rebuild keeps the block and its files; the model_id stays
     re = str(tmp_path / "re")
     rebuild_bundle(out, re)

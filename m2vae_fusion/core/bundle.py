@@ -275,6 +275,38 @@ def unimodal_head_files(manifest: Mapping, path: str = "") -> dict:
     return out
 
 
+def unimodal_factors(manifest: Mapping, n_classes: int, path: str = "") -> dict:
+    """The attributes each unimodal head reads (manifest ``unimodal_heads.class_attributes`` and
+    ``unimodal_heads.modalities.<m>.attributes``, docs/formats.md): ``{modality: [(codes int64 (C,), K), …]}`` with
+    one entry per attribute marked ``used``, for the modalities whose entry has ``attributes``; ``{}`` without
+    ``class_attributes`` (the heads' posteriors are used whole).
+
+    Raises:
+        BundleError: a malformed mapping (names the manifest)."""
+    block = manifest.get("unimodal_heads") or {}
+    mapping = block.get("class_attributes")
+    if mapping is None:
+        return {}
+    mpath = os.path.join(path, MANIFEST)
+    ok = isinstance(mapping, Mapping) and all(
+        isinstance(v, list) and len(v) == n_classes and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                             for c in v) for v in mapping.values())
+    if not ok:
+        raise BundleError(f"{mpath}: unimodal_heads.class_attributes must map each attribute to {n_classes} "
+                          "non-negative integer codes, one per class_names entry")
+    out = {}
+    for m, entry in (block.get("modalities") or {}).items():
+        rel = entry.get("attributes")
+        if rel is None:
+            continue
+        if not isinstance(rel, Mapping) or not set(rel) <= set(mapping) or \
+                not all(isinstance(r, Mapping) and isinstance(r.get("used"), bool) for r in rel.values()):
+            raise BundleError(f"{mpath}: unimodal_heads.modalities.{m}.attributes must map attributes of "
+                              "class_attributes to objects with a boolean \"used\"")
+        out[m] = [(np.asarray(mapping[a], np.int64), int(max(mapping[a])) + 1) for a, r in rel.items() if r["used"]]
+    return out
+
+
 class _BoundRun:
     """One session run through onnxruntime IOBinding with pre-allocated, reused input and output buffers for a
     fixed batch size (the single-belief path: no allocation per run). Not re-entrant: guarded by a lock."""
@@ -364,10 +396,12 @@ class Bundle:
         }
         if nets.get("head") and self.class_names:
             self._files[("head", "")] = nets["head"]
+        self._unimodal_factors: dict = {}
         if self.class_names:
             unimodal_head_files(manifest, path)  # a malformed block stops here
             for m, entry in (manifest.get("unimodal_heads") or {}).get("modalities", {}).items():
                 self._files[("unimodal_head", m)] = entry["file"]
+            self._unimodal_factors = unimodal_factors(manifest, len(self.class_names), path)
         chains = manifest["chains"]
         for kind in ("decode", "encode"):
             for s in self.subsets:
@@ -471,6 +505,12 @@ class Bundle:
     def has_head(self) -> bool:
         """True when the bundle has a class-belief head (trained with labels)."""
         return ("head", "") in self._files
+
+    def unimodal_attributes(self, modality: str) -> list | None:
+        """The attributes the unimodal head of ``modality`` reads (:func:`unimodal_factors`): a list of (codes
+        int64 (C,), number of values K), possibly empty; None when the bundle records none (use the whole
+        posterior)."""
+        return self._unimodal_factors.get(modality)
 
     def has_unimodal_head(self, modality: str) -> bool:
         """True when the bundle has a unimodal class head for ``modality`` (manifest ``unimodal_heads``)."""

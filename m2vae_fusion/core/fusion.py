@@ -553,7 +553,9 @@ class FusionEngine:
         """``log p(c | x_m)`` float32 (C,) of one β-VAE feature (D*,): the bundle's unimodal class head of m when it
         has one (manifest ``unimodal_heads``, :mod:`m2vae_fusion.training.unimodal`), else the subset encoder of {m}
         → class-belief head; probabilities floored at :data:`LOG_PROBABILITY_FLOOR`; None for a bundle without a
-        head.
+        head. When the bundle records which attributes the head reads (``class_attributes``), the posterior is the
+        product of those attributes' marginals ``p(a_c | x_m)``, normalised (the others uniform: a head's evidence on
+        an attribute its sensor does not read is memorised noise, the same at every view of an object).
 
         Raises:
             FusionError: non-finite or invalid outputs (NON_FINITE / INVALID_OUTPUT)."""
@@ -564,7 +566,16 @@ class FusionEngine:
         if self.bundle.has_unimodal_head(modality):
             p = self.bundle.classify_unimodal(modality, f)
             check_probabilities(what, p)
-            return np.log(np.maximum(p[0], LOG_PROBABILITY_FLOOR)).astype(np.float32)
+            factors = self.bundle.unimodal_attributes(modality)
+            if factors is None:
+                return np.log(np.maximum(p[0], LOG_PROBABILITY_FLOOR)).astype(np.float32)
+            # only the attributes the head reads on held-out data: log Σ_a log p(a_c | x), normalised over classes
+            logp = np.zeros(p.shape[1])
+            for codes, k in factors:
+                marginal = np.bincount(codes, weights=p[0].astype(np.float64), minlength=k)
+                logp += np.log(np.maximum(marginal[codes], LOG_PROBABILITY_FLOOR))
+            logp -= logp.max() + np.log(np.exp(logp - logp.max()).sum())
+            return np.maximum(logp, math.log(LOG_PROBABILITY_FLOOR)).astype(np.float32)
         out = self._encode({modality: f}, with_probs=True)
         _check_outputs(what, *out)
         return np.log(np.maximum(out[2][0], LOG_PROBABILITY_FLOOR)).astype(np.float32)
