@@ -275,6 +275,12 @@ def unimodal_head_files(manifest: Mapping, path: str = "") -> dict:
     return out
 
 
+def attribute_marginals(probabilities: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
+    """Class probabilities float (N, C) → the marginals float64 (N, k) of one attribute, ``p(a | x) = Σ_{c: codes_c
+    = a} p(c | x)``, with ``codes`` int (C,) the attribute value of each class (0 … k − 1)."""
+    return np.atleast_2d(np.asarray(probabilities, np.float64)) @ np.eye(k)[np.asarray(codes)]
+
+
 def unimodal_factors(manifest: Mapping, n_classes: int, path: str = "") -> dict:
     """The attributes each unimodal head reads (manifest ``unimodal_heads.class_attributes`` and
     ``unimodal_heads.modalities.<m>.attributes``, docs/formats.md): ``{modality: [(codes int64 (C,), K), …]}`` with

@@ -33,7 +33,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from m2vae_fusion.core.bundle import Bundle
+from m2vae_fusion.core.bundle import Bundle, attribute_marginals
 from m2vae_fusion.core.reasons import DropReason
 
 
@@ -572,7 +572,7 @@ class FusionEngine:
             # only the attributes the head reads on held-out data: log Σ_a log p(a_c | x), normalised over classes
             logp = np.zeros(p.shape[1])
             for codes, k in factors:
-                marginal = np.bincount(codes, weights=p[0].astype(np.float64), minlength=k)
+                marginal = attribute_marginals(p[:1], codes, k)[0]
                 logp += np.log(np.maximum(marginal[codes], LOG_PROBABILITY_FLOOR))
             logp -= logp.max() + np.log(np.exp(logp - logp.max()).sum())
             return np.maximum(logp, math.log(LOG_PROBABILITY_FLOOR)).astype(np.float32)

@@ -27,6 +27,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from m2vae_fusion.core.bundle import attribute_marginals
 from m2vae_fusion.errors import BundleError
 
 #: defaults of :func:`add_unimodal_heads`
@@ -78,8 +79,7 @@ def attribute_relevance(probabilities: np.ndarray, label: np.ndarray, attributes
     out = {}
     for key, per in attributes.items():
         codes = np.asarray(per)
-        k = int(codes.max()) + 1
-        marg = np.stack([p[:, codes == a].sum(1) for a in range(k)], axis=1)
+        marg = attribute_marginals(p, codes, int(codes.max()) + 1)
         nll = float(-np.log(np.maximum(marg[np.arange(len(y)), codes[y]], 1e-12)).mean()) if len(y) else math.nan
         uniform = math.log(len(set(per)))
         out[key] = {"val_nll": round(nll, 4), "uniform_nll": round(uniform, 4),
@@ -216,13 +216,13 @@ def add_unimodal_heads(bundle_dir: str, data, *, hidden: int = HIDDEN, epochs: i
         got = run_onnx(path, {"feature": example.numpy()})["probabilities"]
         if not np.allclose(got, want, atol=1e-4):
             raise BundleError(f"{path}: ONNX differs from torch by {np.abs(got - want).max():.3g}")
-        val_acc = (float((run_onnx(path, {"feature": xv})["probabilities"].argmax(1) == yv).mean())
-                   if len(xv) else math.nan)
+        val_probs = run_onnx(path, {"feature": xv})["probabilities"] if len(xv) else None
+        val_acc = float((val_probs.argmax(1) == yv).mean()) if len(xv) else math.nan
         block["modalities"][m] = {"file": fname, "sha256": sha256_file(path), "train_samples": int(len(x)),
                                   "val_samples": int(len(xv)), "val_accuracy": round(val_acc, 4),
                                   "temperature": round(float(head.temperature), 4)}
         if attributes and len(xv):
-            rel = attribute_relevance(run_onnx(path, {"feature": xv})["probabilities"], yv, attributes)
+            rel = attribute_relevance(val_probs, yv, attributes)
             block["modalities"][m]["attributes"] = rel
         if log:
             used = [a for a, r in block["modalities"][m].get("attributes", {}).items() if r["used"]]
