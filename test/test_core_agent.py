@@ -320,6 +320,22 @@ def test_note_peer_reports_new_and_restarted_peers(bundle):
     assert a.counts["peers.new"] == 1 and a.counts["peers.restarted"] == 1
 
 
+def test_held_outputs_give_every_belief_as_last_published(bundle):
+    a, _ = make_agent(bundle, "a")
+    assert a.held_outputs() == []
+    a.on_target(0.0, "t1", "map")
+    first = fuse(a, "camera", 1.0, camera())
+    a.on_target(2.0, "t2", "odom")
+    fuse(a, "lidar", 2.5, lidar())
+    held = {o.latent.target_id: o for o in a.held_outputs()}
+    assert sorted(held) == ["t1", "t2"] and a.counts["republished"] == 2
+    assert all(o.shared is None for o in held.values())  # not a share: the rate limit and its counters untouched
+    assert held["t1"].latent.frame_id == "map" and held["t2"].latent.frame_id == "odom"
+    assert held["t2"].latent.modalities == ("lidar",)
+    np.testing.assert_array_equal(held["t1"].latent.mean, first.latent.mean)
+    np.testing.assert_allclose(held["t1"].belief.probabilities, first.belief.probabilities)
+
+
 def test_resync_shares_every_belief_within_the_rate(bundle):
     a, clock = make_agent(bundle, "a", shared_latent_rate=10.0)
     a.on_target(0.0, "t1", "map")

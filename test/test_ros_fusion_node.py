@@ -347,6 +347,20 @@ def test_peer_latent_is_merged_once(probe, nodes, bundle):
     assert probe.wait_for("/a1/latent", lambda m: m.target_id == "peer_t", timeout=0.5, since=since) is None
 
 
+def test_a_late_reader_gets_the_held_beliefs(probe, nodes, bundle):
+    """Outputs are not built while nobody reads them: a reader that matches later (a restarted consumer) gets every
+    held belief without waiting for the next observation."""
+    observe(probe, "b", "late_t", "camera", lambda: image(probe, seed=4))
+    got = []
+    # a second reader of the same topic (left in place: destroying it while the probe spins races the executor)
+    probe.node.create_subscription(LatentEmbedding, "/b/latent", got.append, 10)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and not any(m.target_id == "late_t" for m in got):
+        time.sleep(0.1)
+    assert any(m.target_id == "late_t" and list(m.modalities) == ["camera"] for m in got), got
+    assert counter(probe, "b", "republished") >= 1
+
+
 # -- bad input ----------------------------------------------------------------------------------------------------------
 def _img(**kw):
     def make(probe, bundle):

@@ -681,6 +681,17 @@ class Agent:
         with self._lock:
             return dict(self._peers)
 
+    def held_outputs(self) -> list:
+        """The :class:`Outputs` of every held belief (``shared`` None, novelty not scored: -1), for a reader of the
+        agent's own topics that appeared after the belief's last change (a restarted consumer, or one that matched
+        after the output was skipped for want of readers). Counted as ``republished``."""
+        with self._lock:
+            beliefs = [self.store.get(t) for t in self.store.targets()]
+            out = [self._outputs(b, self._frame_of(b.target_id), share=False) for b in beliefs if b is not None]
+        if out:
+            self._count("republished", len(out))
+        return out
+
     def resync(self, delay: float = 0.0) -> int:
         """Queue every held belief for the shared topic (for a peer that just appeared: it gets the current beliefs
         without waiting for a change). Each replaces its target's waiting shared latent and goes out through

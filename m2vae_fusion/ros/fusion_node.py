@@ -156,7 +156,7 @@ class _ShareFlusher:
 
 
 def latent_msg(out: LatentOutput) -> LatentEmbedding:
-    """:class:`LatentOutput` → m2vae_fusion_msgs/LatentEmbedding (format 3)."""
+    """:class:`LatentOutput` → m2vae_fusion_msgs/LatentEmbedding (format 4)."""
     msg = conv.latent_to_msg(conv.LatentData(
         agent_id=out.agent_id, target_id=out.target_id, model_id=out.model_id, stamp_ns=out.stamp_ns,
         modalities=out.modalities, modality_stamps_ns=out.modality_stamps_ns, modality_sources=out.modality_sources,
@@ -500,6 +500,8 @@ class FusionNode(LifecycleNode):
                            if p["shared_latent_topic"] else None)
         self._readers = 0
         self._resync_again: list = []
+        self._own_readers = (0, 0)  # matched readers of ~/latent and ~/belief at the last check
+        self._republish_at: float | None = None
         self.pub_belief = self.create_publisher(ClassBelief, p["belief_topic"], reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self._active = [x for x in (self.pub_latent, self.pub_shared, self.pub_belief, self.pub_diag) if x]
@@ -734,6 +736,25 @@ class FusionNode(LifecycleNode):
             self._resync("repeat for new readers")
         self._readers = n
 
+    def _check_own_readers(self) -> None:
+        """A new reader of ``~/latent`` or ``~/belief`` gets every held belief (outputs are not built while nobody
+        reads them, so one that matched after a belief's last change would otherwise wait for the next change).
+        Published ``RESYNC_DELAY`` s after the reader was seen (the writer side may match first); polled from the
+        diagnostics timer, on the thread that runs the callbacks."""
+        now = time.monotonic()
+        n = (self.pub_latent.get_subscription_count(), self.pub_belief.get_subscription_count())
+        if any(a > b for a, b in zip(n, self._own_readers)):
+            self._republish_at = now + RESYNC_DELAY
+        self._own_readers = n
+        if self._republish_at is None or now < self._republish_at:
+            return
+        self._republish_at = None
+        outs = self.agent.held_outputs()
+        for out in outs:
+            self._publish(out)
+        if outs:
+            self.get_logger().info(f"re-published {len(outs)} belief(s) for new reader(s) of the node's outputs")
+
     def _resync(self, why: str, delay: float = 0.0) -> None:
         n = self.agent.resync(delay)
         if n and self._flusher is not None:
@@ -783,6 +804,7 @@ class FusionNode(LifecycleNode):
     def _on_diag_timer(self) -> None:
         if self.pub_shared is not None:
             self._check_readers()
+        self._check_own_readers()
         gone = self.agent.expire()
         if gone:
             self.get_logger().info(f"beliefs expired (ttl {self.agent.config.belief_ttl} s): {gone}")
