@@ -186,3 +186,39 @@ def test_peer_holding_all_own_evidence_is_adopted_exactly(drifting):
     merged, changed = eng.merge(mine, theirs)
     assert changed and np.array_equal(merged.mean, theirs.mean)
     assert merged.slots == theirs.slots
+
+
+def _class_run(engine, reads, dim):
+    """Feed class-level observations (attribute index read with p 0.9 of 3, one view each, 2 s apart) through the
+    accumulation's class-evidence rule; returns the argmax of the slot's class evidence after each."""
+    from types import SimpleNamespace
+
+    f, prec = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    belief, tops = None, []
+    for i, v in enumerate(reads):
+        ell = np.log(np.where(np.arange(3) == v, 0.9, 0.05)).astype(np.float32)
+        slot = engine._accumulate(belief, "lidar", f, prec, 1.0 + 2.0 * i, "a", ell)
+        belief = SimpleNamespace(slots={"lidar": slot})
+        tops.append(int(np.argmax(slot.class_evidence)))
+    return tops
+
+
+def test_a_run_of_change_supports_survives_tolerance_dissents(exact):
+    """Class-level change rule (confirm 4): with tolerance 1 one misread of the new object (read as the old value,
+    or as a third one) does not restart its count, so it wins at its 5th observation; with tolerance 0 it does not.
+    A burst of 3 misreads followed by good reads never moves the belief."""
+    from m2vae_fusion.core.fusion import Accumulation
+
+    dim = exact.feature_dim
+    a20 = [0] * 20
+    for tol, changed in ((1, True), (0, False)):
+        eng = FusionEngine(exact, accumulation=Accumulation(confirm=4, confirm_time=2.0, tolerance=tol))
+        for dissent in (0, 2):  # the held value, another value
+            tops = _class_run(eng, a20 + [1, 1, dissent, 1, 1], dim)
+            assert tops[19] == 0 and tops[23] == 0
+            assert (tops[-1] == 1) is changed, (tol, dissent, tops[20:])
+    eng = FusionEngine(exact, accumulation=Accumulation(confirm=4, confirm_time=2.0, tolerance=1))
+    tops = _class_run(eng, a20 + [1, 1, 1, 0, 0, 1, 1, 0, 0, 0], dim)
+    assert all(t == 0 for t in tops), tops
+    with pytest.raises(ValueError, match="tolerance"):
+        Accumulation(tolerance=-1)

@@ -142,6 +142,9 @@ class AgentConfig:
     #: class evidence: nats by which a new object must explain an observation better than the held class belief for
     #: it to support a change (:class:`~m2vae_fusion.core.fusion.Accumulation`)
     class_change_margin: float = 0.5
+    #: class evidence: dissenting observations a run of change supports survives (:class:`~m2vae_fusion.core.fusion.
+    #: Accumulation` ``tolerance``)
+    change_tolerance: int = 1
     #: class belief published: "evidence" (product of the slots' accumulated unimodal class posteriors, the default)
     #: or "latent" (the class-belief head on the fused latent, FUSION 2019; README "Beliefs that accumulate evidence")
     class_belief: str = "evidence"
@@ -154,14 +157,14 @@ class AgentConfig:
     RUNTIME = ("trusted", "belief_ttl", "max_message_age", "max_latent_age", "future_tolerance",
                "shared_latent_rate", "output_frame_id", "forgetting_factor", "outlier_gate",
                "change_confirmations", "change_confirm_time", "novelty_threshold", "view_time", "class_belief",
-               "class_change_margin")
+               "class_change_margin", "change_tolerance")
 
     @property
     def accumulation(self) -> Accumulation:
         """The engine's accumulation settings (raises ValueError when out of range)."""
         return Accumulation(float(self.forgetting_factor), float(self.outlier_gate), int(self.change_confirmations),
                             confirm_time=float(self.change_confirm_time), view_time=float(self.view_time),
-                            class_margin=float(self.class_change_margin))
+                            class_margin=float(self.class_change_margin), tolerance=self.change_tolerance)
 
     @property
     def share_period(self) -> float:

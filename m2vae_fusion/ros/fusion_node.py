@@ -92,7 +92,8 @@ RUNTIME_PARAMS = {"shared_latent_rate": "shared_latent_rate", "belief_ttl": "bel
                   "forgetting_factor": "forgetting_factor", "outlier_gate": "outlier_gate",
                   "change_confirmations": "change_confirmations", "change_confirm_time": "change_confirm_time",
                   "novelty_threshold": "novelty_threshold", "view_time": "view_time",
-                  "class_belief": "class_belief", "class_change_margin": "class_change_margin"}
+                  "class_belief": "class_belief", "class_change_margin": "class_change_margin",
+                  "change_tolerance": "change_tolerance"}
 
 
 #: seconds from seeing a new reader of the shared-topic publisher to the re-share of every held belief: the writer
@@ -338,6 +339,9 @@ class FusionNode(LifecycleNode):
                                      "predictive likelihood under a new object of unknown class exceeds the one "
                                      "under the held class belief by more than this (nats); change_confirmations "
                                      "views of agreeing supports over change_confirm_time replace the slot"),
+        ("change_tolerance", 1, "Class evidence: observations of a run of change supports that side with the held "
+                                "belief or support another change before the run ends (a misread of the new object "
+                                "need not restart its count; 0: the first one ends it)"),
         ("novelty_threshold", 0.0, "Observations whose novelty score (two-sided test of the β-VAE ELBO terms, "
                                    "calibrated on in-distribution data in the bundle manifest) exceeds this are not "
                                    "fused (dropped.<sensor>.novel); 0: the bundle's calibrated threshold; < 0: off"),
@@ -459,12 +463,13 @@ class FusionNode(LifecycleNode):
             forgetting_factor=p["forgetting_factor"], outlier_gate=p["outlier_gate"],
             change_confirmations=p["change_confirmations"], change_confirm_time=p["change_confirm_time"],
             novelty_threshold=p["novelty_threshold"], view_time=p["view_time"], class_belief=p["class_belief"],
-            class_change_margin=p["class_change_margin"])
+            class_change_margin=p["class_change_margin"], change_tolerance=p["change_tolerance"])
         try:
             config.accumulation
         except ValueError as exc:
             raise ConfigError(f"parameters forgetting_factor / outlier_gate / change_confirmations / "
-                              f"change_confirm_time / view_time / class_change_margin: {exc}") from None
+                              f"change_confirm_time / view_time / class_change_margin / change_tolerance: "
+                              f"{exc}") from None
         if p["class_belief"] not in CLASS_BELIEFS:
             raise ConfigError(f"parameter class_belief: {p['class_belief']!r} is not one of {list(CLASS_BELIEFS)}")
         # this process's incarnation: its start stamp on the ROS clock (the stamps' time base); the wall clock while a
