@@ -83,7 +83,9 @@ def test_runtime_quick(tmp_path, bundle):
         assert _positive(r["cpu_percent_per_agent"]) and len(r["cpu_percent_agents"]) == 3
     assert idle["floor_p50_ms"] == pytest.approx(idle["echo"]["e2e_ms"]["p50"] + hl["reference_chain_ms"]["p50"])
     assert idle["node_p50_to_floor"] == pytest.approx(idle["node"]["e2e_ms"]["p50"] / idle["floor_p50_ms"])
-    assert idle["belief_overhead_p50"] == pytest.approx(idle["node"]["e2e_ms"]["p50"] / idle["node_plain"]["e2e_ms"]["p50"])
+    one_pair = idle["node"]["e2e_ms"]["p50"] / idle["node_plain"]["e2e_ms"]["p50"]
+    assert idle["belief_overhead_pairs"] == [pytest.approx(one_pair)]  # quick: no reverse-order pair
+    assert idle["belief_overhead_p50"] == pytest.approx(one_pair)
     assert "node_8_agents" not in idle  # quick: the 8-agent run is left out (n/a below)
     stops = hl["stops"]
     assert stops["n"] == 3 and stops["clean"] == 3, stops  # SIGINT, SIGTERM, SIGINT to the process group
@@ -218,3 +220,18 @@ def test_training_bad_arguments(tmp_path, capsys):
     assert tr.main(["--data", str(tmp_path)]) == 2
     assert "metadata.json" in capsys.readouterr().err
     assert tr.main(["--run", str(tmp_path)]) == 2
+
+
+def test_belief_overhead_is_the_geometric_mean_of_the_abba_pairs():
+    from m2vae_fusion.benchmarks.runtime import belief_overhead
+
+    def run(p50):
+        return {"e2e_ms": {"p50": p50} if p50 is not None else None}
+
+    c = {"node": run(6.0), "node_plain": run(4.0)}
+    assert belief_overhead(c) == ([pytest.approx(1.5)], pytest.approx(1.5))
+    c.update(node_plain_2=run(5.0), node_2=run(4.0))  # load fell during the condition: the pairs disagree
+    pairs, value = belief_overhead(c)
+    assert pairs == [pytest.approx(1.5), pytest.approx(0.8)] and value == pytest.approx((1.5 * 0.8) ** 0.5)
+    c["node_2"] = run(None)  # a run without answers gives no figure
+    assert belief_overhead(c)[1] is None

@@ -38,6 +38,7 @@ stopped in ``finally`` (also on Ctrl-C / SIGTERM). Node logs go to ``--log-dir``
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -799,6 +800,17 @@ def _stops(b: "Bench", n: int) -> dict:
 PLAIN_PARAMS = {"forgetting_factor": 0.0, "novelty_threshold": -1.0, "class_belief": "latent"}
 
 
+def belief_overhead(c: dict) -> tuple:
+    """Issue 14's latency ratio of one headline condition ``c`` (scenario results by name): the e2e p50 ratio of
+    ``node`` ÷ ``node_plain`` and, when run, ``node_2`` ÷ ``node_plain_2`` (the reverse-order pair). Returns
+    (pair ratios, their geometric mean; None when a p50 is missing)."""
+    pairs = [ratio((c[n]["e2e_ms"] or {}).get("p50"), (c[p]["e2e_ms"] or {}).get("p50"))
+             for n, p in (("node", "node_plain"), ("node_2", "node_plain_2")) if n in c]
+    if not pairs or any(r is None for r in pairs):
+        return pairs, None
+    return pairs, math.prod(pairs) ** (1.0 / len(pairs))
+
+
 def section_headline(b: "Bench") -> dict:
     """Issue 12's figures in one run: camera end-to-end p50/p99 and CPU per agent of the fusion node vs an rclpy echo
     node on the same topics, plus the fixed reference chain; 8 agents; idle and with 2 CPU-bound background
@@ -806,7 +818,10 @@ def section_headline(b: "Bench") -> dict:
     of that checkout (PYTHONPATH) in the same run; outside ``--quick`` the fusion node also runs once on rclpy's
     SingleThreadedExecutor (``node_single``) for the executor comparison. Right after the fusion node, the same node
     runs without evidence accumulation, class evidence and novelty (``node_plain``, :data:`PLAIN_PARAMS`): issue 14's
-    latency reference (``belief_overhead_p50`` = node p50 ÷ node_plain p50)."""
+    latency reference (``belief_overhead_p50`` = node p50 ÷ node_plain p50); outside ``--quick`` the pair runs again
+    at the end of the condition in the reverse order (``node_plain_2``, ``node_2``) and ``belief_overhead_p50`` is the
+    geometric mean of the two pair ratios (``belief_overhead_pairs``): the two runs of a pair are 10-20 s apart, and
+    one pair alone swung from 0.98 to 1.48 with the load of the machine."""
     args = b.args
     T = float(args.headline_seconds)
     out = {"scenario": {"agents": list(HEADLINE_AGENTS), "camera": "320x240 rgb8", "rates_hz": {
@@ -830,17 +845,20 @@ def section_headline(b: "Bench") -> dict:
                     c[f"{name}_8_agents"] = _eight(b, float(args.eight_seconds), env)
             if not args.quick:  # the same node on rclpy's SingleThreadedExecutor: what the EventsExecutor buys
                 c["node_single"] = _scenario(b, "node", f"{cond}_node_single", T, executor="single")
+                # issue 14's pair again in the reverse order (node, plain, …, plain, node: drift of the machine's
+                # load over the condition cancels in the product of the two pair ratios)
+                c["node_plain_2"] = _scenario(b, "node", f"{cond}_node_plain_2", T, **PLAIN_PARAMS)
+                c["node_2"] = _scenario(b, "node", f"{cond}_node_2", T)
             c["load_average_after"] = load_average()
         finally:
             _end(bg)
         ref = out["reference_chain_ms"]["p50"]
         echo = (c["echo"]["e2e_ms"] or {}).get("p50")
         c["floor_p50_ms"] = echo + ref if echo is not None else None
-        for name in [*variants, "node_plain", *(["node_single"] if "node_single" in c else [])]:
+        for name in [*variants, *(k for k in ("node_plain", "node_single", "node_plain_2", "node_2") if k in c)]:
             p50 = (c[name]["e2e_ms"] or {}).get("p50")
             c[f"{name}_p50_to_floor"] = ratio(p50, c["floor_p50_ms"])
-        c["belief_overhead_p50"] = ratio((c["node"]["e2e_ms"] or {}).get("p50"),
-                                         (c["node_plain"]["e2e_ms"] or {}).get("p50"))
+        c["belief_overhead_pairs"], c["belief_overhead_p50"] = belief_overhead(c)
         out["conditions"][cond] = c
     out["stops"] = _stops(b, int(args.stops))
     return out
@@ -861,7 +879,9 @@ def headline_targets(h: dict) -> list:
             target(f"{e8['agents']} agents: total CPU (% of a core)", e8.get("cpu_percent_total"), "<=", 150.0, " %"),
             target("accumulation + class evidence + novelty: e2e p50 ÷ the node without them, idle",
                    idle.get("belief_overhead_p50"), "<=", 1.10,
-                   detail=f"2 busy processes: {fmt(load.get('belief_overhead_p50'))}" if load else ""),
+                   detail=(f"pairs {'/'.join(fmt(r) for r in idle.get('belief_overhead_pairs', []))}"
+                           + (f"; 2 busy processes: {fmt(load.get('belief_overhead_p50'))} (pairs "
+                              f"{'/'.join(fmt(r) for r in load.get('belief_overhead_pairs', []))})" if load else ""))),
             target("stops exiting 0 without traceback", h["stops"]["clean"], ">=", float(h["stops"]["n"]),
                    detail=f"of {h['stops']['n']}")]
     return rows
@@ -874,7 +894,8 @@ def format_headline(h: dict) -> str:
              f"reference chain (per-network onnxruntime sessions, camera) p50 {fmt(h['reference_chain_ms']['p50'])} ms"]
     rows = []
     for cond, c in h["conditions"].items():
-        for name in [k for k in ("echo", "node", "node_plain", "node_single", "baseline") if k in c]:
+        for name in [k for k in ("echo", "node", "node_plain", "node_single", "node_plain_2", "node_2", "baseline")
+                     if k in c]:
             r = c[name]
             e = r["e2e_ms"] or {}
             e8 = c.get(f"{name}_8_agents") or {}
