@@ -647,3 +647,21 @@ def test_hard_bundle_does_not_fuse_empty_scenes_of_the_lidar(tmp_path):
         assert all(0.0 <= x["accuracy"] <= 1.0 and abs(x["accuracy"] * 40 - round(x["accuracy"] * 40)) < 1e-9
                    for x in r)
     assert rows["lidar"][0]["accuracy"] >= 0.6  # exact positions: the shape reads as in training
+
+
+def test_peer_slot_precision_is_capped_at_the_current_forgetting_factor(calibrated):
+    """A peer's accumulated slot precision is capped at the calibrated β-VAE precision × 1 / (1 − λ); the cap follows
+    a forgetting factor changed at runtime (it is computed once per λ)."""
+    from dataclasses import replace
+
+    from m2vae_fusion.core.fusion import Belief, Slot
+
+    eng = FusionEngine(calibrated)
+    d = calibrated.feature_dim
+    pm = np.asarray(calibrated.manifest["novelty"]["modalities"]["lidar"]["precision_max"], np.float32)
+    peer = Belief("t", np.zeros(calibrated.latent_dim, np.float32), np.zeros(calibrated.latent_dim, np.float32),
+                  {"lidar": Slot(1.0, "p", np.zeros(d, np.float32), np.full(d, 1e30, np.float32))}, 0.0)
+    for lam in (0.99, 0.9, 0.99):
+        eng.accumulation = replace(eng.accumulation, forgetting=lam)
+        got = eng._checked_peer_slots(peer).slots["lidar"].precision
+        np.testing.assert_allclose(got, pm / (1 - lam), rtol=1e-5)

@@ -821,34 +821,40 @@ class FusionEngine:
         their precision capped at ``max_precision``: a slot that fails loses its feature (it is then known through
         the peer's latent only, FUSION 2019 Eq. 18)."""
         slots = {}
+        caps, n_classes, ev_cap = self.max_precision, len(self.bundle.class_names or ()), self.evidence_cap()
         for m, sl in peer.slots.items():
+            changes = {}
             if sl.feature is not None:
                 try:
                     f = _check_vector(f"peer {m} slot feature", sl.feature, self.bundle.feature_dim)
                     p = _check_vector(f"peer {m} slot precision", sl.precision, self.bundle.feature_dim)
                     if not (p > 0).all():
                         raise FusionError("precision not positive", DropReason.MISMATCH)
-                    cap = self.max_precision.get(m)
-                    sl = replace(sl, feature=f, precision=p if cap is None else np.minimum(p, cap), history=(),
-                                 pending=())
+                    cap = caps.get(m)
+                    changes = {"feature": f, "precision": p if cap is None else np.minimum(p, cap)}
                 except FusionError:
-                    sl = replace(sl, feature=None, precision=None, history=(), pending=())
+                    changes = {"feature": None, "precision": None}
+                changes.update(history=(), pending=())
             if sl.class_evidence is not None:
                 ev = np.asarray(sl.class_evidence, np.float64).reshape(-1)
-                if ev.size != len(self.bundle.class_names or ()) or not np.isfinite(ev).all():
-                    sl = replace(sl, class_evidence=None)
+                if ev.size != n_classes or not np.isfinite(ev).all():
+                    changes["class_evidence"] = None
                 else:  # relative to its best class, at most what a slot can accumulate (a peer cannot shout)
-                    sl = replace(sl, class_evidence=np.maximum(ev - ev.max(), -self.evidence_cap()).astype(np.float32))
-            slots[m] = sl
+                    changes["class_evidence"] = np.maximum(ev - ev.max(), -ev_cap).astype(np.float32)
+            slots[m] = replace(sl, **changes) if changes else sl
         return Belief(peer.target_id, peer.mean, peer.log_variance, slots, peer.updated)
 
     @property
     def max_precision(self) -> dict:
         """modality → float32 (D*,) the highest accumulated precision a slot may hold: the calibration's highest
         β-VAE posterior precision (manifest ``novelty.modalities.<m>.precision_max``) times ``1 / (1 − λ)``, the
-        weight a constant stream of such observations settles at (absent without calibration: no cap)."""
-        out = {}
+        weight a constant stream of such observations settles at (absent without calibration: no cap). Computed once
+        per forgetting factor (it is read for every slot of every peer latent)."""
         lam = self.accumulation.forgetting
+        cached = getattr(self, "_max_precision", None)
+        if cached is not None and cached[0] == lam:
+            return cached[1]
+        out = {}
         for m in self.order:
             try:
                 pm = np.asarray(self.bundle.manifest["novelty"]["modalities"][m]["precision_max"], np.float32)
@@ -856,6 +862,7 @@ class FusionEngine:
                 continue
             if pm.shape == (self.bundle.feature_dim,) and np.isfinite(pm).all():
                 out[m] = pm / max(1.0 - lam, 1e-3)
+        self._max_precision = (lam, out)
         return out
 
     def reencode(self, belief: Belief) -> Belief:
