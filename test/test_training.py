@@ -194,7 +194,7 @@ def test_default_config_file_matches_builtin_defaults():
     ("m2vae:\n  lr: 0\n", "m2vae.lr"),
     ("head:\n  epochs: 2.5\n", "head.epochs"),
     ("betavae:\n  beta_norm: {camera: -0.1, lidar: 0.01, reflectance: 0.01}\n", "betavae.beta_norm.camera"),
-    ("betavae:\n  beta_norm: {camera: 0.01, lidar: 0.01}\n", "betavae.beta_norm"),
+    ("betavae:\n  beta_norm: {camera: 0.01, radar: 0.01}\n", "betavae.beta_norm.radar"),
 ])
 def test_bad_config_names_the_key(tmp_path, capsys, text, key):
     p = tmp_path / "bad.yaml"
@@ -217,11 +217,27 @@ def test_per_modality_beta_norm(tmp_path):
 
 def test_set_one_modalitys_epochs_keeps_the_others():
     """``--set betavae.epochs.camera=4`` (the README's recipe for the easy-world bundles) changes the camera's epochs
-    only; a per-modality mapping that replaces a single number must still name every modality."""
+    only; after a single number for every modality, one modality's value changes that modality only."""
     c = cfgmod.load_config(None, ["betavae.epochs.camera=4"])
     assert c["betavae"]["epochs"] == dict(cfgmod.DEFAULTS["betavae"]["epochs"], camera=4)
-    with pytest.raises(UserError, match="betavae.beta_norm"):
-        cfgmod.load_config(None, ["betavae.beta_norm.camera=0.1"])
+    # one number, then one modality's: the others keep the number
+    c = cfgmod.load_config(None, ["betavae.epochs=5", "betavae.epochs.camera=4"])
+    assert c["betavae"]["epochs"] == {"camera": 4, "lidar": 5, "reflectance": 5}
+
+
+def test_default_beta_norm_is_per_modality_and_the_easy_recipe_restores_one_number():
+    """The default β_norm is smaller for the LiDAR and the reflectance than for the camera (their attributes are
+    small signals: README "Unsupervised β-VAEs that keep the attribute"); one modality's value can be set alone, and
+    the easy-world recipe's ``--set betavae.beta_norm=0.01`` gives every modality 0.01 again."""
+    d = cfgmod.load_config(None)
+    b = {m: cfgmod.beta_norm_for(d, m) for m in ("camera", "lidar", "reflectance")}
+    assert b["lidar"] < b["camera"] and b["reflectance"] < b["camera"]
+    one = cfgmod.load_config(None, ["betavae.beta_norm.lidar=0.01"])
+    assert [cfgmod.beta_norm_for(one, m) for m in b] == [b["camera"], 0.01, b["reflectance"]]
+    easy = cfgmod.load_config(None, ["betavae.beta_norm=0.01", "betavae.epochs.camera=4",
+                                     "betavae.epochs.reflectance=20"])
+    assert [cfgmod.beta_norm_for(easy, m) for m in b] == [0.01] * 3
+    assert easy["betavae"]["epochs"] == {"camera": 4, "lidar": 120, "reflectance": 20}
 
 
 def test_bad_set_override_and_missing_config(tmp_path, capsys):

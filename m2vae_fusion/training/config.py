@@ -26,11 +26,13 @@ DEFAULTS: Dict[str, Any] = {
     # line of sight (uniform, one seeded draw per sample), so crops do not need a perfect tracker (0: exact positions)
     "position_jitter": 0.0,
     "betavae": {
-        "beta_norm": 0.01,
+        # per modality (README "Unsupervised β-VAEs that keep the attribute"): the LiDAR's few-mm depth profile and
+        # the reflectance's intensity steps are smaller than what β = 0.01·D_x/D_z lets a latent dimension encode
+        "beta_norm": {"camera": 0.01, "lidar": 0.0001, "reflectance": 0.001},
         "aux_weight": 0.0,
         "standardize": True,
         "warmup_epochs": 2,
-        "epochs": {"camera": 30, "lidar": 120, "reflectance": 20},
+        "epochs": {"camera": 60, "lidar": 120, "reflectance": 100},
         "min_steps": 500,
         "batch_size": 128,
         "lr": 1.0e-3,
@@ -182,10 +184,15 @@ def validate(cfg: Mapping, partial: bool = False) -> Dict[str, Any]:
 
 
 def _merge(base: Dict, upd: Mapping) -> Dict:
+    """``upd`` over ``base``, recursively. A per-modality mapping over one number (``--set betavae.beta_norm=0.01
+    --set betavae.beta_norm.camera=0.1``) keeps the number for the modalities the mapping does not name."""
     res = copy.deepcopy(base)
     for k, v in upd.items():
-        if isinstance(v, Mapping) and isinstance(res.get(k), dict):
-            res[k] = _merge(res[k], v)
+        old = res.get(k)
+        if isinstance(v, Mapping) and isinstance(old, (int, float)) and not isinstance(old, bool):
+            res[k] = _merge({m: old for m in MODALITIES}, v)
+        elif isinstance(v, Mapping) and isinstance(old, dict):
+            res[k] = _merge(old, v)
         else:
             res[k] = copy.deepcopy(v)
     return res
