@@ -399,8 +399,10 @@ def test_honest_long_run_never_refused(name, steps):
             assert np.isfinite(p).all() and abs(float(p.sum()) - 1) < 1e-3
             outside = np.maximum(lb.mean_min - bel.mean, bel.mean - lb.mean_max) / width
             excursion = max(excursion, float(outside.max()))
-    # the beliefs hold evidence of both agents (and, in the easy world, classify the object)
-    assert set(beliefs["a"].contributors) == {"a", "b"}
+    # the beliefs hold evidence of both agents (and, in the easy world, classify the object); the slots' newest
+    # contributions can all be one agent's at the last step, what the slots hold is both agents' evidence
+    for a in ("a", "b"):
+        assert {agent for s in beliefs[a].slots.values() for agent, _ in s.evidence} == {"a", "b"}
     if easy:
         assert int(np.argmax(engines["a"].classify(beliefs["a"]))) == 5
     print(f"largest excursion beyond the training range: {excursion:.3f} of the accepted width")
