@@ -249,7 +249,34 @@ def object_groups(object_id: np.ndarray) -> list:
 
 
 def _sample(mean: np.ndarray, logvar: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return (mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape)).astype(np.float32)
+    """``z = μ + σ·ε``; a row whose log-variance overflows gives non-finite values (a diverged chain, not a warning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape)).astype(np.float32)
+
+
+def _fuse_rows(eng, zin, have, modality, feats):
+    """:meth:`FusionEngine.fuse_batch` on a batch; when it refuses the batch (non-finite or out-of-range outputs),
+    row by row. Returns ``(mean, log_variance, ok)``: rows not ``ok`` are NaN."""
+    from m2vae_fusion.core.fusion import FusionError
+
+    try:
+        mu, lv = eng.fuse_batch(zin, have, modality, feats)
+        return mu, lv, np.ones(len(feats), bool)
+    except FusionError:
+        pass
+    mus, lvs, ok = [], [], []
+    for i in range(len(feats)):
+        try:
+            m1, l1 = eng.fuse_batch(None if zin is None else zin[i:i + 1], have, modality, feats[i:i + 1])
+            mus.append(m1[0]), lvs.append(l1[0]), ok.append(True)
+        except FusionError:
+            mus.append(None), lvs.append(None), ok.append(False)
+    dz = next((m.shape[0] for m in mus if m is not None), None)
+    if dz is None:
+        dz = int(getattr(eng.bundle, "latent_dim"))
+    nan = np.full(dz, np.nan, np.float32)
+    return (np.stack([nan if m is None else m for m in mus]), np.stack([nan if v is None else v for v in lvs]),
+            np.asarray(ok))
 
 
 def chain_schedule(k_steps: int, modalities: Sequence[str], mode: str, rng: np.random.Generator) -> list:
@@ -280,9 +307,14 @@ def chain_accuracy(bundle, feats: Mapping[str, np.ndarray], labels: np.ndarray, 
     ``direct`` scores the same final evidence (the last observation of each sensor) encoded at once by the
     all-modality subset encoder (its mean): ``gap = in_place − direct``.
 
+    A chain whose carried belief stops being finite or in range (the decoder or subset encoder gives non-finite or
+    out-of-bounds values, or a sampled z overflows) has *diverged*: it stops there, counts as wrong and is counted
+    in ``diverged``.
+
     Returns:
-        ``{"in_place": acc, "direct": acc, "gap": in_place − direct, "objects": n, "z_step_median": [...]}``
-        (``z_step_median``: median ‖z_k − z_{k−1}‖ of the posterior means per step, the chain's drift).
+        ``{"in_place": acc, "direct": acc, "gap": in_place − direct, "objects": n, "diverged": n,
+        "z_step_median": [...]}`` (``z_step_median``: median ‖z_k − z_{k−1}‖ of the posterior means per step over
+        the chains that have not diverged, the chain's drift).
     """
     from m2vae_fusion.core.fusion import FusionEngine
 
@@ -298,6 +330,7 @@ def chain_accuracy(bundle, feats: Mapping[str, np.ndarray], labels: np.ndarray, 
     z = None
     mean_prev = None
     steps_med = []
+    diverged = np.zeros(n_obj, bool)
     for k in range(k_steps):
         views = np.empty(n_obj, np.int64)
         for o, g in enumerate(groups):
@@ -308,34 +341,43 @@ def chain_accuracy(bundle, feats: Mapping[str, np.ndarray], labels: np.ndarray, 
         new_lv = np.empty_like(new_mean) if dz else None
         keys = {}
         for o in range(n_obj):
-            keys.setdefault((have[o], sched[o][k]), []).append(o)
+            if not diverged[o]:
+                keys.setdefault((have[o], sched[o][k]), []).append(o)
         for (h, m), idx in keys.items():
             idx = np.asarray(idx)
             zin = z[idx] if (z is not None and h) else None
-            mu, lv = eng.fuse_batch(zin, h, m, feats[m][views[idx]])
+            mu, lv, ok = _fuse_rows(eng, zin, h, m, feats[m][views[idx]])
             if new_mean is None:
                 dz = mu.shape[1]
                 new_mean, new_lv = np.empty((n_obj, dz), np.float32), np.empty((n_obj, dz), np.float32)
             new_mean[idx], new_lv[idx] = mu, lv
+            diverged[idx[~ok]] = True
+        new_mean[diverged], new_lv[diverged] = np.nan, np.nan
         for o in range(n_obj):
             m = sched[o][k]
             final_obs[m][o] = views[o]
             if m not in have[o]:
                 have[o] = tuple(x for x in mods if x in have[o] or x == m)
         z = _sample(new_mean, new_lv, rng) if sampled else new_mean
+        diverged |= ~np.all(np.isfinite(z), axis=1)
         if mean_prev is not None:
-            steps_med.append(float(np.median(np.linalg.norm(new_mean - mean_prev, axis=1))))
+            live = ~diverged
+            steps_med.append(float(np.median(np.linalg.norm(new_mean[live] - mean_prev[live], axis=1)))
+                             if live.any() else float("nan"))
         mean_prev = new_mean
     truth = np.asarray([labels[g[0]] for g in groups])
-    p = bundle.classify(mean_prev)
-    acc = float(np.mean(np.argmax(p, 1) == truth))
+    right = np.zeros(n_obj, bool)
+    if (~diverged).any():
+        right[~diverged] = np.argmax(bundle.classify(mean_prev[~diverged]), 1) == truth[~diverged]
+    acc = float(np.mean(right))
     # direct encoding of the same final evidence (objects whose chain saw every sensor)
     full = np.all([final_obs[m] >= 0 for m in mods], axis=0)
     mu, _ = bundle.encode_subset({m: feats[m][final_obs[m][full]] for m in mods})
     direct = float(np.mean(np.argmax(bundle.classify(mu), 1) == truth[full])) if full.any() else float("nan")
-    inplace_full = float(np.mean((np.argmax(p, 1) == truth)[full])) if full.any() else float("nan")
+    inplace_full = float(np.mean(right[full])) if full.any() else float("nan")
     return {"in_place": acc, "direct": direct, "gap": inplace_full - direct, "objects": int(n_obj),
-            "objects_with_every_sensor": int(full.sum()), "z_step_median": steps_med}
+            "objects_with_every_sensor": int(full.sum()), "diverged": int(diverged.sum()),
+            "z_step_median": steps_med}
 
 
 def information_measures(bundle, ftr: Mapping[str, np.ndarray], ytr: np.ndarray, fte: Mapping[str, np.ndarray],
@@ -451,7 +493,8 @@ def format_table_v2(res: Mapping) -> str:
                  f"{r['views_per_object']:.1f} views each")
         for name, label in (("chains", "sampled"), ("chains_mean", "means")):
             for mode in ("random", "one_keeps"):
-                cells = "  ".join(f"K={k}: {v['in_place']:.3f} (direct {v['direct']:.3f}, gap {v['gap']:+.3f})"
+                cells = "  ".join(f"K={k}: {v['in_place']:.3f} (direct {v['direct']:.3f}, gap {v['gap']:+.3f}"
+                                  + (f", {v['diverged']} diverged" if v.get("diverged") else "") + ")"
                                   for k, v in r[name][mode].items())
                 L.append(f"  in-place {label:<7} {mode:<9} {cells}")
         pst = r.get("per_sensor_extratrees") or {}
