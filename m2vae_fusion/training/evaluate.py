@@ -271,10 +271,7 @@ def _fuse_rows(eng, zin, have, modality, feats):
             mus.append(m1[0]), lvs.append(l1[0]), ok.append(True)
         except FusionError:
             mus.append(None), lvs.append(None), ok.append(False)
-    dz = next((m.shape[0] for m in mus if m is not None), None)
-    if dz is None:
-        dz = int(getattr(eng.bundle, "latent_dim"))
-    nan = np.full(dz, np.nan, np.float32)
+    nan = np.full(int(eng.bundle.latent_dim), np.nan, np.float32)
     return (np.stack([nan if m is None else m for m in mus]), np.stack([nan if v is None else v for v in lvs]),
             np.asarray(ok))
 
