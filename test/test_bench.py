@@ -55,6 +55,33 @@ def test_helpers():
     assert extrapolate([5.0, 2.0, 2.0], 10) == pytest.approx(5.0 + 9 * 2.0)
 
 
+def test_camera_e2e_from_latent_stamps():
+    """The headline's probe keeps LatentStamps, not messages (its GC stalled it otherwise): the camera end-to-end
+    counts the first latent per stamp whose newest slot is the agent's own camera observation, within the window."""
+    import threading
+    import types
+
+    from builtin_interfaces.msg import Time
+    from m2vae_fusion_msgs.msg import LatentEmbedding
+
+    msg = LatentEmbedding(modalities=["camera", "lidar"], modality_sources=["a", "b"],
+                          modality_stamps=[Time(sec=10, nanosec=500), Time(sec=9)])
+    msg.header.stamp = Time(sec=10, nanosec=500)
+    rec = rt.latent_stamps(msg)
+    assert rec == (10_000_000_500, ("camera", "lidar"), (10_000_000_500, 9_000_000_000), ("a", "b"))
+    ns = rec.stamp_ns
+    lidar_newest = rec._replace(stamp_ns=ns + 10**8, modality_stamps_ns=(ns, ns + 10**8))
+    relayed = rec._replace(stamp_ns=ns + 2 * 10**8, modality_stamps_ns=(ns + 2 * 10**8, 0),
+                           modality_sources=("b", "a"))
+    probe = types.SimpleNamespace(cv=threading.Condition(), received={"/a/latent": [
+        (1.002, rec), (1.003, rec),  # the same stamp twice: the first counts
+        (1.2, lidar_newest), (1.3, relayed), (2.0, rec._replace(stamp_ns=ns + 5 * 10**9))]})  # out of the window
+    # t_recv + off − stamp: the probe's monotonic clock is offset to wall time by off
+    out = rt._camera_e2e(probe, ["a"], 10.0 - 1.0, 10.0, 11.0)
+    assert out == pytest.approx([1.002 + 9.0 - ns * 1e-9])
+    assert rt._e2e(probe, "/a/latent", 9.0, 10.0, 11.0)[0][0] == pytest.approx(ns * 1e-9)
+
+
 def test_runtime_bad_arguments_exit_2(capsys):
     assert rt.main(["--quick", "--rates", "0,x"]) == 2
     assert "--rates" in capsys.readouterr().err

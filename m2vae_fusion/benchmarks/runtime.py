@@ -44,6 +44,7 @@ import signal
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 from m2vae_fusion.benchmarks.common import (OtherLoad, fmt, isolate_dds, load_average, machine_info, ratio, stats_ms,
                                             table, target, targets_table)
@@ -266,15 +267,33 @@ def _delta(a: dict, b: dict, key: str):
     return (b.get(key, 0) or 0) - (a.get(key, 0) or 0)
 
 
+class LatentStamps(NamedTuple):
+    """What the probe keeps of a LatentEmbedding it times (:meth:`Probe.subscribe` ``keep``): the header stamp and the
+    slots' modalities, stamps (int ns) and sources."""
+    stamp_ns: int
+    modalities: tuple
+    modality_stamps_ns: tuple
+    modality_sources: tuple
+
+
+def latent_stamps(msg) -> LatentStamps:
+    """:class:`LatentStamps` of a LatentEmbedding (recorded instead of the message: see :meth:`Probe.subscribe`)."""
+    from m2vae_fusion.core import messages as conv
+
+    return LatentStamps(conv.stamp_to_ns(msg.header.stamp), tuple(msg.modalities),
+                        tuple(conv.stamp_to_ns(x) for x in msg.modality_stamps), tuple(msg.modality_sources))
+
+
 def _e2e(probe, topic: str, off: float, t_from: float, t_to: float) -> list:
-    """(stamp s, end-to-end s) of the latents on ``topic`` whose evidence is stamped in [t_from, t_to) (wall s)."""
+    """(stamp s, end-to-end s) of the latents on ``topic`` whose evidence is stamped in [t_from, t_to) (wall s); the
+    probe recorded either the messages or their :class:`LatentStamps`."""
     from m2vae_fusion.core import messages as conv
 
     with probe.cv:
         items = list(probe.received[topic])
     out = []
     for t_recv, msg in items:
-        s = conv.stamp_to_ns(msg.header.stamp) * 1e-9
+        s = (msg.stamp_ns if isinstance(msg, LatentStamps) else conv.stamp_to_ns(msg.header.stamp)) * 1e-9
         if t_from <= s < t_to:
             out.append((s, t_recv + off - s))
     return sorted(out)
@@ -417,7 +436,7 @@ def section_rate(b: Bench) -> dict:
     node = b.rate_node or b.node(ns, **rate_node_params(args))
     b.rate_node = None
     b.wait_nodes({ns: node})
-    b.probe.subscribe(f"/{ns}/latent", LatentEmbedding)
+    b.probe.subscribe(f"/{ns}/latent", LatentEmbedding, keep=latent_stamps)
     warm = {"name": "warmup", "duration": 1.0, "streams": [
         {"ns": ns, "kind": "camera_320x240", "rate": 5.0}, {"ns": ns, "kind": "camera_640x480", "rate": 5.0},
         {"ns": ns, "kind": "lidar", "rate": 5.0}, {"ns": ns, "kind": "reflectance", "rate": 5.0}]}
@@ -638,26 +657,24 @@ def _end(procs) -> None:
 
 def _camera_e2e(probe, agents, off: float, t_from: float, t_to: float) -> list:
     """End-to-end seconds (feeder publish → latent received here) of camera observations stamped in [t_from, t_to):
-    the first latent per (agent, stamp) whose newest slot is the agent's own camera observation."""
-    from m2vae_fusion.core import messages as conv
-
+    the first latent per (agent, stamp) whose newest slot is the agent's own camera observation (the probe recorded
+    :class:`LatentStamps`)."""
     out = []
     for a in agents:
         with probe.cv:
             items = list(probe.received[f"/{a}/latent"])
         seen = set()
-        for t_recv, msg in items:
-            ns = conv.stamp_to_ns(msg.header.stamp)
+        for t_recv, rec in items:
+            ns = rec.stamp_ns
             s = ns * 1e-9
             if ns in seen or not (t_from <= s < t_to):
                 continue
             seen.add(ns)
-            stamps = [conv.stamp_to_ns(x) for x in msg.modality_stamps]
-            if "camera" not in msg.modalities:
+            if "camera" not in rec.modalities:
                 continue
-            i = list(msg.modalities).index("camera")
-            src = msg.modality_sources[i] if len(msg.modality_sources) > i else a
-            if stamps[i] == ns and src == a:
+            i = rec.modalities.index("camera")
+            src = rec.modality_sources[i] if len(rec.modality_sources) > i else a
+            if rec.modality_stamps_ns[i] == ns and src == a:
                 out.append(t_recv + off - s)
     return out
 
@@ -674,7 +691,7 @@ def _scenario(b: "Bench", kind: str, tag: str, seconds: float, env: dict | None 
     rates = {"camera": args.camera_rate, "lidar": args.lidar_rate, "reflectance": args.reflectance_rate}
     kinds = {"camera": "camera_320x240", "lidar": "lidar", "reflectance": "reflectance"}
     for a in agents:
-        b.probe.subscribe(f"/{a}/latent", LatentEmbedding)
+        b.probe.subscribe(f"/{a}/latent", LatentEmbedding, keep=latent_stamps)
         b.probe.clear(f"/{a}/latent")
     if kind == "echo":
         procs = {a: b.child(f"{tag}_echo_{a}", {"role": "echo", "name": f"echo_{a}", "agents": [a]}) for a in agents}
