@@ -589,6 +589,15 @@ def test_mixture_statistic_and_novelty_block_versions(calibrated):
     s = two.statistic(np.array([[-4.0, 0.0], [4.0, 0.0], [0.0, 0.0]]))
     assert s[0] == pytest.approx(s[1]) and s[2] > s[0] + 10 and (s >= 0).all()
     assert Mixture(**one.to_json()).statistic(f) == pytest.approx(one.statistic(f))
+    # K components with full precisions: the stacked Cholesky form equals the definition
+    a = rng.normal(size=(3, 4, 4))
+    precs, means, w = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(4), rng.normal(size=(3, 4)), np.array([0.2, 0.3, 0.5])
+    g = rng.normal(size=(6, 4)) * 2
+    c3 = g[:, None] - means[None]
+    logdet = np.linalg.slogdet(precs)[1]
+    e = np.log(w) + 0.5 * (logdet - logdet.max()) - 0.5 * np.einsum("nkd,kde,nke->nk", c3, precs, c3)
+    want = -2.0 * np.log(np.exp(e).sum(axis=1))
+    np.testing.assert_allclose(Mixture(w, means, precs).statistic(g), np.maximum(want, 0.0), rtol=1e-9, atol=1e-9)
     for bad in (dict(weights=[0.5], means=[[0, 0]], precisions=[np.eye(2)]),          # weights do not sum to 1
                 dict(weights=[1.0], means=[[0, 0]], precisions=[-np.eye(2)]),         # not positive definite
                 dict(weights=[1.0], means=[[0, 0, 0]], precisions=[np.eye(2)])):      # shapes

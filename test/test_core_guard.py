@@ -278,7 +278,11 @@ def test_merge_reencode_out_of_range_refused(tmp_path, raw):
 
 def test_probabilities_validated(tmp_path, raw):
     check_probabilities("ok", np.array([[0.25, 0.75]], np.float32))
+    check_probabilities("empty", np.zeros((0, 3), np.float32))
     for bad, reason in (([[np.nan, 1.0]], DropReason.NON_FINITE), ([[0.5, 0.6]], DropReason.INVALID_OUTPUT),
+                        ([[np.inf, 0.0]], DropReason.NON_FINITE),
+                        ([[0.5, 0.5], [np.nan, np.nan]], DropReason.NON_FINITE),
+                        ([[0.5, 0.5], [0.0, -np.inf]], DropReason.NON_FINITE),
                         ([[1.5, -0.5]], DropReason.INVALID_OUTPUT),
                         ([[0.5, 0.5 - 2 * PROBABILITY_TOL]], DropReason.INVALID_OUTPUT)):
         with pytest.raises(FusionError) as info:

@@ -124,13 +124,18 @@ class Mixture:
         self.precisions = prec
         #: log w_k + log c_k
         self.log_scale = np.log(w) + 0.5 * (logdet - logdet.max())
+        # P_k = L_k L_kᵀ (Cholesky): (f − m_k)ᵀ P_k (f − m_k) = ‖L_kᵀ f − L_kᵀ m_k‖², all K by one matmul
+        chol = np.linalg.cholesky(prec)                                       # (K, D, D)
+        d = mu.shape[1]
+        self._factors = np.ascontiguousarray(np.transpose(chol, (1, 0, 2)).reshape(d, k * d))    # (D, K·D)
+        self._offsets = np.einsum("kd,kde->ke", mu, chol).reshape(-1)                           # (K·D,)
 
     def statistic(self, features) -> np.ndarray:
         """The mixture statistic float64 (N,) (≥ 0) of encoder means float (N, D*)."""
         f = np.asarray(features, np.float64)
-        c = f[:, None, :] - self.means[None]                                   # (N, K, D)
-        d2 = np.einsum("nkd,kde,nke->nk", c, self.precisions, c)
-        a = self.log_scale[None] - 0.5 * d2
+        y = f @ self._factors - self._offsets                                  # (N, K·D): L_kᵀ (f − m_k)
+        d2 = np.square(y).reshape(len(f), self.log_scale.size, -1).sum(axis=2)  # (N, K)
+        a = self.log_scale - 0.5 * d2
         top = a.max(axis=1)
         return np.maximum(-2.0 * (top + np.log(np.exp(a - top[:, None]).sum(axis=1))), 0.0)
 
@@ -241,6 +246,10 @@ class Novelty:
                     if e["mixture"].means.shape[1] != d:
                         raise NoveltyError(f"{where}: novelty.modalities.{m}.mixture: means of dimension "
                                            f"{e['mixture'].means.shape[1]}, feature_mean of {d}")
+                # (median, 1 / (high − median), 1 / (median − low)) per statistic, as (S, 1) columns for score()
+                iv = np.array([e[name] for name in self.statistics], np.float64)
+                e["interval"] = (iv[:, 1:2], 1.0 / np.maximum(iv[:, 2:3] - iv[:, 1:2], 1e-9),
+                                 1.0 / np.maximum(iv[:, 1:2] - iv[:, 0:1], 1e-9))
                 self.entries[str(m)] = e
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, NoveltyError):
@@ -279,15 +288,11 @@ class Novelty:
         e = self.entries.get(modality)
         if e is None:
             return None
-        worst = None
-        for name in self.statistics:
-            lo, med, hi = e[name]
-            u = _log(stats[name])
-            up = (u - med) / max(hi - med, 1e-9)
-            down = (med - u) / max(med - lo, 1e-9)
-            s = np.where(np.isnan(u), np.inf, np.maximum(np.maximum(up, down), 0.0))
-            worst = s if worst is None else np.maximum(worst, s)
-        return worst
+        med, up_scale, down_scale = e["interval"]                                  # (S, 1) each
+        u = _log(np.stack([np.asarray(stats[name], np.float64).reshape(-1) for name in self.statistics]))
+        s = np.maximum(np.maximum((u - med) * up_scale, (med - u) * down_scale), 0.0)       # (S, N)
+        s[np.isnan(u)] = np.inf
+        return s.max(axis=0)
 
 
 def make_block(entries: Mapping[str, Mapping], *, tail: float, threshold: float = DEFAULT_THRESHOLD,
