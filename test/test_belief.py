@@ -598,6 +598,14 @@ def test_mixture_statistic_and_novelty_block_versions(calibrated):
     e = np.log(w) + 0.5 * (logdet - logdet.max()) - 0.5 * np.einsum("nkd,kde,nke->nk", c3, precs, c3)
     want = -2.0 * np.log(np.exp(e).sum(axis=1))
     np.testing.assert_allclose(Mixture(w, means, precs).statistic(g), np.maximum(want, 0.0), rtol=1e-9, atol=1e-9)
+    # one observation (the node's float path) scores exactly as in a batch, NaN → inf, 0 / negative / inf included
+    nov = calibrated.novelty
+    st = {"kl": np.array([0.3, 0.0, -1.0, np.inf, np.nan, 1e300, 40.0]),
+          "feature_mixture": np.array([2.0, np.nan, 0.0, 5.0, np.inf, 1e-300, 0.5])}
+    batch = nov.score("lidar", st)
+    one = [nov.score("lidar", {k: v[i:i + 1] for k, v in st.items()}) for i in range(7)]
+    assert all(o.shape == (1,) for o in one) and np.array_equal(batch, np.concatenate(one))
+    assert np.isinf(batch[1]) and np.isinf(batch[4]) and np.isfinite(batch[0])
     for bad in (dict(weights=[0.5], means=[[0, 0]], precisions=[np.eye(2)]),          # weights do not sum to 1
                 dict(weights=[1.0], means=[[0, 0]], precisions=[-np.eye(2)]),         # not positive definite
                 dict(weights=[1.0], means=[[0, 0, 0]], precisions=[np.eye(2)])):      # shapes

@@ -26,6 +26,7 @@ A bundle without a ``novelty`` block (or without an entry for a modality) gives 
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Mapping
 
@@ -155,6 +156,14 @@ def fit_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _log(s) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.log(np.maximum(np.asarray(s, np.float64), 0.0) + EPS)
+
+
+def _score_one(s: float, med: float, up_scale: float, down_scale: float) -> float:
+    """One statistic's score of one observation (see :meth:`Novelty.score`): inf for NaN."""
+    if s != s:
+        return math.inf
+    u = math.log(max(s, 0.0) + EPS) if s < math.inf else math.inf
+    return max((u - med) * up_scale, (med - u) * down_scale, 0.0)
 
 
 def calibrate(stats: Mapping[str, np.ndarray], tail: float = DEFAULT_TAIL,
@@ -289,7 +298,11 @@ class Novelty:
         if e is None:
             return None
         med, up_scale, down_scale = e["interval"]                                  # (S, 1) each
-        u = _log(np.stack([np.asarray(stats[name], np.float64).reshape(-1) for name in self.statistics]))
+        cols = [np.asarray(stats[name], np.float64).reshape(-1) for name in self.statistics]
+        if cols[0].size == 1:  # one observation (the node's case): the same arithmetic on floats, no temporaries
+            return np.array([max(_score_one(float(c[0]), med[i, 0], up_scale[i, 0], down_scale[i, 0])
+                                 for i, c in enumerate(cols))])
+        u = _log(np.stack(cols))
         s = np.maximum(np.maximum((u - med) * up_scale, (med - u) * down_scale), 0.0)       # (S, N)
         s[np.isnan(u)] = np.inf
         return s.max(axis=0)
