@@ -11,18 +11,19 @@ import subprocess
 
 class LoggedProcess:
     """``cmd`` started in a new session (so a signal to its process group reaches its children too), with
-    ``PYTHONFAULTHANDLER=1`` and ``env`` added to the environment; stdout + stderr go to ``log_path``.
+    ``PYTHONFAULTHANDLER=1`` and ``env`` added to the environment, in directory ``cwd`` (None: this process's);
+    stdout + stderr go to ``log_path``.
 
     Raises:
         OSError: the log file cannot be written or the command cannot be started.
     """
 
-    def __init__(self, cmd, log_path: str, env: dict | None = None):
+    def __init__(self, cmd, log_path: str, env: dict | None = None, cwd: str | None = None):
         self.log_path = log_path
         self.cmd = list(cmd)
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})})
+                                     env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}, cwd=cwd)
 
     @property
     def pid(self) -> int:

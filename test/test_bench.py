@@ -82,6 +82,26 @@ def test_camera_e2e_from_latent_stamps():
     assert rt._e2e(probe, "/a/latent", 9.0, 10.0, 11.0)[0][0] == pytest.approx(ns * 1e-9)
 
 
+def test_baseline_tree_runs_its_own_node(tmp_path):
+    """--baseline-tree: the node must come from that tree. Started from this repository's root, `python -m` put the
+    repository first on sys.path and the "baseline" silently ran this checkout's node; the bench now starts it in
+    the tree and checks where the module resolves."""
+    from m2vae_fusion.errors import UserError
+
+    tree = tmp_path / "tree"
+    (tree / "m2vae_fusion" / "ros").mkdir(parents=True)
+    for f in ("m2vae_fusion/__init__.py", "m2vae_fusion/ros/__init__.py", "m2vae_fusion/ros/fusion_node.py"):
+        (tree / f).write_text("")
+    assert rt.check_baseline_tree(str(tree)) == str(tree / "m2vae_fusion" / "ros" / "fusion_node.py")
+    package = os.path.dirname(os.path.dirname(os.path.abspath(rt.__file__)))
+    shadowed = subprocess.run([sys.executable, "-c", "import m2vae_fusion.ros.fusion_node as m; print(m.__file__)"],
+                              capture_output=True, text=True, cwd=os.path.dirname(package),
+                              env={**os.environ, "PYTHONPATH": str(tree)}).stdout.strip()
+    assert shadowed.startswith(package)  # what the old start did: the repository's node, not the tree's
+    with pytest.raises(UserError, match="no m2vae_fusion/ros/fusion_node.py"):
+        rt.check_baseline_tree(str(tmp_path))
+
+
 def test_runtime_bad_arguments_exit_2(capsys):
     assert rt.main(["--quick", "--rates", "0,x"]) == 2
     assert "--rates" in capsys.readouterr().err

@@ -176,8 +176,10 @@ class Bench:
         p = {"model_dir": self.model_dir, "agent_id": ns, "ort_threads": self.args.threads,
              "diagnostics_period": 0.25, **params}
         env = env if env is not None else self.node_env
+        # a node of another checkout (PYTHONPATH) starts in that checkout: `python -m` puts the working directory
+        # first on sys.path, and from this repository's root the child would run this checkout's node instead
         proc = NodeProcess("m2vae_fusion.ros.fusion_node", f"/{ns}", p, self.logs, env=env,
-                           name=f"{ns}_{len(self.procs)}")
+                           name=f"{ns}_{len(self.procs)}", cwd=(env or {}).get("PYTHONPATH"))
         self.procs.append(proc)
         return proc
 
@@ -282,6 +284,31 @@ def latent_stamps(msg) -> LatentStamps:
 
     return LatentStamps(conv.stamp_to_ns(msg.header.stamp), tuple(msg.modalities),
                         tuple(conv.stamp_to_ns(x) for x in msg.modality_stamps), tuple(msg.modality_sources))
+
+
+def check_baseline_tree(tree: str) -> str:
+    """The fusion node module file that ``--baseline-tree`` ``tree`` runs, checked the way :meth:`Bench.node` starts
+    it (``PYTHONPATH`` = the tree, working directory = the tree).
+
+    Raises:
+        UserError: no ``m2vae_fusion/ros/fusion_node.py`` in ``tree``, or the module resolves elsewhere (then the
+            "baseline" would be this checkout's node, and every comparison with it void).
+    """
+    import subprocess
+
+    from m2vae_fusion.errors import UserError
+
+    tree = os.path.abspath(tree)
+    want = os.path.join(tree, "m2vae_fusion", "ros", "fusion_node.py")
+    if not os.path.isfile(want):
+        raise UserError(f"--baseline-tree {tree}: no m2vae_fusion/ros/fusion_node.py there")
+    probe = ("import importlib.util; "
+             "print(importlib.util.find_spec('m2vae_fusion.ros.fusion_node').origin)")
+    got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tree, timeout=60,
+                         env={**os.environ, "PYTHONPATH": tree}).stdout.strip()
+    if os.path.realpath(got) != os.path.realpath(want):
+        raise UserError(f"--baseline-tree {tree}: its fusion node resolves to {got or 'nothing'}, not {want}")
+    return got
 
 
 def _e2e(probe, topic: str, off: float, t_from: float, t_to: float) -> list:
@@ -1116,9 +1143,8 @@ def run(args) -> int:
     for key, val in base.items():
         if getattr(args, key, None) is None:
             setattr(args, key, val)
-    if args.baseline_tree and not os.path.isfile(os.path.join(args.baseline_tree, "m2vae_fusion", "ros",
-                                                                "fusion_node.py")):
-        raise UserError(f"--baseline-tree {args.baseline_tree}: no m2vae_fusion/ros/fusion_node.py there")
+    if args.baseline_tree:
+        check_baseline_tree(args.baseline_tree)
     for key in ("samples", "repeats", "pings", "stops"):
         if getattr(args, key) <= 0:
             raise UserError(f"--{key} must be positive")

@@ -565,8 +565,7 @@ class FusionEngine:
             out = self.fuse_batch_full(z, have, modality, slot.feature[None])
         else:
             feats = self._slot_features(belief.mean, slots, what)
-            out = self._encode(feats, with_probs=True)
-            _check_outputs(what, *out)
+            out = self._encode(feats, with_probs=True)  # validated by _accept_encoding
         mean, logvar, probs = self._accept_encoding(what, *out)
         self._remember(mean[0], None if probs is None else probs[0])
         return Belief(target_id, mean[0], logvar[0], slots, self.clock())

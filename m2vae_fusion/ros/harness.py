@@ -51,22 +51,26 @@ class NodeProcess(LoggedProcess):
         name: file stem; defaults to the namespace's last part or the module's.
         extra_args: more ``--ros-args`` arguments (e.g. remappings).
         params_files: parameter files loaded before ``params`` (e.g. ``config/fusion.yaml``).
+        cwd: the child's working directory (None: this process's). ``python -m`` puts it first on ``sys.path``, so a
+            child meant to run another checkout's code (``PYTHONPATH`` in ``env``) must start there: from this
+            repository's root it would import this checkout's package instead.
     """
 
     def __init__(self, module: str, namespace: str = "", params: dict | None = None, log_dir: str = ".",
-                 name: str | None = None, extra_args=(), env: dict | None = None, params_files=()):
+                 name: str | None = None, extra_args=(), env: dict | None = None, params_files=(),
+                 cwd: str | None = None):
         self.name = name or (namespace.strip("/").replace("/", "_") or module.rsplit(".", 1)[-1])
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"{self.name}.log")
         cmd = [sys.executable, "-m", module, "--ros-args"]
         if namespace:
             cmd += ["-r", f"__ns:={namespace}"]
-        for path in params_files:  # applied first: ``params`` override them
-            cmd += ["--params-file", str(path)]
+        for path in params_files:  # applied first: ``params`` override them (absolute: the child may start elsewhere)
+            cmd += ["--params-file", os.path.abspath(str(path))]
         if params:
-            cmd += ["--params-file", write_params(os.path.join(log_dir, f"{self.name}.yaml"), params)]
+            cmd += ["--params-file", os.path.abspath(write_params(os.path.join(log_dir, f"{self.name}.yaml"), params))]
         cmd += list(extra_args)
-        super().__init__(cmd, self.log_path, env)
+        super().__init__(cmd, self.log_path, env, cwd=cwd)
 
     def wait(self, timeout: float) -> int | None:
         try:
