@@ -682,3 +682,29 @@ def test_peer_slot_precision_is_capped_at_the_current_forgetting_factor(calibrat
         eng.accumulation = replace(eng.accumulation, forgetting=lam)
         got = eng._checked_peer_slots(peer).slots["lidar"].precision
         np.testing.assert_allclose(got, pm / (1 - lam), rtol=1e-5)
+
+
+def test_observe_latency_compares_against_the_headlines_plain_agent(calibrated, data, monkeypatch):
+    """``bench belief``'s latency ratio uses the same reference as ``bench runtime``'s node_plain (PLAIN_PARAMS:
+    no accumulation, no class evidence, no novelty): the reference agent runs none of the three, the default one all."""
+    calls = {"novelty": 0, "unimodal": 0}
+    score, ulp = Agent.novelty_score, FusionEngine.unimodal_log_posterior
+
+    def counting_score(self, *a, **k):
+        out = score(self, *a, **k)
+        calls["novelty"] += out is not None
+        return out
+
+    def counting_ulp(self, *a, **k):
+        calls["unimodal"] += 1
+        return ulp(self, *a, **k)
+
+    monkeypatch.setattr(Agent, "novelty_score", counting_score)
+    monkeypatch.setattr(FusionEngine, "unimodal_log_posterior", counting_ulp)
+    res = bb.observe_latency(calibrated, data[1], rounds=12)
+    assert set(res) == set(calibrated.modalities)
+    for row in res.values():
+        assert row["with_ms"] > 0 and row["without_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["with_ms"] / row["without_ms"])
+    # 12 rounds × 3 modalities: the default agent scores and reads class evidence for each, the reference for none
+    assert calls["novelty"] == 36 and 36 <= calls["unimodal"] <= 48

@@ -15,6 +15,11 @@ from typing import Iterable, Mapping, Sequence
 
 from m2vae_fusion.files import write_json  # noqa: F401  (the benchmarks' result writer; its one definition is there)
 
+#: node parameters (also :class:`~m2vae_fusion.core.agent.AgentConfig` fields) that turn evidence accumulation, the
+#: class evidence and novelty off: the reference of issue 14's latency target (accumulation and novelty add ≤ 10 % to
+#: the per-observation latency), in ``bench runtime`` (node_plain) and ``bench belief`` (``Agent.observe``) alike
+PLAIN_PARAMS = {"forgetting_factor": 0.0, "novelty_threshold": -1.0, "class_belief": "latent"}
+
 #: ROS domain ids the benchmarks pick from (tests use 1..100, the demo 101..200).
 DOMAIN_BASE, DOMAIN_SPAN = 201, 30
 

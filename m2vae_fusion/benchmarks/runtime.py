@@ -46,8 +46,8 @@ import tempfile
 import time
 from typing import NamedTuple
 
-from m2vae_fusion.benchmarks.common import (OtherLoad, fmt, isolate_dds, load_average, machine_info, ratio, stats_ms,
-                                            table, target, targets_table)
+from m2vae_fusion.benchmarks.common import (PLAIN_PARAMS, OtherLoad, fmt, isolate_dds, load_average, machine_info,
+                                            ratio, stats_ms, table, target, targets_table)
 from m2vae_fusion.core.modalities import MODALITIES
 from m2vae_fusion.files import write_result
 
@@ -839,9 +839,6 @@ def _stops(b: "Bench", n: int) -> dict:
     return {"n": len(runs), "clean": len(ok), "exit_codes": by, "runs": runs}
 
 
-#: node parameters that turn evidence accumulation, the class evidence and novelty off: the reference of issue 14's
-#: latency target (accumulation and novelty add ≤ 10 % to the node's per-observation latency)
-PLAIN_PARAMS = {"forgetting_factor": 0.0, "novelty_threshold": -1.0, "class_belief": "latent"}
 
 
 def belief_overhead(c: dict) -> tuple:
