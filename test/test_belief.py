@@ -708,3 +708,19 @@ def test_observe_latency_compares_against_the_headlines_plain_agent(calibrated, 
         assert row["ratio"] == pytest.approx(row["with_ms"] / row["without_ms"])
     # 12 rounds × 3 modalities: the default agent scores and reads class evidence for each, the reference for none
     assert calls["novelty"] == 36 and 36 <= calls["unimodal"] <= 48
+
+
+@pytest.mark.parametrize("name", ["amiro", "amiro_sup"])
+def test_shipped_hard_bundles_are_calibrated_with_the_export_defaults(name):
+    """The shipped hard-world bundles carry the novelty calibration ``export`` writes by default (statistics and tail):
+    a change of the default without recalibrating them (or the reverse) would make the README's novelty figures
+    describe a bundle nobody ships. Their intervals are the quantiles ``tail`` / ``1 − tail`` of the calibration split:
+    the low bound below the median below the high one for every statistic and sensor."""
+    from m2vae_fusion.core import novelty
+
+    block = json.load(open(os.path.join(ROOT, "models", name, "manifest.json")))["novelty"]
+    assert block["tail"] == novelty.DEFAULT_TAIL and tuple(block["statistics"]) == novelty.DEFAULT_STATISTICS
+    assert block["version"] == novelty.BLOCK_VERSION and block["threshold"] == novelty.DEFAULT_THRESHOLD
+    for m, entry in block["modalities"].items():
+        for s in block["statistics"]:
+            assert entry[s]["low"] < entry[s]["median"] < entry[s]["high"], (m, s)
