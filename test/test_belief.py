@@ -724,3 +724,33 @@ def test_shipped_hard_bundles_are_calibrated_with_the_export_defaults(name):
     for m, entry in block["modalities"].items():
         for s in block["statistics"]:
             assert entry[s]["low"] < entry[s]["median"] < entry[s]["high"], (m, s)
+
+
+def test_camera_segmentation_and_the_target_visibility_split():
+    """``World.camera_segmentation`` names the body under each pixel of the render, and ``bench belief``'s
+    visibility split is consistent: its not-fused share is the mix of the two groups' shares."""
+    from m2vae_fusion.sim import hard
+
+    w = hard.make_world()
+    try:
+        scene = hard.HardScene(w)
+        rng = np.random.default_rng(3)
+        scene.set_object(hard.draw_object(rng), rng)
+        w.set_object_pose(scene.target, 0.0, 0.0, 0.0)
+        w.inspect(0, scene.target, 0.35, 0.0, 0.0)  # 0.35 m straight ahead: the target covers the image centre
+        seg = w.camera_segmentation(0, 64, 64)
+        assert seg.shape == (64, 64) and seg.dtype == np.int32
+        assert seg[36, 32] == scene.target and (seg == scene.target).mean() < 0.5
+        w.inspect(0, scene.target, 0.35, math.pi, 0.0)  # looking away: the target is nowhere in the image
+        assert not (w.camera_segmentation(0, 64, 64) == scene.target).any()
+    finally:
+        w.close()
+    shipped = Bundle.load(os.path.join(ROOT, "models", "amiro"))
+    vis = bb.camera_target_visibility(shipped, n=24, seed=5)
+    assert vis["views"] == 24 and all(0.0 <= vis[k] <= 1.0 for k in ("target_absent", "target_not_at_centre",
+                                                                      "occluded", "not_fused"))
+    assert vis["target_absent"] <= vis["target_not_at_centre"]
+    mixed = sum(vis[f"not_fused_target_{g}"] * share for g, share in (
+        ("at_centre", 1 - vis["target_not_at_centre"]), ("not_at_centre", vis["target_not_at_centre"])) if share > 0)
+    assert mixed == pytest.approx(vis["not_fused"])
+    assert bb.camera_target_visibility(Bundle.load(os.path.join(ROOT, "models", "amiro_easy"))) is None

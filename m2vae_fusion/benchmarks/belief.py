@@ -15,7 +15,9 @@ scored on held-out in-distribution observations and on out-of-distribution input
 Also (:func:`gate_separability`, :func:`accumulation_over_views`): how well the outlier gate's feature distance tells
 an observation of another attribute value from one of the same, and, for hard-world bundles, the 27-class accuracy
 after k views of one object per sensor for the engine's slot accumulation against a product of unimodal class
-posteriors. Observations carry their target position (hard-world bundles crop around it, as the node does).
+posteriors; and (:func:`camera_target_visibility`) the camera's in-distribution novelty figures split by whether
+the simulated camera sees the target under the crop centre. Observations carry their target position (hard-world
+bundles crop around it, as the node does).
 """
 from __future__ import annotations
 
@@ -261,6 +263,43 @@ def empty_scene_novelty(bundle, held: Mapping, n: int = 60, seed: int = 101) -> 
     return out
 
 
+def camera_target_visibility(bundle, n: int = 1000, seed: int = 202) -> dict | None:
+    """What the camera's in-distribution novelty flags: ``n`` hard-world views drawn as the data set draws them
+    (:func:`m2vae_fusion.sim.hard.camera_target_masks`, 4 views per object), split by whether the target is visible
+    (pybullet segmentation of the same render) at all and at the crop's centre (the 3x3 pixels around the target's
+    projected position, :func:`m2vae_fusion.core.preprocess.project_to_image`), each through :func:`not_fused`.
+
+    Returns:
+        ``{"views", "target_absent", "target_not_at_centre", "occluded", "not_fused", "not_fused_target_at_centre",
+        "not_fused_target_not_at_centre", "not_fused_share_without_target_at_centre"}`` (shares in [0, 1]; NaN for an
+        empty group), or None for a bundle of the easy world or without a camera.
+    """
+    if world_of(bundle).num_classes == 8 or "camera" not in bundle.modalities:
+        return None
+    from m2vae_fusion.core import preprocess as pp
+    from m2vae_fusion.sim import hard
+
+    d = hard.camera_target_masks(n, np.random.default_rng(seed), views=4)
+    mask = d["target_mask"]
+    h, w = mask.shape[1:]
+    u, v, depth = pp.project_to_image(d["target_position"], bundle.input_config("camera"), w, h)
+    centre = np.zeros(n, bool)
+    for i in range(n):
+        if depth[i] > 0 and np.isfinite(u[i]) and np.isfinite(v[i]):
+            r, c = int(math.floor(v[i])), int(math.floor(u[i]))
+            centre[i] = mask[i, max(0, r - 1):r + 2, max(0, c - 1):c + 2].any()
+    flag, _, _ = not_fused(bundle, "camera", list(d["camera"]), [tuple(p) for p in d["target_position"]])
+
+    def share(x):
+        return float(x.mean()) if x.size else float("nan")
+
+    return {"views": n, "target_absent": share(~mask.reshape(n, -1).any(axis=1)),
+            "target_not_at_centre": share(~centre), "occluded": share(d["occluded_fraction"] > 0),
+            "not_fused": share(flag), "not_fused_target_at_centre": share(flag[centre]),
+            "not_fused_target_not_at_centre": share(flag[~centre]),
+            "not_fused_share_without_target_at_centre": share(~centre[flag])}
+
+
 #: lateral / radial errors (m) of the target position for :func:`position_sensitivity`
 POSITION_ERRORS = ((0.0, 0.0), (0.003, 0.0), (-0.003, 0.0), (0.01, 0.0), (0.0, 0.01), (0.0, -0.01), (0.02, 0.0))
 
@@ -454,6 +493,9 @@ def configure(parser):
     parser.add_argument("--empty-views", type=int, default=60,
                         help="views of each kind of empty scene (floor, wall, room) for the novelty figures "
                              "(hard world; default 60)")
+    parser.add_argument("--visibility-views", type=int, default=1000,
+                        help="hard-world camera views whose target visibility (segmentation) splits the camera's "
+                             "in-distribution novelty figures (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=10, help="misread scenarios per sensor (default 10)")
     parser.add_argument("--latency-rounds", type=int, default=200,
@@ -468,8 +510,8 @@ def run(args) -> int:
     from m2vae_fusion.core.bundle import Bundle
     from m2vae_fusion.errors import UserError
     from m2vae_fusion.paths import default_bundle_path
-    if args.samples < 80 or args.repeats < 1:
-        raise UserError("--samples must be ≥ 80 and --repeats ≥ 1")
+    if args.samples < 80 or args.repeats < 1 or args.visibility_views < 1:
+        raise UserError("--samples must be ≥ 80, --repeats and --visibility-views ≥ 1")
     import shutil
     import tempfile
 
@@ -541,6 +583,16 @@ def _run(args, source, bundle, held) -> int:
               f"{args.empty_views} views each:")
         for label, row in rows.items():
             print(f"    {label:24s} {100 * row['not_fused']:5.1f} % of {row['n']}  {row['reasons']}")
+    vis = res["camera_target_visibility"] = camera_target_visibility(bundle, n=args.visibility_views,
+                                                                   seed=args.seed + 202)
+    if vis is not None:
+        print(f"camera       in-distribution views ({vis['views']}, simulated world's segmentation): target absent from "
+              f"the image {100 * vis['target_absent']:.1f} %, not under the crop centre "
+              f"{100 * vis['target_not_at_centre']:.1f} % (occluder placed: {100 * vis['occluded']:.1f} %); not fused "
+              f"{100 * vis['not_fused']:.2f} % = {100 * vis['not_fused_target_at_centre']:.2f} % of views with the "
+              f"target under the crop centre, {100 * vis['not_fused_target_not_at_centre']:.1f} % of those without; "
+              f"{100 * vis['not_fused_share_without_target_at_centre']:.0f} % of the views not fused show no target "
+              "under the crop centre")
     res["position_sensitivity"] = position_sensitivity(bundle, held)
     for m, rows in res["position_sensitivity"].items():
         print(f"{m:12s} own {ATTRIBUTE[m]} from one observation, target position off by (lateral, radial) mm: " +

@@ -399,6 +399,43 @@ def generate_samples(n: int, rng: np.random.Generator, views: int = 1, world=Non
             "object_id": lab[4]}
 
 
+def camera_target_masks(n: int, rng: np.random.Generator, views: int = 1, world=None) -> Dict[str, np.ndarray]:
+    """``n`` camera views drawn as :func:`generate_samples` draws them (``ceil(n / views)`` objects), each with the
+    pixels that show the target (pybullet's segmentation of the same 64x64 render): a check of the simulated world,
+    e.g. how often the camera does not see the target at all.
+
+    Returns:
+        ``camera`` uint8 (n, 64, 64, 3), ``target_position`` float32 (n, 3) (base frame, m), ``target_mask`` bool
+        (n, 64, 64) (True: the pixel shows the target), ``occluded_fraction`` float32 (n,) (0: no occluder placed),
+        ``label`` int64 (n,).
+
+    Raises:
+        ValueError: ``n`` or ``views`` < 1.
+    """
+    if n < 1 or views < 1:
+        raise ValueError("n and views must be >= 1")
+    own = world is None
+    w = make_world() if own else world
+    out = {"camera": [], "target_position": [], "target_mask": [], "occluded_fraction": [], "label": []}
+    try:
+        scene = HardScene(w)
+        for i in range(n):
+            if i % views == 0:
+                scene.set_object(draw_object(rng), rng)
+            smp = scene.observe(rng)
+            out["camera"].append(smp["camera"])
+            out["target_position"].append(smp["target_position"])
+            out["target_mask"].append(w.camera_segmentation(0, *TRAIN_SIZE) == scene.target)
+            out["occluded_fraction"].append(smp["scene"]["occluded_fraction"])
+            out["label"].append(scene.obj["label"])
+    finally:
+        if own:
+            w.close()
+    dtypes = {"camera": np.uint8, "target_position": np.float32, "target_mask": bool, "occluded_fraction": np.float32,
+              "label": np.int64}
+    return {k: np.asarray(v, dtypes[k]) for k, v in out.items()}
+
+
 def static_views(n: int, rng: np.random.Generator, sizes=((320, 240),), label: Optional[int] = None,
                  max_tries: int = 20, world=None) -> Dict[str, np.ndarray]:
     """``n`` observations of one object from one robot pose, as a robot standing still in front of its target

@@ -190,6 +190,19 @@ def render_camera(client: int, cfg: CameraConfig, pose, width: int, height: int,
     return np.ascontiguousarray(rgb)
 
 
+def render_segmentation(client: int, cfg: CameraConfig, pose, width: int, height: int) -> np.ndarray:
+    """Which body each pixel of the forward camera shows: int32 (height, width) pybullet body unique ids, −1 for
+    background, with the projection and pose of :func:`render_camera` (TinyRenderer's segmentation mask)."""
+    if width <= 0 or height <= 0:
+        raise ValueError("camera width and height must be positive")
+    view, proj = _camera_matrices(cfg, pose)
+    out = pb.getCameraImage(width, height, view, proj, shadow=0, renderer=pb.ER_TINY_RENDERER,
+                            physicsClientId=client)
+    seg = np.asarray(out[4], dtype=np.int64).reshape(height, width)
+    # without ER_SEGMENTATION_MASK_OBJECT_AND_LINKINDEX the mask holds the body unique id (−1: nothing)
+    return seg.astype(np.int32)
+
+
 # ---------------------------------------------------------------------------------------------------- lidar
 def _cast(client: int, origins: np.ndarray, ends: np.ndarray, mask: int = -1, normals: bool = True):
     res = pb.rayTestBatch(origins.tolist(), ends.tolist(), numThreads=1, collisionFilterMask=mask,

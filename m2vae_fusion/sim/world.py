@@ -427,6 +427,14 @@ class World:
         return _sensors.render_camera(self.client, self.camera, self._poses[agent], w, h, self.light,
                                       rng if rng is not None else self.rng, noise)
 
+    def camera_segmentation(self, agent: int, width: Optional[int] = None, height: Optional[int] = None) -> np.ndarray:
+        """Body shown by each pixel of agent ``agent``'s forward camera at the pose and projection of
+        :meth:`render_camera`: int32 (height, width) pybullet body unique ids (``self.objects`` keys), −1 for
+        background. For checks of the simulated world (is the target in view?), not a sensor."""
+        w = int(width or self.camera.width)
+        h = int(height or self.camera.height)
+        return _sensors.render_segmentation(self.client, self.camera, self._poses[agent], w, h)
+
     def lidar_scan(self, agent: int, rng: Optional[np.random.Generator] = None, noise: bool = True) -> np.ndarray:
         """Planar LiDAR scan of agent ``agent``: float32 (beams,) ranges in m, ``+inf`` when nothing is hit within
         ``range_max`` (REP 117), ordered from ``angle_min`` counter-clockwise. Noise from ``rng`` (default: world's)."""
