@@ -285,7 +285,7 @@ def camera_target_visibility(bundle, n: int = 1000, seed: int = 202) -> dict | N
     u, v, depth = pp.project_to_image(d["target_position"], bundle.input_config("camera"), w, h)
     centre = np.zeros(n, bool)
     for i in range(n):
-        if depth[i] > 0 and np.isfinite(u[i]) and np.isfinite(v[i]):
+        if depth[i] > 0 and 0 <= u[i] < w and 0 <= v[i] < h:  # else: projected outside the image
             r, c = int(math.floor(v[i])), int(math.floor(u[i]))
             centre[i] = mask[i, max(0, r - 1):r + 2, max(0, c - 1):c + 2].any()
     flag, _, _ = not_fused(bundle, "camera", list(d["camera"]), [tuple(p) for p in d["target_position"]])
