@@ -198,9 +198,8 @@ def render_segmentation(client: int, cfg: CameraConfig, pose, width: int, height
     view, proj = _camera_matrices(cfg, pose)
     out = pb.getCameraImage(width, height, view, proj, shadow=0, renderer=pb.ER_TINY_RENDERER,
                             physicsClientId=client)
-    seg = np.asarray(out[4], dtype=np.int64).reshape(height, width)
     # without ER_SEGMENTATION_MASK_OBJECT_AND_LINKINDEX the mask holds the body unique id (−1: nothing)
-    return seg.astype(np.int32)
+    return np.asarray(out[4], dtype=np.int32).reshape(height, width)
 
 
 # ---------------------------------------------------------------------------------------------------- lidar
