@@ -190,6 +190,32 @@ def test_hard_samples_views_and_determinism():
     assert hard.kelvin_rgb(2000)[2] < 0.3 and np.allclose(hard.kelvin_rgb(6500), 1.0, atol=0.03)
 
 
+def test_hard_views_keep_the_camera_clear_of_the_target():
+    """The robot is never placed so close that its rim (where the camera sits) is within ``min_clearance`` of the
+    target's bounding circle: closer, the renderer's 1 cm near plane clipped the target out of the image. The clamp
+    draws nothing, so views that did not need it are unchanged; clamped views see their target."""
+    from m2vae_fusion.sim import hard
+
+    w = hard.make_world()
+    clamped = 0
+    try:
+        scene = hard.HardScene(w)
+        rng = np.random.default_rng(11)
+        for i in range(160):
+            if i % 4 == 0:
+                scene.set_object(hard.draw_object(rng), rng)
+            view = scene.observe(rng)
+            floor = AMIRO_RADIUS + scene._radius(scene.target) + hard.SCENE["min_clearance"]
+            assert view["scene"]["distance"] >= floor - 1e-12, i
+            if view["scene"]["distance"] == floor:
+                clamped += 1
+                if view["scene"]["occluded_fraction"] == 0:
+                    assert (w.camera_segmentation(0, 64, 64) == scene.target).mean() > 0.2, i
+    finally:
+        w.close()
+    assert 3 <= clamped <= 40  # the draws that needed it (about one near view in ten)
+
+
 def test_hard_static_views_are_fused_by_the_shipped_bundle():
     """``bench runtime`` feeds the node these: one object, one pose, new sensor noise per observation, with the
     target's position. The shipped hard bundle must fuse every one of them (none novel, none held back) - with
