@@ -1,6 +1,7 @@
 """Which world the demo and the simulator run: the bundle's (manifest), the hard world's drawn tour, and the
 simulator node built in the hard world (in process, real rclpy, no DDS traffic needed)."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -72,6 +73,16 @@ def test_sim_world_node_in_the_hard_world():
         t_inspect = node.p["transit_duration"] + 0.1
         tid, _ = node.target(0, t_inspect)
         assert tid == node.objects[node.tours[0].phase(t_inspect).obj][0]
+        # every visit's inspection pose keeps the camera (on the rim) clear of the object, as the data set does
+        from m2vae_fusion.sim import hard
+        from m2vae_fusion.sim.sensors import AMIRO_RADIUS
+
+        gaps = []
+        for visit in range(node.distances.shape[1]):
+            for obj, (_, _, spec, (ox, oy), _) in enumerate(node.objects):
+                x, y, _ = node._inspect_pose(0, visit, obj)
+                gaps.append(math.hypot(ox - x, oy - y) - AMIRO_RADIUS - hard.bounding_radius(spec))
+        assert min(gaps) >= hard.SCENE["min_clearance"] - 1e-9 and max(gaps) > 0.1
         sent = []
         node.pub_truth.publish = lambda msg: sent.append(json.loads(msg.data))
         node._publish_truth(0)

@@ -29,7 +29,9 @@ attributes and position; agent → target, pose, sensors), transient-local so la
 Worlds (``world`` parameter): ``easy`` (default; the 8 classes of the shipped bundles, the objects named by
 ``objects``) or ``hard`` (the 27-class world of :mod:`m2vae_fusion.sim.hard`: ``num_objects`` objects of classes
 drawn by ``seed`` from all 27, unless ``objects`` names hard-world classes; its sensor noise, object sizes,
-inspection distances and camera model, with light colour temperature and intensity drawn per visit). In both
+inspection distances (:func:`m2vae_fusion.sim.hard.inspection_distance`: the camera clear of the object;
+``inspect_distance`` is the easy world's) and camera model, with light colour temperature and intensity drawn per
+visit). In both
 worlds the TargetOfInterest position is the object's centre (z = half its height), as in the hard data set's
 ``target_position``.
 
@@ -146,7 +148,8 @@ class SimWorldNode(Node):
         ("arena_size", 3.0, "Side of the square arena (m); grown to hold the circle with 0.6 m to spare"),
         ("inspect_duration", 4.0, "Seconds an agent inspects each object"),
         ("transit_duration", 1.0, "Seconds an agent travels between objects (no target of interest)"),
-        ("inspect_distance", [0.15, 0.35], "Range (m) of the distance from the robot's rim to the object centre"),
+        ("inspect_distance", [0.15, 0.35], "Easy world: range (m) of the distance from the robot's rim to the object "
+                                           "centre (the hard world draws the data set's distances)"),
         ("heading_jitter", 0.15, "Amplitude (rad) of the slow pan while inspecting"),
         ("approach_spread", 0.785, "Hard world: each visit approaches the object from a side drawn within this "
                                    "angle (rad) of the arena centre's side, so revisits see it from another side; "
@@ -252,10 +255,9 @@ class SimWorldNode(Node):
             oid = self.world.add_object(spec, x, y, float(rng.uniform(0, 2 * math.pi)))
             self.objects.append((f"object_{j}", oid, spec, (x, y), a))
         self.rim = AMIRO_RADIUS
-        if self.hard:  # the data set's inspection distances (rim to surface) plus half the object's radius
+        if self.hard:  # gaps drawn as the data set draws them; the inspected object turns them into distances
             lo, hi = hard_world.SCENE["distance_from_rim"]
-            radius = np.array([o[2].width / 2 for o in self.objects])
-            self.distances = rng.uniform(lo, hi, size=(k, 4 * n + 1)) + 0.5 * np.resize(radius, 4 * n + 1)[None]
+            self.distances = rng.uniform(lo, hi, size=(k, 4 * n + 1))
             # light per agent and visit: colour temperature (K) and intensity, as in the data set
             warm = rng.uniform(size=(k, 4 * n + 1)) < hard_world.SCENE["warm_light_probability"]
             self.kelvin = np.where(warm, rng.uniform(*hard_world.SCENE["warm_colour_temperature_k"], size=warm.shape),
@@ -332,7 +334,13 @@ class SimWorldNode(Node):
 
     def _inspect_pose(self, agent: int, visit: int, obj: int):
         _, _, _, (ox, oy), bearing = self.objects[obj]
-        d = self.rim + float(self.distances[agent, visit % self.distances.shape[1]])
+        gap = float(self.distances[agent, visit % self.distances.shape[1]])
+        if self.hard:  # as the data set places the robot (camera clear of the object: sim.hard.inspection_distance)
+            from m2vae_fusion.sim.hard import inspection_distance
+
+            d = inspection_distance(gap, self.objects[obj][2])
+        else:
+            d = self.rim + gap
         bearing += float(self.approach[agent, visit % self.approach.shape[1]])
         return ox - d * math.cos(bearing), oy - d * math.sin(bearing), bearing
 

@@ -156,6 +156,23 @@ def kelvin_rgb(kelvin: float) -> np.ndarray:
     return rgb / rgb.max()
 
 
+def bounding_radius(spec) -> float:
+    """Radius (m) of the circle around an object's footprint (an ``ObjectSpec`` of the hard world: cylinder,
+    hexagonal prism measured across its flats, rounded box measured across its sides)."""
+    return spec.width / 2 * {"cylinder": 1.0, "hexagonal_prism": 1.0 / math.cos(math.pi / 6),
+                             "rounded_box": math.sqrt(2)}[spec.shape]
+
+
+def inspection_distance(rim_gap: float, spec) -> float:
+    """Distance (m) from the robot's centre to the centre of the object ``spec`` it inspects, for a drawn
+    ``rim_gap`` (m, ``SCENE["distance_from_rim"]`` or ``SCENE["far_distance_from_rim"]``): ``AMIRO_RADIUS + rim_gap +
+    r / 2`` with ``r`` the :func:`bounding_radius`, and never less than ``AMIRO_RADIUS + r + SCENE["min_clearance"]``,
+    so that the camera on the robot's rim stays outside the object and beyond the renderer's near plane. The data set
+    (:meth:`HardScene.observe`) and the simulated world's tours (``sim_world`` node) place the robot with it."""
+    r = bounding_radius(spec)
+    return max(AMIRO_RADIUS + rim_gap + 0.5 * r, AMIRO_RADIUS + r + SCENE["min_clearance"])
+
+
 def draw_object(rng: np.random.Generator, label: Optional[int] = None) -> dict:
     """One object instance: ``label``, attribute ids and names, ``rgb``, ``width``, ``height``, ``corner``, ``ir``
     (:class:`IRMaterial`). Everything an observation cannot change."""
@@ -257,9 +274,7 @@ class HardScene:
                             for k in range(int(rng.integers(lo, hi + 1)))]
 
     def _radius(self, oid) -> float:
-        spec = self.world.objects[oid]
-        return spec.width / 2 * {"cylinder": 1.0, "hexagonal_prism": 1.0 / math.cos(math.pi / 6),
-                                 "rounded_box": math.sqrt(2)}[spec.shape]
+        return bounding_radius(self.world.objects[oid])
 
     def observe(self, rng: np.random.Generator) -> dict:
         """One view of the current object: randomise pose, light, distractors, occlusion; render and scan.
@@ -275,8 +290,9 @@ class HardScene:
         w.set_object_pose(self.target, 0.0, 0.0, oyaw)
         r_t = self._radius(self.target)
         far = rng.uniform() < SCENE["far_view_probability"]
-        dist = AMIRO_RADIUS + _u(rng, SCENE["far_distance_from_rim" if far else "distance_from_rim"]) + r_t * 0.5
-        dist = max(dist, AMIRO_RADIUS + r_t + SCENE["min_clearance"])  # no extra draw: other views stay as they were
+        # the clearance clamp draws nothing: views that do not need it are as they were before it existed
+        dist = inspection_distance(_u(rng, SCENE["far_distance_from_rim" if far else "distance_from_rim"]),
+                                   w.objects[self.target])
         bearing = float(rng.uniform(-math.pi, math.pi))
         offset = _u(rng, SCENE["heading_offset"])
         ax, ay, ayaw = w.inspect(0, self.target, dist, offset, bearing)
